@@ -1,0 +1,335 @@
+//! The dispatch layer, shared by every platform: serves one request stream
+//! from the Manager.
+//!
+//! This is the only place that orders "write the reply, then release". Rules
+//! a reader must not break:
+//! - An immediate power operation is released only after its success reply
+//!   was written ([`write_initiated`] returned `Ok`); if the write fails or
+//!   times out, the pending operation is dropped and nothing happens.
+//! - After a successful write, the send side is finished and the peer's
+//!   acknowledgement awaited for at most
+//!   [`DispatchConfig::delivery_timeout`], so that the reply has left the
+//!   host before it goes down. The release follows whatever that wait gives:
+//!   the Manager may already have been told `Initiated`.
+//! - No input ends the connection: a bad frame or body gets an error reply
+//!   and the stream keeps serving; only an oversized or truncated frame (the
+//!   stream is out of step then) ends the stream.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::io::{AsyncRead, AsyncWriteExt};
+
+use crate::{
+    platform::{GracefulOp, ImmediateOp, PowerBackend, PowerOp},
+    power::PowerHandler,
+    reply::{self, Delivery, ReplySink, WireForm},
+    wire::{self, FrameError, NodePowerRequest, Request, RequestCode, reply_text},
+};
+
+/// Limits of the dispatch layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DispatchConfig {
+    /// Largest request payload accepted, checked before allocating.
+    pub max_frame_len: u32,
+    /// How long a stream may stay silent between requests before roxyd ends it.
+    pub stream_idle_timeout: Duration,
+    /// How long writing one reply may take; an immediate operation whose reply
+    /// is not written in time is cancelled.
+    pub reply_timeout: Duration,
+    /// How long to wait for the Manager to acknowledge an immediate
+    /// operation's reply before releasing it anyway.
+    pub delivery_timeout: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
+            stream_idle_timeout: Duration::from_secs(60),
+            reply_timeout: Duration::from_secs(10),
+            delivery_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A step of the dispatch layer, reported to a [`DispatchObserver`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DispatchEvent {
+    /// A request frame arrived with this code.
+    RequestReceived {
+        /// The request code.
+        code: u32,
+    },
+    /// An immediate operation was prepared; it is pending.
+    Prepared(ImmediateOp),
+    /// A graceful command was started.
+    GracefulStarted(GracefulOp),
+    /// A reply was written on the request's stream.
+    ReplyWritten {
+        /// The request code.
+        code: u32,
+        /// Whether it was a success reply.
+        ok: bool,
+    },
+    /// A reply could not be written.
+    ReplyFailed {
+        /// The request code.
+        code: u32,
+    },
+    /// The wait for the Manager's acknowledgement of the reply ended.
+    DeliveryConfirmed(Delivery),
+    /// A pending immediate operation was handed to its thread.
+    Released(ImmediateOp),
+    /// A pending immediate operation was dropped: nothing happens.
+    Cancelled(ImmediateOp),
+}
+
+/// Sees every [`DispatchEvent`], in order; for tests, the demo's timeline and
+/// benchmarks. It runs inline on the serving task: keep it cheap.
+pub trait DispatchObserver: Send + Sync {
+    /// Called once per event.
+    fn on_event(&self, event: &DispatchEvent);
+}
+
+/// The observer that ignores everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoObserver;
+
+impl DispatchObserver for NoObserver {
+    fn on_event(&self, _event: &DispatchEvent) {}
+}
+
+/// Why serving a stream ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The Manager finished its side at a frame boundary.
+    Finished,
+    /// An immediate operation was released after its reply; the stream is
+    /// finished.
+    Released(ImmediateOp),
+    /// A frame claimed more than the limit; an error reply was attempted.
+    FrameTooLarge,
+    /// The stream ended inside a frame, or reading failed.
+    ReadFailed(String),
+    /// No request arrived within the idle timeout.
+    IdleTimeout,
+    /// A reply could not be written (any pending operation was cancelled).
+    WriteFailed(String),
+}
+
+/// Serves request streams with one power handler.
+pub struct Dispatcher<B> {
+    power: PowerHandler<B>,
+    config: DispatchConfig,
+    observer: Arc<dyn DispatchObserver>,
+}
+
+impl<B: PowerBackend> Dispatcher<B> {
+    /// A dispatcher for `backend` with the given limits and no observer.
+    pub fn new(backend: B, config: DispatchConfig) -> Self {
+        Self {
+            power: PowerHandler::new(backend),
+            config,
+            observer: Arc::new(NoObserver),
+        }
+    }
+
+    /// Reports every step to `observer`.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn DispatchObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// The power handler.
+    #[must_use]
+    pub fn power(&self) -> &PowerHandler<B> {
+        &self.power
+    }
+
+    /// The limits.
+    #[must_use]
+    pub fn config(&self) -> &DispatchConfig {
+        &self.config
+    }
+
+    fn emit(&self, event: &DispatchEvent) {
+        self.observer.on_event(event);
+    }
+
+    /// Serves requests from `recv`, answering each on `send`, until the
+    /// Manager finishes the stream, an immediate operation is released, or
+    /// the stream fails.
+    pub async fn serve_stream<R, W>(&self, recv: &mut R, send: &mut W) -> StreamEnd
+    where
+        R: AsyncRead + Unpin + Send + ?Sized,
+        W: ReplySink + ?Sized,
+    {
+        loop {
+            let read = tokio::time::timeout(
+                self.config.stream_idle_timeout,
+                wire::read_frame(recv, self.config.max_frame_len),
+            )
+            .await;
+            let payload = match read {
+                Err(_) => return StreamEnd::IdleTimeout,
+                Ok(Ok(Some(payload))) => payload,
+                Ok(Ok(None)) => return StreamEnd::Finished,
+                Ok(Err(e @ FrameError::TooLarge { .. })) => {
+                    tracing::warn!(error = %e, "refusing oversized frame; ending the stream");
+                    // The stream is out of step now; answer, then end it.
+                    if self
+                        .write_bounded(reply::write_error(send, &e.to_string()))
+                        .await
+                        .is_ok()
+                    {
+                        let _ = send.shutdown().await;
+                    }
+                    return StreamEnd::FrameTooLarge;
+                }
+                Ok(Err(e)) => return StreamEnd::ReadFailed(e.to_string()),
+            };
+            if let Some(end) = self.serve_frame(&payload, send).await {
+                return end;
+            }
+        }
+    }
+
+    /// Answers one request frame; `Some` ends the stream.
+    async fn serve_frame<W: ReplySink + ?Sized>(
+        &self,
+        payload: &[u8],
+        send: &mut W,
+    ) -> Option<StreamEnd> {
+        let request = match Request::parse(payload) {
+            Ok(request) => request,
+            Err(e) => return self.answer_error(u32::MAX, send, &e.to_string()).await,
+        };
+        let code = request.code.code();
+        self.emit(&DispatchEvent::RequestReceived { code });
+        match request.code {
+            RequestCode::Echo => {
+                let written = self.write_bounded(reply::write_unit(send)).await;
+                self.after_write(code, true, written)
+            }
+            RequestCode::NodePower => match wire::decode_prefix::<NodePowerRequest>(request.body) {
+                Ok(power) => self.serve_power(code, power, WireForm::Grouped, send).await,
+                Err(e) => {
+                    let text = format!("malformed body for request code {code}: {e}");
+                    self.answer_error(code, send, &text).await
+                }
+            },
+            // The flat forms' body is `()`, which any bytes decode as.
+            RequestCode::FlatReboot => {
+                let request = NodePowerRequest::Reboot;
+                self.serve_power(code, request, WireForm::Flat, send).await
+            }
+            RequestCode::FlatShutdown => {
+                let request = NodePowerRequest::Shutdown;
+                self.serve_power(code, request, WireForm::Flat, send).await
+            }
+            RequestCode::NotSupported(_) => {
+                self.answer_error(code, send, reply_text::NOT_SUPPORTED)
+                    .await
+            }
+            RequestCode::Unknown(_) => {
+                let text = reply_text::unknown_request_code(code);
+                self.answer_error(code, send, &text).await
+            }
+        }
+    }
+
+    async fn serve_power<W: ReplySink + ?Sized>(
+        &self,
+        code: u32,
+        request: NodePowerRequest,
+        form: WireForm,
+        send: &mut W,
+    ) -> Option<StreamEnd> {
+        match PowerOp::from(request) {
+            PowerOp::Graceful(op) => match self.power.start_graceful(op) {
+                Ok(()) => {
+                    self.emit(&DispatchEvent::GracefulStarted(op));
+                    // A graceful operation has nothing to release.
+                    let written = self.write_bounded(reply::write_initiated(send, form)).await;
+                    self.after_write(code, true, written.map(drop))
+                }
+                Err(e) => {
+                    tracing::warn!(%op, error = %e, "graceful power operation not started");
+                    self.answer_error(code, send, reply_text::FAIL).await
+                }
+            },
+            PowerOp::Immediate(op) => {
+                let pending = match self.power.prepare(op) {
+                    Ok(pending) => pending,
+                    Err(e) => {
+                        tracing::warn!(%op, error = %e, "immediate power operation refused");
+                        return self
+                            .answer_error(code, send, reply_text::INVALID_COMMAND)
+                            .await;
+                    }
+                };
+                self.emit(&DispatchEvent::Prepared(op));
+                let written = match self.write_bounded(reply::write_initiated(send, form)).await {
+                    Ok(written) => written,
+                    Err(e) => {
+                        tracing::warn!(%op, error = %e, "reply not written; cancelling");
+                        self.emit(&DispatchEvent::ReplyFailed { code });
+                        drop(pending);
+                        self.emit(&DispatchEvent::Cancelled(op));
+                        return Some(StreamEnd::WriteFailed(e.to_string()));
+                    }
+                };
+                self.emit(&DispatchEvent::ReplyWritten { code, ok: true });
+                let delivery =
+                    tokio::time::timeout(self.config.delivery_timeout, send.finish_and_confirm())
+                        .await
+                        .unwrap_or(Delivery::TimedOut);
+                tracing::info!(%op, ?delivery, "reply written");
+                self.emit(&DispatchEvent::DeliveryConfirmed(delivery));
+                pending.release(written);
+                self.emit(&DispatchEvent::Released(op));
+                Some(StreamEnd::Released(op))
+            }
+        }
+    }
+
+    async fn answer_error<W: ReplySink + ?Sized>(
+        &self,
+        code: u32,
+        send: &mut W,
+        text: &str,
+    ) -> Option<StreamEnd> {
+        let written = self.write_bounded(reply::write_error(send, text)).await;
+        self.after_write(code, false, written)
+    }
+
+    fn after_write(&self, code: u32, ok: bool, written: std::io::Result<()>) -> Option<StreamEnd> {
+        match written {
+            Ok(()) => {
+                self.emit(&DispatchEvent::ReplyWritten { code, ok });
+                None
+            }
+            Err(e) => {
+                self.emit(&DispatchEvent::ReplyFailed { code });
+                Some(StreamEnd::WriteFailed(e.to_string()))
+            }
+        }
+    }
+
+    /// Runs a reply write, failing it when it takes longer than
+    /// [`DispatchConfig::reply_timeout`] (a Manager that grants no credit).
+    async fn write_bounded<T>(
+        &self,
+        write: impl Future<Output = std::io::Result<T>>,
+    ) -> std::io::Result<T> {
+        tokio::time::timeout(self.config.reply_timeout, write)
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "reply write timed out",
+                ))
+            })
+    }
+}

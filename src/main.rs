@@ -1,0 +1,3 @@
+//! The roxyd daemon.
+
+fn main() {}

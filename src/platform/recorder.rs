@@ -1,0 +1,152 @@
+//! The `test-backend` recorder: notes each call, in order, instead of acting.
+//!
+//! Its [`Journal`] is also a [`DispatchObserver`], so one list holds both the
+//! dispatch layer's steps (reply written, released) and the backend calls, in
+//! the order they happened. Tests wait on it with [`Journal::wait_for`], an
+//! explicit signal, never a sleep.
+
+use std::{
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::sync::watch;
+
+use super::{GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, StartError};
+use crate::dispatch::{DispatchEvent, DispatchObserver};
+
+/// One thing the recorder saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A step of the dispatch layer.
+    Dispatch(DispatchEvent),
+    /// [`PowerBackend::prepare`] was called.
+    Prepare(ImmediateOp),
+    /// [`PowerBackend::perform`] was called: on a real backend, the host
+    /// would now go down.
+    Perform(ImmediateOp),
+    /// [`PowerBackend::start_graceful`] was called and succeeded.
+    StartGraceful(GracefulOp),
+}
+
+impl Entry {
+    /// Whether this entry is a power operation actually carried out.
+    #[must_use]
+    pub fn is_power_operation(&self) -> bool {
+        matches!(self, Self::Perform(_) | Self::StartGraceful(_))
+    }
+}
+
+/// The shared, ordered list of [`Entry`]s.
+#[derive(Clone, Debug)]
+pub struct Journal {
+    entries: Arc<watch::Sender<Vec<Entry>>>,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Self {
+            entries: Arc::new(watch::Sender::new(Vec::new())),
+        }
+    }
+}
+
+impl Journal {
+    /// Appends `entry` and wakes every waiter.
+    pub fn push(&self, entry: Entry) {
+        self.entries.send_modify(|entries| entries.push(entry));
+    }
+
+    /// A copy of everything recorded so far.
+    #[must_use]
+    pub fn entries(&self) -> Vec<Entry> {
+        self.entries.borrow().clone()
+    }
+
+    /// The power operations carried out so far.
+    #[must_use]
+    pub fn power_operations(&self) -> Vec<Entry> {
+        self.entries
+            .borrow()
+            .iter()
+            .filter(|e| e.is_power_operation())
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `done` holds for the entries, then returns a copy of them.
+    pub async fn wait_for(&self, mut done: impl FnMut(&[Entry]) -> bool) -> Vec<Entry> {
+        let mut rx = self.entries.subscribe();
+        match rx.wait_for(|entries| done(entries)).await {
+            Ok(entries) => entries.clone(),
+            // The sender lives in `self`, so it cannot have closed.
+            Err(_) => self.entries(),
+        }
+    }
+}
+
+impl DispatchObserver for Journal {
+    fn on_event(&self, event: &DispatchEvent) {
+        self.push(Entry::Dispatch(event.clone()));
+    }
+}
+
+/// The recording backend. Clones share one journal and one behaviour.
+#[derive(Clone, Debug, Default)]
+pub struct RecordingBackend {
+    journal: Journal,
+    refuse_prepare: Arc<AtomicBool>,
+    fail_start: Arc<AtomicBool>,
+}
+
+impl RecordingBackend {
+    /// A recorder that accepts every call.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The journal shared by this recorder and its clones.
+    #[must_use]
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Makes [`PowerBackend::prepare`] fail (or succeed again).
+    pub fn set_refuse_prepare(&self, refuse: bool) {
+        self.refuse_prepare.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Makes [`PowerBackend::start_graceful`] fail (or succeed again).
+    pub fn set_fail_start(&self, fail: bool) {
+        self.fail_start.store(fail, Ordering::SeqCst);
+    }
+}
+
+impl PowerBackend for RecordingBackend {
+    fn prepare(&self, op: ImmediateOp) -> Result<(), PrepareError> {
+        self.journal.push(Entry::Prepare(op));
+        if self.refuse_prepare.load(Ordering::SeqCst) {
+            return Err(PrepareError::Refused);
+        }
+        Ok(())
+    }
+
+    fn perform(&self, op: ImmediateOp) -> io::Result<()> {
+        tracing::info!(%op, "recording backend: would perform now (nothing done)");
+        self.journal.push(Entry::Perform(op));
+        Ok(())
+    }
+
+    fn start_graceful(&self, op: GracefulOp) -> Result<GracefulStart, StartError> {
+        if self.fail_start.load(Ordering::SeqCst) {
+            return Err(StartError::Refused);
+        }
+        tracing::info!(%op, "recording backend: would start the command now (nothing done)");
+        self.journal.push(Entry::StartGraceful(op));
+        Ok(GracefulStart::Simulated)
+    }
+}

@@ -1,0 +1,181 @@
+//! The power handler: turns a power request into a pending immediate
+//! operation or a started graceful command.
+//!
+//! Rules a reader must not break:
+//! - An immediate operation is only ever run by [`PendingPowerOp::release`],
+//!   which needs proof that the success reply was written
+//!   ([`ReplyWritten`]); dropping a [`PendingPowerOp`] cancels it.
+//! - At most one power operation is under way at a time. A second request
+//!   while one is pending, running, or has taken the host down is refused:
+//!   `invalid command` for an immediate one, `fail` for a graceful one. The
+//!   latch is freed when a pending operation is cancelled, when `reboot(2)`
+//!   returns (it only returns on failure, or with the recorder), and when a
+//!   graceful command fails; it stays taken once a graceful command
+//!   succeeded, because the host is then on its way down.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+};
+
+use crate::{
+    platform::{GracefulOp, ImmediateOp, PowerBackend, PrepareError, StartError},
+    reply::ReplyWritten,
+};
+
+/// Prepares immediate operations and starts graceful ones on backend `B`.
+#[derive(Debug)]
+pub struct PowerHandler<B> {
+    backend: Arc<B>,
+    busy: Arc<AtomicBool>,
+}
+
+impl<B: PowerBackend> PowerHandler<B> {
+    /// A handler with no operation under way.
+    pub fn new(backend: B) -> Self {
+        Self {
+            backend: Arc::new(backend),
+            busy: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Checks that `op` can run now and returns it pending, not run.
+    ///
+    /// # Errors
+    ///
+    /// [`PrepareError::InProgress`] when another power operation is under
+    /// way, or the backend's reason; the Manager is told `invalid command`.
+    pub fn prepare(&self, op: ImmediateOp) -> Result<PendingPowerOp<B>, PrepareError> {
+        let latch = PowerLatch::acquire(&self.busy).ok_or(PrepareError::InProgress)?;
+        self.backend.prepare(op)?;
+        Ok(PendingPowerOp {
+            op,
+            backend: Arc::clone(&self.backend),
+            latch: Some(latch),
+        })
+    }
+
+    /// Starts `op`'s system command. Its end is waited for on a thread of its
+    /// own and logged.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::InProgress`] when another power operation is under way,
+    /// or the backend's reason; the Manager is told `fail`.
+    pub fn start_graceful(&self, op: GracefulOp) -> Result<(), StartError> {
+        let latch = PowerLatch::acquire(&self.busy).ok_or(StartError::InProgress)?;
+        let started = self.backend.start_graceful(op)?;
+        run_detached("roxyd-reaper", move || {
+            let outcome = started.wait();
+            if outcome.host_going_down() {
+                latch.hold_forever();
+            }
+        });
+        Ok(())
+    }
+}
+
+/// An immediate power operation that has been checked but not run.
+///
+/// It runs only through [`release`](Self::release), which consumes it and
+/// takes the [`ReplyWritten`] proof that only the reply writer can make, so
+/// "release before the reply", "release twice" and "use after release" do
+/// not compile. Dropping it instead cancels it: nothing happens, and the
+/// next power request may proceed.
+#[must_use = "dropping a PendingPowerOp cancels it"]
+#[derive(Debug)]
+pub struct PendingPowerOp<B: PowerBackend> {
+    op: ImmediateOp,
+    backend: Arc<B>,
+    /// `Some` until released; a drop with it still here is a cancellation.
+    latch: Option<PowerLatch>,
+}
+
+impl<B: PowerBackend> PendingPowerOp<B> {
+    /// The operation.
+    #[must_use]
+    pub fn op(&self) -> ImmediateOp {
+        self.op
+    }
+
+    /// Runs the operation on a thread of its own, off the async runtime, and
+    /// returns at once. The caller must have written the success reply on the
+    /// request's stream: `_reply` is the proof.
+    ///
+    /// An error from the backend is logged; the Manager was already told
+    /// `Initiated`.
+    pub fn release(mut self, _reply: ReplyWritten) {
+        let op = self.op;
+        let backend = Arc::clone(&self.backend);
+        let latch = self.latch.take();
+        tracing::warn!(%op, "releasing power operation");
+        run_detached("roxyd-power", move || {
+            if let Err(e) = backend.perform(op) {
+                tracing::error!(%op, error = %e, "power operation failed after release");
+            }
+            drop(latch);
+        });
+    }
+}
+
+impl<B: PowerBackend> Drop for PendingPowerOp<B> {
+    fn drop(&mut self) {
+        if self.latch.is_some() {
+            tracing::warn!(op = %self.op, "pending power operation cancelled; nothing done");
+        }
+    }
+}
+
+/// The "one power operation at a time" latch; dropping it frees it.
+#[derive(Debug)]
+struct PowerLatch(Option<Arc<AtomicBool>>);
+
+impl PowerLatch {
+    fn acquire(busy: &Arc<AtomicBool>) -> Option<Self> {
+        busy.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Self(Some(Arc::clone(busy))))
+    }
+
+    /// Keeps the latch taken for the rest of the process's life.
+    fn hold_forever(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PowerLatch {
+    fn drop(&mut self) {
+        if let Some(busy) = self.0.take() {
+            busy.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Runs `job` on a new named thread, or here if no thread can be started: a
+/// power operation that was promised must not be lost to a full thread table.
+fn run_detached(name: &str, job: impl FnOnce() + Send + 'static) {
+    let slot = Arc::new(Mutex::new(Some(job)));
+    let theirs = Arc::clone(&slot);
+    let spawned = thread::Builder::new().name(name.to_owned()).spawn(move || {
+        let job = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(job) = job {
+            job();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(thread = name, error = %e, "cannot start a thread; running the job here");
+        let job = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(job) = job {
+            job();
+        }
+    }
+}
