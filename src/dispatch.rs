@@ -248,7 +248,8 @@ impl<B: PowerBackend> Dispatcher<B> {
     ) -> Option<StreamEnd> {
         match PowerOp::from(request) {
             PowerOp::Graceful(op) => match self.power.start_graceful(op) {
-                Ok(()) => {
+                // The command's end is logged by its reaper, not reported.
+                Ok(_run) => {
                     self.emit(&DispatchEvent::GracefulStarted(op));
                     // A graceful operation has nothing to release.
                     let written = self.write_bounded(reply::write_initiated(send, form)).await;

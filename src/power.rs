@@ -14,12 +14,11 @@
 //!   succeeded, because the host is then on its way down.
 
 use std::{
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
     thread,
 };
+
+use tokio::sync::{oneshot, watch};
 
 use crate::{
     platform::{GracefulOp, ImmediateOp, PowerBackend, PrepareError, StartError},
@@ -30,7 +29,9 @@ use crate::{
 #[derive(Debug)]
 pub struct PowerHandler<B> {
     backend: Arc<B>,
-    busy: Arc<AtomicBool>,
+    /// `true` while a power operation is pending, running or has taken the
+    /// host down.
+    busy: Arc<watch::Sender<bool>>,
 }
 
 impl<B: PowerBackend> PowerHandler<B> {
@@ -38,8 +39,23 @@ impl<B: PowerBackend> PowerHandler<B> {
     pub fn new(backend: B) -> Self {
         Self {
             backend: Arc::new(backend),
-            busy: Arc::new(AtomicBool::new(false)),
+            busy: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// Whether a power operation is under way.
+    #[must_use]
+    pub fn is_busy(&self) -> bool {
+        *self.busy.borrow()
+    }
+
+    /// Resolves once no power operation is under way: an explicit signal for
+    /// tests and the demo, which send several power requests to one agent
+    /// whose recorder returns from every operation.
+    pub async fn wait_idle(&self) {
+        let mut rx = self.busy.subscribe();
+        // The sender lives in `self`, so the channel cannot close.
+        let _ = rx.wait_for(|busy| !*busy).await;
     }
 
     /// The backend.
@@ -71,16 +87,37 @@ impl<B: PowerBackend> PowerHandler<B> {
     ///
     /// [`StartError::InProgress`] when another power operation is under way,
     /// or the backend's reason; the Manager is told `fail`.
-    pub fn start_graceful(&self, op: GracefulOp) -> Result<(), StartError> {
+    pub fn start_graceful(&self, op: GracefulOp) -> Result<GracefulRun, StartError> {
         let latch = PowerLatch::acquire(&self.busy).ok_or(StartError::InProgress)?;
         let started = self.backend.start_graceful(op)?;
+        let (done, finished) = oneshot::channel();
         run_detached("roxyd-reaper", move || {
             let outcome = started.wait();
-            if outcome.host_going_down() {
+            let going_down = outcome.host_going_down();
+            if going_down {
                 latch.hold_forever();
+            } else {
+                drop(latch);
             }
+            // Nobody may be waiting; the outcome was logged either way.
+            let _ = done.send(going_down);
         });
-        Ok(())
+        Ok(GracefulRun { finished })
+    }
+}
+
+/// A started graceful command. Dropping it changes nothing: the command's end
+/// is still awaited and logged.
+#[derive(Debug)]
+pub struct GracefulRun {
+    finished: oneshot::Receiver<bool>,
+}
+
+impl GracefulRun {
+    /// Resolves when the command has ended and the latch has been settled,
+    /// with whether the host is now going down.
+    pub async fn finished(self) -> bool {
+        self.finished.await.unwrap_or(false)
     }
 }
 
@@ -137,13 +174,12 @@ impl<B: PowerBackend> Drop for PendingPowerOp<B> {
 
 /// The "one power operation at a time" latch; dropping it frees it.
 #[derive(Debug)]
-struct PowerLatch(Option<Arc<AtomicBool>>);
+struct PowerLatch(Option<Arc<watch::Sender<bool>>>);
 
 impl PowerLatch {
-    fn acquire(busy: &Arc<AtomicBool>) -> Option<Self> {
-        busy.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| Self(Some(Arc::clone(busy))))
+    fn acquire(busy: &Arc<watch::Sender<bool>>) -> Option<Self> {
+        let acquired = busy.send_if_modified(|taken| !std::mem::replace(taken, true));
+        acquired.then(|| Self(Some(Arc::clone(busy))))
     }
 
     /// Keeps the latch taken for the rest of the process's life.
@@ -155,7 +191,7 @@ impl PowerLatch {
 impl Drop for PowerLatch {
     fn drop(&mut self) {
         if let Some(busy) = self.0.take() {
-            busy.store(false, Ordering::Release);
+            busy.send_replace(false);
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::{
     io,
     sync::{
-        Arc,
+        Arc, Condvar, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -100,6 +100,16 @@ pub struct RecordingBackend {
     journal: Journal,
     refuse_prepare: Arc<AtomicBool>,
     fail_start: Arc<AtomicBool>,
+    perform_gate: Arc<PerformGate>,
+}
+
+/// Holds [`PowerBackend::perform`] until opened, as a real backend never
+/// returns from it: lets tests send a second power request while the first
+/// is still running.
+#[derive(Debug, Default)]
+struct PerformGate {
+    held: Mutex<bool>,
+    opened: Condvar,
 }
 
 impl RecordingBackend {
@@ -124,6 +134,17 @@ impl RecordingBackend {
     pub fn set_fail_start(&self, fail: bool) {
         self.fail_start.store(fail, Ordering::SeqCst);
     }
+
+    /// Makes [`PowerBackend::perform`] wait, after recording the call, until
+    /// the gate is opened again with `false`.
+    pub fn set_hold_perform(&self, hold: bool) {
+        *self
+            .perform_gate
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = hold;
+        self.perform_gate.opened.notify_all();
+    }
 }
 
 impl PowerBackend for RecordingBackend {
@@ -138,6 +159,13 @@ impl PowerBackend for RecordingBackend {
     fn perform(&self, op: ImmediateOp) -> io::Result<()> {
         tracing::info!(%op, "recording backend: would perform now (nothing done)");
         self.journal.push(Entry::Perform(op));
+        let gate = &self.perform_gate;
+        let held = gate.held.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(
+            gate.opened
+                .wait_while(held, |held| *held)
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         Ok(())
     }
 

@@ -1,0 +1,531 @@
+//! The dispatch layer over in-memory streams with the recording backend:
+//! every request variant on both wire forms, the reply-then-release order,
+//! failed writes, refused operations and bad input.
+#![cfg(feature = "test-backend")]
+
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use roxyd::{
+    dispatch::{DispatchConfig, DispatchEvent, Dispatcher, StreamEnd},
+    platform::{
+        GracefulOp, ImmediateOp, PrepareError, StartError,
+        recorder::{Entry, RecordingBackend},
+    },
+    reply::{self, Delivery, ReplySink, WireForm},
+    wire::{self, NodePowerRequest, RequestCode, reply_text},
+};
+use rstest::rstest;
+use tokio::{
+    io::{AsyncWrite, DuplexStream, ReadHalf, WriteHalf},
+    task::JoinHandle,
+};
+
+/// One request stream between a test "Manager" and a dispatcher.
+struct Stream {
+    recorder: RecordingBackend,
+    dispatcher: Arc<Dispatcher<RecordingBackend>>,
+    manager: DuplexStream,
+    serving: JoinHandle<StreamEnd>,
+}
+
+fn dispatcher(
+    recorder: &RecordingBackend,
+    config: DispatchConfig,
+) -> Arc<Dispatcher<RecordingBackend>> {
+    Arc::new(
+        Dispatcher::new(recorder.clone(), config)
+            .with_observer(Arc::new(recorder.journal().clone())),
+    )
+}
+
+impl Stream {
+    fn open(recorder: RecordingBackend) -> Self {
+        let dispatcher = dispatcher(&recorder, DispatchConfig::default());
+        let (manager, agent) = tokio::io::duplex(64 * 1024);
+        let serving = {
+            let dispatcher = Arc::clone(&dispatcher);
+            tokio::spawn(async move {
+                let (mut recv, mut send): (ReadHalf<_>, WriteHalf<_>) = tokio::io::split(agent);
+                dispatcher.serve_stream(&mut recv, &mut send).await
+            })
+        };
+        Self {
+            recorder,
+            dispatcher,
+            manager,
+            serving,
+        }
+    }
+
+    async fn send_payload(&mut self, payload: &[u8]) {
+        wire::write_frame(&mut self.manager, payload).await.unwrap();
+    }
+
+    async fn reply(&mut self) -> Vec<u8> {
+        wire::read_frame(&mut self.manager, u32::MAX)
+            .await
+            .unwrap()
+            .expect("a reply frame")
+    }
+
+    async fn request(&mut self, code: u32, body: &[u8]) -> Vec<u8> {
+        self.send_payload(&wire::encode_request(code, body)).await;
+        self.reply().await
+    }
+
+    async fn echo_still_served(&mut self) {
+        let reply = self.request(RequestCode::ECHO, &[]).await;
+        assert_eq!(reply, wire::encode(&Ok::<(), String>(())));
+    }
+
+    /// Finishes the Manager's side and returns how serving ended.
+    async fn finish(self) -> StreamEnd {
+        drop(self.manager);
+        self.serving.await.unwrap()
+    }
+}
+
+/// A power request in one wire form: its code and body.
+fn power_request(request: NodePowerRequest, form: WireForm) -> (u32, Vec<u8>) {
+    match (form, request) {
+        (WireForm::Grouped, r) => (RequestCode::NODE_POWER, wire::encode(&r)),
+        (WireForm::Flat, NodePowerRequest::Reboot) => (RequestCode::FLAT_REBOOT, Vec::new()),
+        (WireForm::Flat, NodePowerRequest::Shutdown) => (RequestCode::FLAT_SHUTDOWN, Vec::new()),
+        (WireForm::Flat, r) => panic!("{r:?} has no flat form"),
+    }
+}
+
+fn ok_unit() -> Vec<u8> {
+    wire::encode(&Ok::<(), String>(()))
+}
+
+fn err(text: &str) -> Vec<u8> {
+    reply::error_payload(text)
+}
+
+fn position(entries: &[Entry], wanted: &Entry) -> usize {
+    entries
+        .iter()
+        .position(|e| e == wanted)
+        .unwrap_or_else(|| panic!("{wanted:?} not in {entries:#?}"))
+}
+
+#[rstest]
+#[case::grouped_reboot(NodePowerRequest::Reboot, WireForm::Grouped, ImmediateOp::Reboot)]
+#[case::grouped_shutdown(NodePowerRequest::Shutdown, WireForm::Grouped, ImmediateOp::PowerOff)]
+#[case::flat_reboot(NodePowerRequest::Reboot, WireForm::Flat, ImmediateOp::Reboot)]
+#[case::flat_shutdown(NodePowerRequest::Shutdown, WireForm::Flat, ImmediateOp::PowerOff)]
+#[tokio::test]
+async fn immediate_reply_is_written_before_release(
+    #[case] request: NodePowerRequest,
+    #[case] form: WireForm,
+    #[case] op: ImmediateOp,
+) {
+    let mut stream = Stream::open(RecordingBackend::new());
+    let (code, body) = power_request(request, form);
+    let reply = stream.request(code, &body).await;
+    assert_eq!(reply, reply::initiated_payload(form));
+
+    let journal = stream.recorder.journal().clone();
+    let entries = journal.wait_for(|e| e.contains(&Entry::Perform(op))).await;
+    let written = position(
+        &entries,
+        &Entry::Dispatch(DispatchEvent::ReplyWritten { code, ok: true }),
+    );
+    let delivered = position(
+        &entries,
+        &Entry::Dispatch(DispatchEvent::DeliveryConfirmed(Delivery::Acknowledged)),
+    );
+    let performed = position(&entries, &Entry::Perform(op));
+    assert!(position(&entries, &Entry::Prepare(op)) < written);
+    assert!(written < delivered && delivered < performed, "{entries:#?}");
+    assert_eq!(journal.power_operations(), vec![Entry::Perform(op)]);
+    // The stream is finished after an immediate operation's reply.
+    assert_eq!(stream.finish().await, StreamEnd::Released(op));
+}
+
+#[rstest]
+#[case::graceful_reboot(NodePowerRequest::GracefulReboot, GracefulOp::Reboot)]
+#[case::graceful_shutdown(NodePowerRequest::GracefulShutdown, GracefulOp::PowerOff)]
+#[tokio::test]
+async fn graceful_command_is_started_then_answered(
+    #[case] request: NodePowerRequest,
+    #[case] op: GracefulOp,
+) {
+    let mut stream = Stream::open(RecordingBackend::new());
+    let reply = stream
+        .request(RequestCode::NODE_POWER, &wire::encode(&request))
+        .await;
+    assert_eq!(reply, reply::initiated_payload(WireForm::Grouped));
+    let entries = stream.recorder.journal().entries();
+    let started = position(&entries, &Entry::StartGraceful(op));
+    let written = position(
+        &entries,
+        &Entry::Dispatch(DispatchEvent::ReplyWritten {
+            code: RequestCode::NODE_POWER,
+            ok: true,
+        }),
+    );
+    assert!(started < written);
+    // A graceful reply leaves the stream serving.
+    stream.dispatcher.power().wait_idle().await;
+    stream.echo_still_served().await;
+    assert_eq!(
+        stream.recorder.journal().power_operations(),
+        vec![Entry::StartGraceful(op)]
+    );
+    assert_eq!(stream.finish().await, StreamEnd::Finished);
+}
+
+/// A send half whose writes fail, as a stream the Manager stopped.
+struct StoppedSink;
+
+impl AsyncWrite for StoppedSink {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "stopped by peer",
+        )))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl ReplySink for StoppedSink {
+    async fn finish_and_confirm(&mut self) -> Delivery {
+        Delivery::Stopped(0)
+    }
+}
+
+/// A send half that never accepts a byte, as a Manager granting no credit.
+struct StalledSink;
+
+impl AsyncWrite for StalledSink {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Pending
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+impl ReplySink for StalledSink {
+    async fn finish_and_confirm(&mut self) -> Delivery {
+        std::future::pending().await
+    }
+}
+
+async fn serve_one_request<W: ReplySink>(
+    recorder: &RecordingBackend,
+    code: u32,
+    body: &[u8],
+    sink: &mut W,
+) -> StreamEnd {
+    let dispatcher = dispatcher(recorder, DispatchConfig::default());
+    let mut input = Vec::new();
+    wire::write_frame(&mut input, &wire::encode_request(code, body))
+        .await
+        .unwrap();
+    dispatcher.serve_stream(&mut input.as_slice(), sink).await
+}
+
+#[rstest]
+#[case::grouped_reboot(NodePowerRequest::Reboot, WireForm::Grouped, ImmediateOp::Reboot)]
+#[case::grouped_shutdown(NodePowerRequest::Shutdown, WireForm::Grouped, ImmediateOp::PowerOff)]
+#[case::flat_reboot(NodePowerRequest::Reboot, WireForm::Flat, ImmediateOp::Reboot)]
+#[case::flat_shutdown(NodePowerRequest::Shutdown, WireForm::Flat, ImmediateOp::PowerOff)]
+#[tokio::test]
+async fn failed_reply_write_cancels(
+    #[case] request: NodePowerRequest,
+    #[case] form: WireForm,
+    #[case] op: ImmediateOp,
+) {
+    let recorder = RecordingBackend::new();
+    let (code, body) = power_request(request, form);
+    let end = serve_one_request(&recorder, code, &body, &mut StoppedSink).await;
+    assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
+    let entries = recorder.journal().entries();
+    assert!(
+        entries.contains(&Entry::Dispatch(DispatchEvent::Cancelled(op))),
+        "{entries:#?}"
+    );
+    assert_eq!(recorder.journal().power_operations(), vec![]);
+}
+
+#[rstest]
+#[case::grouped_reboot(NodePowerRequest::Reboot, WireForm::Grouped, ImmediateOp::Reboot)]
+#[case::flat_shutdown(NodePowerRequest::Shutdown, WireForm::Flat, ImmediateOp::PowerOff)]
+#[tokio::test(start_paused = true)]
+async fn reply_write_that_never_completes_cancels(
+    #[case] request: NodePowerRequest,
+    #[case] form: WireForm,
+    #[case] op: ImmediateOp,
+) {
+    let recorder = RecordingBackend::new();
+    let (code, body) = power_request(request, form);
+    // With time paused, the reply timeout fires as soon as nothing else can run.
+    let end = serve_one_request(&recorder, code, &body, &mut StalledSink).await;
+    assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
+    assert!(
+        recorder
+            .journal()
+            .entries()
+            .contains(&Entry::Dispatch(DispatchEvent::Cancelled(op)))
+    );
+    assert_eq!(recorder.journal().power_operations(), vec![]);
+}
+
+#[rstest]
+#[case::grouped_reboot(NodePowerRequest::Reboot, WireForm::Grouped)]
+#[case::grouped_shutdown(NodePowerRequest::Shutdown, WireForm::Grouped)]
+#[case::flat_reboot(NodePowerRequest::Reboot, WireForm::Flat)]
+#[case::flat_shutdown(NodePowerRequest::Shutdown, WireForm::Flat)]
+#[tokio::test]
+async fn refused_preparation_is_invalid_command(
+    #[case] request: NodePowerRequest,
+    #[case] form: WireForm,
+) {
+    let recorder = RecordingBackend::new();
+    recorder.set_refuse_prepare(true);
+    let mut stream = Stream::open(recorder);
+    let (code, body) = power_request(request, form);
+    assert_eq!(
+        stream.request(code, &body).await,
+        err(reply_text::INVALID_COMMAND)
+    );
+    stream.echo_still_served().await;
+    assert_eq!(stream.recorder.journal().power_operations(), vec![]);
+    assert_eq!(stream.finish().await, StreamEnd::Finished);
+}
+
+#[rstest]
+#[case::graceful_reboot(NodePowerRequest::GracefulReboot)]
+#[case::graceful_shutdown(NodePowerRequest::GracefulShutdown)]
+#[tokio::test]
+async fn failed_start_is_fail(#[case] request: NodePowerRequest) {
+    let recorder = RecordingBackend::new();
+    recorder.set_fail_start(true);
+    let mut stream = Stream::open(recorder);
+    let reply = stream
+        .request(RequestCode::NODE_POWER, &wire::encode(&request))
+        .await;
+    assert_eq!(reply, err(reply_text::FAIL));
+    stream.echo_still_served().await;
+    assert_eq!(stream.recorder.journal().power_operations(), vec![]);
+}
+
+/// What a bad request gets.
+enum Expect {
+    Exactly(Vec<u8>),
+    ErrorStartingWith(&'static str),
+}
+
+#[rstest]
+#[case::unknown_9999(wire::encode_request(9999, &[]), Expect::Exactly(err("unknown request code: 9999")))]
+#[case::unknown_3(wire::encode_request(3, &[]), Expect::Exactly(err("unknown request code: 3")))]
+#[case::unknown_11(wire::encode_request(11, &[]), Expect::Exactly(err("unknown request code: 11")))]
+#[case::unknown_max(wire::encode_request(u32::MAX, &[]), Expect::Exactly(err("unknown request code: 4294967295")))]
+#[case::not_supported_0(wire::encode_request(0, &[]), Expect::Exactly(err("not supported")))]
+#[case::not_supported_20(wire::encode_request(20, &[1, 2, 3]), Expect::Exactly(err("not supported")))]
+#[case::not_supported_108(wire::encode_request(108, &[]), Expect::Exactly(err("not supported")))]
+#[case::node_power_empty_body(wire::encode_request(106, &[]), Expect::ErrorStartingWith("malformed body for request code 106"))]
+#[case::node_power_out_of_range(wire::encode_request(106, &[4]), Expect::ErrorStartingWith("malformed body for request code 106"))]
+#[case::node_power_huge_variant(wire::encode_request(106, &[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), Expect::ErrorStartingWith("malformed body for request code 106"))]
+#[case::empty_frame(
+    Vec::new(),
+    Expect::ErrorStartingWith("request frame of 0 bytes is too short")
+)]
+#[case::short_frame(vec![106, 0, 0], Expect::ErrorStartingWith("request frame of 3 bytes is too short"))]
+#[tokio::test]
+async fn bad_request_gets_a_reply_and_the_stream_keeps_serving(
+    #[case] payload: Vec<u8>,
+    #[case] expect: Expect,
+) {
+    let mut stream = Stream::open(RecordingBackend::new());
+    stream.send_payload(&payload).await;
+    let reply = stream.reply().await;
+    match expect {
+        Expect::Exactly(bytes) => assert_eq!(reply, bytes),
+        Expect::ErrorStartingWith(prefix) => {
+            let text = wire::decode::<Result<(), String>>(&reply)
+                .unwrap()
+                .unwrap_err();
+            assert!(text.starts_with(prefix), "{text:?}");
+        }
+    }
+    stream.echo_still_served().await;
+    // And a power request on the same stream is still served correctly.
+    let graceful = wire::encode(&NodePowerRequest::GracefulReboot);
+    let reply = stream.request(RequestCode::NODE_POWER, &graceful).await;
+    assert_eq!(reply, reply::initiated_payload(WireForm::Grouped));
+    assert_eq!(
+        stream.recorder.journal().power_operations(),
+        vec![Entry::StartGraceful(GracefulOp::Reboot)]
+    );
+}
+
+#[tokio::test]
+async fn trailing_bytes_after_a_valid_body_are_ignored_as_the_reference_does() {
+    let mut stream = Stream::open(RecordingBackend::new());
+    let reply = stream
+        .request(RequestCode::NODE_POWER, &[3, 0xde, 0xad])
+        .await;
+    assert_eq!(reply, reply::initiated_payload(WireForm::Grouped));
+    assert_eq!(
+        stream.recorder.journal().power_operations(),
+        vec![Entry::StartGraceful(GracefulOp::PowerOff)]
+    );
+}
+
+#[tokio::test]
+async fn echo_answers_ok() {
+    let mut stream = Stream::open(RecordingBackend::new());
+    assert_eq!(stream.request(RequestCode::ECHO, &[]).await, ok_unit());
+    assert_eq!(stream.finish().await, StreamEnd::Finished);
+}
+
+#[tokio::test]
+async fn oversized_frame_is_refused_before_allocating_and_ends_the_stream() {
+    let mut stream = Stream::open(RecordingBackend::new());
+    // Only the header: a 4 GiB claim, no body follows.
+    tokio::io::AsyncWriteExt::write_all(&mut stream.manager, &u32::MAX.to_be_bytes())
+        .await
+        .unwrap();
+    let text = wire::decode::<Result<(), String>>(&stream.reply().await)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        text,
+        "frame of 4294967295 bytes exceeds the limit of 1048576 bytes"
+    );
+    assert_eq!(stream.finish().await, StreamEnd::FrameTooLarge);
+}
+
+#[tokio::test]
+async fn frame_cut_short_ends_the_stream_without_any_operation() {
+    let mut stream = Stream::open(RecordingBackend::new());
+    let frame = {
+        let mut out = Vec::new();
+        let payload = wire::encode_request(RequestCode::NODE_POWER, &[0]);
+        wire::write_frame(&mut out, &payload).await.unwrap();
+        out
+    };
+    tokio::io::AsyncWriteExt::write_all(&mut stream.manager, &frame[..frame.len() - 1])
+        .await
+        .unwrap();
+    let recorder = stream.recorder.clone();
+    let end = stream.finish().await;
+    assert!(matches!(end, StreamEnd::ReadFailed(_)), "{end:?}");
+    assert_eq!(recorder.journal().power_operations(), vec![]);
+}
+
+#[tokio::test]
+async fn a_second_power_request_is_refused_while_one_is_under_way() {
+    let recorder = RecordingBackend::new();
+    let dispatcher = dispatcher(&recorder, DispatchConfig::default());
+    let power = dispatcher.power();
+
+    let pending = power.prepare(ImmediateOp::Reboot).unwrap();
+    assert!(matches!(
+        power.prepare(ImmediateOp::PowerOff),
+        Err(PrepareError::InProgress)
+    ));
+    assert!(matches!(
+        power.start_graceful(GracefulOp::Reboot),
+        Err(StartError::InProgress)
+    ));
+    // Cancelling frees the latch.
+    drop(pending);
+    assert!(!power.is_busy());
+    let again = power.prepare(ImmediateOp::PowerOff).unwrap();
+    drop(again);
+    assert_eq!(recorder.journal().power_operations(), vec![]);
+}
+
+#[tokio::test]
+async fn a_power_request_during_a_running_operation_gets_its_error_reply() {
+    let recorder = RecordingBackend::new();
+    // The first operation does not return, like a real reboot(2).
+    recorder.set_hold_perform(true);
+    let mut first = Stream::open(recorder.clone());
+    let (code, body) = power_request(NodePowerRequest::Reboot, WireForm::Grouped);
+    assert_eq!(
+        first.request(code, &body).await,
+        reply::initiated_payload(WireForm::Grouped)
+    );
+    recorder
+        .journal()
+        .wait_for(|e| e.contains(&Entry::Perform(ImmediateOp::Reboot)))
+        .await;
+
+    // A second stream on the same dispatcher.
+    let dispatcher = Arc::clone(&first.dispatcher);
+    let (mut manager, agent) = tokio::io::duplex(4096);
+    let serving = tokio::spawn(async move {
+        let (mut recv, mut send) = tokio::io::split(agent);
+        dispatcher.serve_stream(&mut recv, &mut send).await
+    });
+    for (code, body, expected) in [
+        (
+            RequestCode::FLAT_SHUTDOWN,
+            Vec::new(),
+            reply_text::INVALID_COMMAND,
+        ),
+        (
+            RequestCode::NODE_POWER,
+            wire::encode(&NodePowerRequest::Reboot),
+            reply_text::INVALID_COMMAND,
+        ),
+        (
+            RequestCode::NODE_POWER,
+            wire::encode(&NodePowerRequest::GracefulShutdown),
+            reply_text::FAIL,
+        ),
+    ] {
+        wire::write_frame(&mut manager, &wire::encode_request(code, &body))
+            .await
+            .unwrap();
+        let reply = wire::read_frame(&mut manager, u32::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, err(expected));
+    }
+    drop(manager);
+    assert_eq!(serving.await.unwrap(), StreamEnd::Finished);
+    recorder.set_hold_perform(false);
+    first.dispatcher.power().wait_idle().await;
+    assert_eq!(
+        recorder.journal().power_operations(),
+        vec![Entry::Perform(ImmediateOp::Reboot)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_stream_is_ended_after_the_idle_timeout() {
+    let recorder = RecordingBackend::new();
+    let config = DispatchConfig {
+        stream_idle_timeout: Duration::from_secs(5),
+        ..DispatchConfig::default()
+    };
+    let dispatcher = dispatcher(&recorder, config);
+    let (_manager, agent) = tokio::io::duplex(4096);
+    let (mut recv, mut send) = tokio::io::split(agent);
+    assert_eq!(
+        dispatcher.serve_stream(&mut recv, &mut send).await,
+        StreamEnd::IdleTimeout
+    );
+}
