@@ -10,6 +10,8 @@ pub mod agent;
 pub mod dispatch;
 pub mod handshake;
 #[cfg(feature = "manager")]
+pub mod lab;
+#[cfg(feature = "manager")]
 pub mod manager;
 #[cfg(feature = "manager")]
 pub mod pki;

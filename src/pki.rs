@@ -7,10 +7,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::tls::TlsError;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A certificate and its private key.
@@ -185,6 +187,19 @@ impl ThrowawayPki {
             agent,
             server_name: server_name.to_owned(),
         })
+    }
+
+    /// A trust store holding the CA.
+    ///
+    /// # Errors
+    ///
+    /// When the CA certificate is refused.
+    pub fn roots(&self) -> Result<RootCertStore, TlsError> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.ca.cert_der())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(roots)
     }
 
     /// Writes every file as PEM into `dir`.
