@@ -7,6 +7,8 @@ use std::{
     sync::Arc,
 };
 
+use tokio::task::JoinSet;
+
 use crate::{
     dispatch::Dispatcher,
     handshake::{self, HandshakeError, Identity},
@@ -48,7 +50,8 @@ pub fn client_endpoint(
 }
 
 /// Connects to the Manager at `manager`, whose certificate must be valid for
-/// `server_name`, and runs the handshake.
+/// `server_name`, and runs the handshake. Returns the connection and the
+/// highest protocol version the Manager speaks.
 ///
 /// # Errors
 ///
@@ -59,7 +62,7 @@ pub async fn establish(
     server_name: &str,
     identity: &Identity,
     max_frame_len: u32,
-) -> Result<quinn::Connection, SessionError> {
+) -> Result<(quinn::Connection, String), SessionError> {
     let connection = endpoint
         .connect(manager, server_name)
         .map_err(|e| SessionError::Connect(e.to_string()))?
@@ -68,25 +71,54 @@ pub async fn establish(
     let info = identity.agent_info(manager);
     let version = handshake::handshake(&connection, &info, max_frame_len).await?;
     tracing::info!(%manager, manager_protocol = %version, "connected to the Manager");
-    Ok(connection)
+    Ok((connection, version))
 }
 
-/// Serves every request stream the Manager opens on `connection` until the
-/// connection ends, and returns why it ended.
+/// How serving a connection ended.
+#[derive(Debug)]
+pub enum ConnectionEnd {
+    /// The connection failed or the Manager closed it.
+    Lost(quinn::ConnectionError),
+    /// A stop was asked for; roxyd closed the connection.
+    Stopped,
+}
+
+/// Serves every request stream the Manager opens on `connection`, each on a
+/// task of its own, until the connection ends or `shutdown` resolves.
+///
+/// On the way out the connection is closed and every stream task is awaited:
+/// they end promptly, since their reads and writes now fail. A pending
+/// operation whose reply was not yet written is thereby cancelled; one whose
+/// reply was written is released (the Manager may already have been told).
 pub async fn serve_connection<B: PowerBackend>(
     connection: quinn::Connection,
     dispatcher: Arc<Dispatcher<B>>,
-) -> quinn::ConnectionError {
-    loop {
-        let (mut send, mut recv) = match connection.accept_bi().await {
-            Ok(streams) => streams,
-            Err(e) => return e,
-        };
-        let dispatcher = Arc::clone(&dispatcher);
-        tokio::spawn(async move {
-            let id = send.id();
-            let end = dispatcher.serve_stream(&mut recv, &mut send).await;
-            tracing::debug!(stream = %id, ?end, "request stream ended");
-        });
-    }
+    shutdown: impl Future<Output = ()>,
+) -> ConnectionEnd {
+    let mut streams = JoinSet::new();
+    tokio::pin!(shutdown);
+    let end = loop {
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((mut send, mut recv)) => {
+                    let dispatcher = Arc::clone(&dispatcher);
+                    streams.spawn(async move {
+                        let id = send.id();
+                        let end = dispatcher.serve_stream(&mut recv, &mut send).await;
+                        tracing::debug!(stream = %id, ?end, "request stream ended");
+                    });
+                }
+                Err(e) => break ConnectionEnd::Lost(e),
+            },
+            // Reap finished stream tasks so that a long connection does not
+            // accumulate them.
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            () = &mut shutdown => {
+                connection.close(0u32.into(), b"roxyd stopping");
+                break ConnectionEnd::Stopped;
+            }
+        }
+    };
+    while streams.join_next().await.is_some() {}
+    end
 }

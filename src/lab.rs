@@ -10,7 +10,8 @@ use std::{
 use tokio::task::JoinHandle;
 
 use crate::{
-    agent::{self, SessionError},
+    agent::{self, ConnectionEnd, SessionError},
+    config::Config,
     dispatch::Dispatcher,
     handshake::Identity,
     manager::{AgentSession, Manager, ManagerError, server_config},
@@ -57,7 +58,7 @@ pub struct LabAgent {
     /// The agent's side of the connection.
     pub connection: quinn::Connection,
     /// The serving task; it ends with the connection.
-    pub serving: JoinHandle<quinn::ConnectionError>,
+    pub serving: JoinHandle<ConnectionEnd>,
     endpoint: quinn::Endpoint,
 }
 
@@ -101,6 +102,7 @@ impl Lab {
             self.pki.agent.chain(),
             self.pki.agent.key(),
             self.pki.roots()?,
+            Config::default().max_concurrent_streams,
         )?)
     }
 
@@ -121,7 +123,7 @@ impl Lab {
             self.manager.accept(),
             agent::establish(&endpoint, addr, SERVER_NAME, &identity, max_frame_len)
         );
-        Ok((session?, connection?, endpoint))
+        Ok((session?, connection?.0, endpoint))
     }
 
     /// Connects an in-process agent serving with `dispatcher`, and returns
@@ -136,7 +138,11 @@ impl Lab {
     ) -> Result<(AgentSession, LabAgent), LabError> {
         let (session, connection, endpoint) =
             self.establish(dispatcher.config().max_frame_len).await?;
-        let serving = tokio::spawn(agent::serve_connection(connection.clone(), dispatcher));
+        let serving = tokio::spawn(agent::serve_connection(
+            connection.clone(),
+            dispatcher,
+            std::future::pending(),
+        ));
         Ok((
             session,
             LabAgent {

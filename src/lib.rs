@@ -7,6 +7,9 @@
 //! operation, and [`platform`] talks to the operating system.
 
 pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod dispatch;
 pub mod handshake;
 #[cfg(feature = "manager")]
@@ -17,6 +20,8 @@ pub mod manager;
 pub mod pki;
 pub mod platform;
 pub mod power;
+pub mod reconnect;
 pub mod reply;
+pub mod shutdown;
 pub mod tls;
 pub mod wire;

@@ -1,3 +1,117 @@
-//! The roxyd daemon.
+//! The roxyd daemon: reads its command line and configuration, sets up
+//! logging and TLS, and runs until SIGINT or SIGTERM.
+//!
+//! Exit status: 0 after a stop (or a successful `--check`), 1 when `--check`
+//! failed, 2 for a bad command line, configuration or certificate file, 3
+//! when the Manager refused roxyd's protocol version.
 
-fn main() {}
+use std::{fs::OpenOptions, process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use roxyd::{
+    agent,
+    cli::Cli,
+    config::Config,
+    daemon::{self, Outcome, Settings},
+    dispatch::Dispatcher,
+    platform::SystemBackend,
+    shutdown::Shutdown,
+    tls,
+};
+use tracing_subscriber::EnvFilter;
+
+/// A problem that stops roxyd before it can connect.
+#[derive(Debug, thiserror::Error)]
+enum StartupError {
+    #[error(transparent)]
+    Config(#[from] roxyd::config::ConfigError),
+    #[error("cannot open log file {path}: {reason}")]
+    LogFile { path: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Session(#[from] agent::SessionError),
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match start(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("roxyd: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
+    let config = Config::load(cli.config.as_deref(), |var| std::env::var(var).ok())?;
+    init_logging(&config)?;
+    let chain = tls::load_certs(&cli.cert)?;
+    let key = tls::load_private_key(&cli.key)?;
+    let roots = tls::load_roots(&cli.ca_certs)?;
+    let client = tls::client_config(chain, key, roots, config.max_concurrent_streams)?;
+    let settings = Settings {
+        manager: cli.manager.clone(),
+        identity: config.identity(),
+        max_frame_len: config.max_frame_len,
+        backoff: config.backoff(),
+        check: cli.check,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("roxyd-worker")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let shutdown = Shutdown::on_signals()?;
+        let endpoint = agent::client_endpoint(settings.manager.addr, client)?;
+        let dispatcher = Arc::new(Dispatcher::new(SystemBackend::default(), config.dispatch()));
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            backend = std::any::type_name::<SystemBackend>(),
+            "roxyd starting"
+        );
+        Ok(match daemon::run(&settings, &endpoint, dispatcher, shutdown).await {
+            Ok(Outcome::Stopped) => ExitCode::SUCCESS,
+            Ok(Outcome::Checked { manager_protocol }) => {
+                println!(
+                    "roxyd: connected to the Manager at {}; it speaks protocol {manager_protocol}",
+                    settings.manager
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("roxyd: {e}");
+                ExitCode::from(e.exit_status())
+            }
+        })
+    })
+}
+
+/// Logs to the configured file, or standard output; `RUST_LOG` sets the
+/// filter (default `info`).
+fn init_logging(config: &Config) -> Result<(), StartupError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if let Some(path) = &config.log_file {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| StartupError::LogFile {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init();
+    } else {
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        builder.with_ansi(ansi).init();
+    }
+    Ok(())
+}

@@ -32,6 +32,8 @@ pub struct PowerHandler<B> {
     /// `true` while a power operation is pending, running or has taken the
     /// host down.
     busy: Arc<watch::Sender<bool>>,
+    /// `true` from a release until the backend's `perform` returned.
+    performing: Arc<watch::Sender<bool>>,
 }
 
 impl<B: PowerBackend> PowerHandler<B> {
@@ -40,6 +42,7 @@ impl<B: PowerBackend> PowerHandler<B> {
         Self {
             backend: Arc::new(backend),
             busy: Arc::new(watch::Sender::new(false)),
+            performing: Arc::new(watch::Sender::new(false)),
         }
     }
 
@@ -64,6 +67,14 @@ impl<B: PowerBackend> PowerHandler<B> {
         &self.backend
     }
 
+    /// Resolves once no released operation is still being performed. On a
+    /// real system a successful `reboot(2)` never returns, so the daemon,
+    /// which waits for this before it exits, never exits ahead of it.
+    pub async fn wait_performed(&self) {
+        let mut rx = self.performing.subscribe();
+        let _ = rx.wait_for(|performing| !*performing).await;
+    }
+
     /// Checks that `op` can run now and returns it pending, not run.
     ///
     /// # Errors
@@ -76,6 +87,7 @@ impl<B: PowerBackend> PowerHandler<B> {
         Ok(PendingPowerOp {
             op,
             backend: Arc::clone(&self.backend),
+            performing: Arc::clone(&self.performing),
             latch: Some(latch),
         })
     }
@@ -133,6 +145,7 @@ impl GracefulRun {
 pub struct PendingPowerOp<B: PowerBackend> {
     op: ImmediateOp,
     backend: Arc<B>,
+    performing: Arc<watch::Sender<bool>>,
     /// `Some` until released; a drop with it still here is a cancellation.
     latch: Option<PowerLatch>,
 }
@@ -154,12 +167,15 @@ impl<B: PowerBackend> PendingPowerOp<B> {
         let op = self.op;
         let backend = Arc::clone(&self.backend);
         let latch = self.latch.take();
+        let performing = Arc::clone(&self.performing);
+        performing.send_replace(true);
         tracing::warn!(%op, "releasing power operation");
         run_detached("roxyd-power", move || {
             if let Err(e) = backend.perform(op) {
                 tracing::error!(%op, error = %e, "power operation failed after release");
             }
             drop(latch);
+            performing.send_replace(false);
         });
     }
 }

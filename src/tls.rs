@@ -47,10 +47,15 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_error(path: &Path, e: &dyn std::fmt::Display) -> TlsError {
+fn read_error(path: &Path, e: &rustls_pki_types::pem::Error) -> TlsError {
+    let reason = match e {
+        // The OS error alone reads best: "No such file or directory".
+        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
+        e => e.to_string(),
+    };
     TlsError::Read {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        reason,
     }
 }
 
@@ -105,8 +110,9 @@ pub fn load_roots<P: AsRef<Path>>(paths: &[P]) -> Result<RootCertStore, TlsError
     Ok(roots)
 }
 
-/// The agent's QUIC client configuration: mutual TLS 1.3 and the reference
-/// keep-alive.
+/// The agent's QUIC client configuration: mutual TLS 1.3, the reference
+/// keep-alive, and at most `max_concurrent_streams` request streams open at
+/// once (the Manager opens none of the unidirectional kind).
 ///
 /// # Errors
 ///
@@ -115,6 +121,7 @@ pub fn client_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     roots: RootCertStore,
+    max_concurrent_streams: u32,
 ) -> Result<quinn::ClientConfig, TlsError> {
     let config = |e: &dyn std::fmt::Display| TlsError::Config(e.to_string());
     let tls = rustls::ClientConfig::builder_with_provider(provider())
@@ -125,7 +132,10 @@ pub fn client_config(
         .map_err(|e| config(&e))?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| config(&e))?;
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    transport
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .max_concurrent_bidi_streams(max_concurrent_streams.into())
+        .max_concurrent_uni_streams(0u8.into());
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
     client.transport_config(Arc::new(transport));
     Ok(client)

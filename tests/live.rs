@@ -228,6 +228,7 @@ async fn manager_stopping_the_stream_before_the_reply_cancels(
     tokio::spawn(roxyd::agent::serve_connection(
         connection,
         Arc::clone(&dispatcher),
+        std::future::pending(),
     ));
     assert_eq!(
         session.unit_request(RequestCode::ECHO).await.unwrap(),

@@ -1,0 +1,2 @@
+//! Placeholder; the demo follows.
+fn main() {}

@@ -1,0 +1,104 @@
+//! The `roxyd` command line.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
+
+use clap::Parser;
+
+/// roxyd: carries out a Manager's power requests over QUIC with mutual TLS.
+#[derive(Debug, Parser)]
+#[command(name = "roxyd", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML configuration file; every key can also be set by a `ROXYD_<KEY>`
+    /// environment variable.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "CONFIG.toml",
+        env = "ROXYD_CONFIG"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// roxyd's certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "CERT.pem", env = "ROXYD_CERT")]
+    pub cert: PathBuf,
+
+    /// roxyd's private key (PEM).
+    #[arg(long, value_name = "KEY.pem", env = "ROXYD_KEY")]
+    pub key: PathBuf,
+
+    /// CA certificates that the Manager's certificate must chain to (PEM),
+    /// comma-separated.
+    #[arg(
+        long = "ca-certs",
+        value_name = "CA.pem[,CA.pem]",
+        value_delimiter = ',',
+        required = true,
+        env = "ROXYD_CA_CERTS"
+    )]
+    pub ca_certs: Vec<PathBuf>,
+
+    /// Connect once, run the handshake, report, and exit: 0 when the Manager
+    /// accepted roxyd, 1 otherwise.
+    #[arg(long)]
+    pub check: bool,
+
+    /// The Manager: its TLS server name, `@`, and its address.
+    #[arg(value_name = "NAME@IP:PORT")]
+    pub manager: ManagerAddress,
+}
+
+/// `NAME@IP:PORT`: the name the Manager's certificate must be valid for, and
+/// where it listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagerAddress {
+    /// The TLS server name.
+    pub server_name: String,
+    /// The UDP address.
+    pub addr: SocketAddr,
+}
+
+/// A malformed `NAME@IP:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid Manager address {input:?}: {reason}; expected NAME@IP:PORT, e.g. manager.example@192.0.2.10:38390"
+)]
+pub struct AddressError {
+    input: String,
+    reason: &'static str,
+}
+
+impl FromStr for ManagerAddress {
+    type Err = AddressError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let fail = |reason| AddressError {
+            input: input.to_owned(),
+            reason,
+        };
+        let (name, addr) = input.rsplit_once('@').ok_or_else(|| fail("no '@'"))?;
+        if name.is_empty() {
+            return Err(fail("the server name is empty"));
+        }
+        if rustls_pki_types::ServerName::try_from(name).is_err() {
+            return Err(fail(
+                "the server name is not a valid DNS name or IP address",
+            ));
+        }
+        let addr = addr
+            .parse::<SocketAddr>()
+            .map_err(|_| fail("the address is not IP:PORT"))?;
+        if addr.port() == 0 {
+            return Err(fail("the port is 0"));
+        }
+        Ok(Self {
+            server_name: name.to_owned(),
+            addr,
+        })
+    }
+}
+
+impl fmt::Display for ManagerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.server_name, self.addr)
+    }
+}

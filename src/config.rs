@@ -1,0 +1,239 @@
+//! The daemon's configuration: a TOML file, every key of which can be
+//! overridden by a `ROXYD_<KEY>` environment variable (`ROXYD_LOG_FILE`,
+//! `ROXYD_MAX_FRAME_LEN`, ...).
+//!
+//! Unknown keys are errors, so that a typo is not silently ignored.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    dispatch::DispatchConfig,
+    handshake::{DEFAULT_APP_NAME, DEFAULT_PROTOCOL_VERSION, Identity},
+    reconnect::BackoffConfig,
+    wire,
+};
+
+/// The configuration, with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where logs go; standard output when absent.
+    pub log_file: Option<PathBuf>,
+    /// The application name announced in the handshake.
+    pub app_name: String,
+    /// The Manager protocol release announced in the handshake.
+    pub protocol_version: String,
+    /// Largest request frame accepted, in bytes.
+    pub max_frame_len: u32,
+    /// Most request streams the Manager may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Seconds a request stream may stay silent before roxyd ends it.
+    pub stream_idle_timeout_secs: u64,
+    /// Seconds writing one reply may take; an immediate operation whose
+    /// reply is not written in time is cancelled.
+    pub reply_timeout_secs: u64,
+    /// Milliseconds to wait for the Manager to acknowledge an immediate
+    /// operation's reply before releasing it anyway.
+    pub delivery_timeout_ms: u64,
+    /// Ceiling of the first reconnect delay, in milliseconds.
+    pub reconnect_initial_ms: u64,
+    /// Ceiling of every reconnect delay, in milliseconds.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let dispatch = DispatchConfig::default();
+        let backoff = BackoffConfig::default();
+        Self {
+            log_file: None,
+            app_name: DEFAULT_APP_NAME.to_owned(),
+            protocol_version: DEFAULT_PROTOCOL_VERSION.to_owned(),
+            max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
+            max_concurrent_streams: 64,
+            stream_idle_timeout_secs: dispatch.stream_idle_timeout.as_secs(),
+            reply_timeout_secs: dispatch.reply_timeout.as_secs(),
+            delivery_timeout_ms: millis(dispatch.delivery_timeout),
+            reconnect_initial_ms: millis(backoff.initial),
+            reconnect_max_ms: millis(backoff.max),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A configuration problem, naming the file or variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The file or an override is not valid.
+    #[error("invalid config{}: {reason}", source_name(.path.as_deref()))]
+    Invalid {
+        /// The file, if the problem is in it.
+        path: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// An environment override does not parse.
+    #[error("invalid {var}: expected {expected}, got {value:?}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What it should hold.
+        expected: &'static str,
+        /// What it holds.
+        value: String,
+    },
+}
+
+fn source_name(path: Option<&str>) -> String {
+    path.map(|p| format!(" file {p}")).unwrap_or_default()
+}
+
+/// The kind of value a key holds, for parsing its environment override.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Number,
+}
+
+/// Every key, for the environment overrides.
+const KEYS: [(&str, Kind); 10] = [
+    ("log_file", Kind::Text),
+    ("app_name", Kind::Text),
+    ("protocol_version", Kind::Text),
+    ("max_frame_len", Kind::Number),
+    ("max_concurrent_streams", Kind::Number),
+    ("stream_idle_timeout_secs", Kind::Number),
+    ("reply_timeout_secs", Kind::Number),
+    ("delivery_timeout_ms", Kind::Number),
+    ("reconnect_initial_ms", Kind::Number),
+    ("reconnect_max_ms", Kind::Number),
+];
+
+impl Config {
+    /// Reads `path` (defaults when `None`), applies the `ROXYD_*` overrides
+    /// found by `env`, and checks the result.
+    ///
+    /// # Errors
+    ///
+    /// See [`ConfigError`].
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let shown = path.map(|p| p.display().to_string());
+        let mut table = match path {
+            None => toml::Table::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid {
+                        path: shown.clone(),
+                        reason: e.message().to_owned(),
+                    })?
+            }
+        };
+        let mut overridden = false;
+        for (key, kind) in KEYS {
+            let var = format!("ROXYD_{}", key.to_ascii_uppercase());
+            let Some(value) = env(&var) else { continue };
+            overridden = true;
+            let value = match kind {
+                Kind::Text => toml::Value::String(value),
+                Kind::Number => value
+                    .trim()
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| ConfigError::Env {
+                        var,
+                        expected: "a whole number",
+                        value,
+                    })?,
+            };
+            table.insert(key.to_owned(), value);
+        }
+        let config = Self::deserialize(table).map_err(|e| ConfigError::Invalid {
+            // Name the file only when no override could be at fault.
+            path: if overridden { None } else { shown.clone() },
+            reason: e.message().to_owned(),
+        })?;
+        config.check().map_err(|reason| ConfigError::Invalid {
+            path: shown,
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("max_frame_len", u64::from(self.max_frame_len)),
+            (
+                "max_concurrent_streams",
+                u64::from(self.max_concurrent_streams),
+            ),
+            ("stream_idle_timeout_secs", self.stream_idle_timeout_secs),
+            ("reply_timeout_secs", self.reply_timeout_secs),
+            ("delivery_timeout_ms", self.delivery_timeout_ms),
+            ("reconnect_initial_ms", self.reconnect_initial_ms),
+            ("reconnect_max_ms", self.reconnect_max_ms),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{key} must be greater than 0"));
+        }
+        if self.reconnect_initial_ms > self.reconnect_max_ms {
+            return Err("reconnect_initial_ms must not exceed reconnect_max_ms".to_owned());
+        }
+        if self.app_name.is_empty() || self.protocol_version.is_empty() {
+            return Err("app_name and protocol_version must not be empty".to_owned());
+        }
+        Ok(())
+    }
+
+    /// What roxyd announces in the handshake.
+    #[must_use]
+    pub fn identity(&self) -> Identity {
+        Identity {
+            app_name: self.app_name.clone(),
+            protocol_version: self.protocol_version.clone(),
+            ..Identity::default()
+        }
+    }
+
+    /// The dispatch layer's limits.
+    #[must_use]
+    pub fn dispatch(&self) -> DispatchConfig {
+        DispatchConfig {
+            max_frame_len: self.max_frame_len,
+            stream_idle_timeout: Duration::from_secs(self.stream_idle_timeout_secs),
+            reply_timeout: Duration::from_secs(self.reply_timeout_secs),
+            delivery_timeout: Duration::from_millis(self.delivery_timeout_ms),
+        }
+    }
+
+    /// The reconnect bounds.
+    #[must_use]
+    pub fn backoff(&self) -> BackoffConfig {
+        BackoffConfig {
+            initial: Duration::from_millis(self.reconnect_initial_ms),
+            max: Duration::from_millis(self.reconnect_max_ms),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The daemon's life: connect, handshake, serve, and reconnect with backoff,
+//! until a stop is asked for.
+//!
+//! Policy, chosen for a fleet of appliances:
+//! - A connection that fails or ends (Manager unreachable or restarting, its
+//!   certificate not verified, expired or for another name) is logged in one
+//!   line and retried with jittered exponential backoff: a Manager upgrade or
+//!   certificate rotation must not strand the fleet.
+//! - A Manager that refuses roxyd's protocol version ends roxyd: retrying
+//!   cannot help until roxyd or its configuration changes.
+//! - On a stop, the connection is closed, every stream's work finishes, and
+//!   an operation released before the stop is waited for (on a real system
+//!   it does not return).
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    agent::{self, ConnectionEnd, SessionError},
+    cli::ManagerAddress,
+    dispatch::Dispatcher,
+    handshake::{HandshakeError, Identity},
+    platform::PowerBackend,
+    reconnect::{Backoff, BackoffConfig},
+    shutdown::Shutdown,
+};
+
+/// What the daemon needs besides its dispatcher and endpoint.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The Manager.
+    pub manager: ManagerAddress,
+    /// What roxyd announces in the handshake.
+    pub identity: Identity,
+    /// Largest frame accepted, also in the handshake.
+    pub max_frame_len: u32,
+    /// Reconnect bounds.
+    pub backoff: BackoffConfig,
+    /// Connect once, report and return, instead of serving.
+    pub check: bool,
+}
+
+/// How the daemon ended well.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A stop was asked for.
+    Stopped,
+    /// `--check`: the Manager accepted roxyd.
+    Checked {
+        /// The highest protocol version the Manager speaks.
+        manager_protocol: String,
+    },
+}
+
+/// How the daemon ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The Manager refused roxyd's protocol version.
+    #[error("Manager requires protocol version {0}")]
+    VersionRefused(String),
+    /// `--check`: the connection or handshake failed.
+    #[error("{0}")]
+    CheckFailed(String),
+}
+
+impl DaemonError {
+    /// The process exit status for this error.
+    #[must_use]
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Self::CheckFailed(_) => 1,
+            Self::VersionRefused(_) => 3,
+        }
+    }
+}
+
+/// How long closing the endpoint may take before roxyd exits anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs until `shutdown` resolves, or the Manager refuses roxyd's version,
+/// or, with [`Settings::check`], after one attempt.
+///
+/// # Errors
+///
+/// See [`DaemonError`].
+pub async fn run<B: PowerBackend>(
+    settings: &Settings,
+    endpoint: &quinn::Endpoint,
+    dispatcher: Arc<Dispatcher<B>>,
+    mut shutdown: Shutdown,
+) -> Result<Outcome, DaemonError> {
+    let result = serve_until_stopped(settings, endpoint, &dispatcher, &mut shutdown).await;
+    // An operation released before the stop is carried out before roxyd exits.
+    dispatcher.power().wait_performed().await;
+    endpoint.close(0u32.into(), b"roxyd stopping");
+    let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+    if matches!(result, Ok(Outcome::Stopped)) {
+        tracing::info!("stopped");
+    }
+    result
+}
+
+async fn serve_until_stopped<B: PowerBackend>(
+    settings: &Settings,
+    endpoint: &quinn::Endpoint,
+    dispatcher: &Arc<Dispatcher<B>>,
+    shutdown: &mut Shutdown,
+) -> Result<Outcome, DaemonError> {
+    let manager = &settings.manager;
+    let mut backoff = Backoff::new(settings.backoff);
+    loop {
+        tracing::info!(%manager, "connecting to the Manager");
+        let attempt = tokio::select! {
+            attempt = agent::establish(
+                endpoint,
+                manager.addr,
+                &manager.server_name,
+                &settings.identity,
+                settings.max_frame_len,
+            ) => attempt,
+            () = shutdown.requested() => return Ok(Outcome::Stopped),
+        };
+        match attempt {
+            Ok((connection, manager_protocol)) => {
+                if settings.check {
+                    connection.close(0u32.into(), b"roxyd check done");
+                    return Ok(Outcome::Checked { manager_protocol });
+                }
+                backoff.reset();
+                let end = agent::serve_connection(
+                    connection,
+                    Arc::clone(dispatcher),
+                    shutdown.clone().requested_owned(),
+                )
+                .await;
+                match end {
+                    ConnectionEnd::Stopped => return Ok(Outcome::Stopped),
+                    ConnectionEnd::Lost(e) => {
+                        tracing::warn!(%manager, reason = %e, "connection to the Manager ended");
+                    }
+                }
+            }
+            Err(SessionError::Handshake(HandshakeError::VersionRefused(text))) => {
+                tracing::error!(%manager, requirement = %text, "Manager refused roxyd's protocol version");
+                return Err(DaemonError::VersionRefused(text));
+            }
+            Err(e) if settings.check => return Err(DaemonError::CheckFailed(e.to_string())),
+            Err(e) => tracing::error!(%manager, "{e}"),
+        }
+        let delay = backoff.next_delay();
+        tracing::info!(delay_ms = delay.as_millis(), "reconnecting after a delay");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.requested() => return Ok(Outcome::Stopped),
+        }
+    }
+}
