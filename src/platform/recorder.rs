@@ -11,6 +11,7 @@ use std::{
         Arc, Condvar, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
+    time::Instant,
 };
 
 use tokio::sync::watch;
@@ -40,10 +41,10 @@ impl Entry {
     }
 }
 
-/// The shared, ordered list of [`Entry`]s.
+/// The shared, ordered list of [`Entry`]s, each with the time it was noted.
 #[derive(Clone, Debug)]
 pub struct Journal {
-    entries: Arc<watch::Sender<Vec<Entry>>>,
+    entries: Arc<watch::Sender<Vec<(Instant, Entry)>>>,
 }
 
 impl Default for Journal {
@@ -57,12 +58,23 @@ impl Default for Journal {
 impl Journal {
     /// Appends `entry` and wakes every waiter.
     pub fn push(&self, entry: Entry) {
-        self.entries.send_modify(|entries| entries.push(entry));
+        self.entries
+            .send_modify(|entries| entries.push((Instant::now(), entry)));
     }
 
     /// A copy of everything recorded so far.
     #[must_use]
     pub fn entries(&self) -> Vec<Entry> {
+        self.entries
+            .borrow()
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// A copy of everything recorded so far, with the time of each.
+    #[must_use]
+    pub fn timed_entries(&self) -> Vec<(Instant, Entry)> {
         self.entries.borrow().clone()
     }
 
@@ -72,6 +84,7 @@ impl Journal {
         self.entries
             .borrow()
             .iter()
+            .map(|(_, e)| e)
             .filter(|e| e.is_power_operation())
             .cloned()
             .collect()
@@ -80,11 +93,15 @@ impl Journal {
     /// Waits until `done` holds for the entries, then returns a copy of them.
     pub async fn wait_for(&self, mut done: impl FnMut(&[Entry]) -> bool) -> Vec<Entry> {
         let mut rx = self.entries.subscribe();
-        match rx.wait_for(|entries| done(entries)).await {
-            Ok(entries) => entries.clone(),
-            // The sender lives in `self`, so it cannot have closed.
-            Err(_) => self.entries(),
-        }
+        let mut plain = Vec::new();
+        // The sender lives in `self`, so the channel cannot close.
+        let _ = rx
+            .wait_for(|entries| {
+                plain = entries.iter().map(|(_, e)| e.clone()).collect();
+                done(&plain)
+            })
+            .await;
+        plain
     }
 }
 
