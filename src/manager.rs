@@ -174,13 +174,12 @@ impl Manager {
             .await
             .map_err(transport)?;
         let _ = send.finish();
+        // Return only once the agent has the answer, so that a caller that
+        // closes the connection at once does not destroy it in flight.
+        let _ = send.stopped().await;
         match answer {
             Ok(_) => Ok(AgentSession { connection, agent }),
-            Err(text) => {
-                // Let the refusal reach the agent before the stream goes.
-                let _ = send.stopped().await;
-                Err(ManagerError::Refused(text))
-            }
+            Err(text) => Err(ManagerError::Refused(text)),
         }
     }
 

@@ -178,7 +178,8 @@ impl ThrowawayPki {
     ///
     /// When rcgen fails.
     pub fn generate(server_name: &str) -> Result<Self, PkiError> {
-        let ca = ThrowawayCa::new("roxyd throwaway CA")?;
+        // A name of its own, so that two labs' CAs are told apart by name.
+        let ca = ThrowawayCa::new(&format!("roxyd throwaway CA {:08x}", rand::random::<u32>()))?;
         let manager = ca.manager_cert(server_name)?;
         let agent = ca.agent_cert("roxyd-agent")?;
         Ok(Self {

@@ -21,7 +21,7 @@ use std::{
 use tokio::sync::{oneshot, watch};
 
 use crate::{
-    platform::{GracefulOp, ImmediateOp, PowerBackend, PrepareError, StartError},
+    platform::{GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, StartError},
     reply::ReplyWritten,
 };
 
@@ -103,6 +103,12 @@ impl<B: PowerBackend> PowerHandler<B> {
         let latch = PowerLatch::acquire(&self.busy).ok_or(StartError::InProgress)?;
         let started = self.backend.start_graceful(op)?;
         let (done, finished) = oneshot::channel();
+        if let GracefulStart::Simulated = started {
+            // Nothing runs: settle the latch now, before the reply is sent.
+            drop(latch);
+            let _ = done.send(false);
+            return Ok(GracefulRun { finished });
+        }
         run_detached("roxyd-reaper", move || {
             let outcome = started.wait();
             let going_down = outcome.host_going_down();
@@ -171,10 +177,13 @@ impl<B: PowerBackend> PendingPowerOp<B> {
         performing.send_replace(true);
         tracing::warn!(%op, "releasing power operation");
         run_detached("roxyd-power", move || {
-            if let Err(e) = backend.perform(op) {
-                tracing::error!(%op, error = %e, "power operation failed after release");
-            }
+            let result = backend.perform(op);
             drop(latch);
+            match result {
+                // Only the recorder returns from a successful operation.
+                Ok(()) => tracing::info!(%op, "backend returned; the host stays up"),
+                Err(e) => tracing::error!(%op, error = %e, "power operation failed after release"),
+            }
             performing.send_replace(false);
         });
     }

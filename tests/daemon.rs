@@ -1,0 +1,399 @@
+//! The real `roxyd` binary (built with the recording backend) against the
+//! Manager built in this repository: bad command lines and config files,
+//! connecting, serving, reconnecting, stopping in every phase, and refusals.
+#![cfg(all(unix, feature = "test-backend", feature = "manager"))]
+
+mod support;
+
+use std::{ffi::OsString, path::Path};
+
+use nix::sys::signal::Signal;
+use roxyd::{
+    lab::Lab,
+    manager::{Manager, VersionPolicy},
+    pki::PkiFiles,
+    wire::{NodePowerRequest, NodePowerResponse, RequestCode},
+};
+use rstest::rstest;
+use support::{Roxyd, lab_args, run_to_exit, write_file};
+use tempfile::TempDir;
+
+/// A lab whose files are on disk.
+struct Setup {
+    lab: Lab,
+    files: PkiFiles,
+    dir: TempDir,
+}
+
+fn setup() -> Setup {
+    let lab = Lab::new().unwrap();
+    let dir = TempDir::new().unwrap();
+    let files = lab.pki.write_to(dir.path()).unwrap();
+    Setup { lab, files, dir }
+}
+
+impl Setup {
+    fn args(&self) -> Vec<OsString> {
+        lab_args(&self.files, self.lab.manager.local_addr().unwrap())
+    }
+
+    /// The default arguments with `flag`'s value replaced.
+    fn with(&self, flag: &str, value: impl Into<OsString>) -> Vec<OsString> {
+        let mut args = self.args();
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = value.into();
+        args
+    }
+
+    /// The default arguments with the Manager address replaced.
+    fn with_manager(&self, manager: &str) -> Vec<OsString> {
+        let mut args = self.args();
+        *args.last_mut().unwrap() = manager.into();
+        args
+    }
+
+    /// The default arguments with `-c CONFIG` in front.
+    fn with_config(&self, text: &str) -> Vec<OsString> {
+        let config = write_file(self.dir.path(), "roxyd.toml", text);
+        let mut args: Vec<OsString> = vec!["-c".into(), config.into()];
+        args.extend(self.args());
+        args
+    }
+}
+
+/// A bad invocation: its arguments and environment, from the set-up.
+type Invocation = fn(&Setup) -> (Vec<OsString>, Vec<(&'static str, String)>);
+
+fn only(args: Vec<OsString>) -> (Vec<OsString>, Vec<(&'static str, String)>) {
+    (args, Vec::new())
+}
+
+#[rstest]
+#[case::no_arguments(|_: &Setup| only(vec![]), "required arguments were not provided", 2)]
+#[case::no_ca(|s: &Setup| { let mut a = s.args(); let i = a.iter().position(|x| x == "--ca-certs").unwrap(); a.drain(i..i + 2); only(a) }, "required arguments were not provided:\n  --ca-certs <CA.pem", 2)]
+#[case::address_without_at(|s: &Setup| only(s.with_manager("manager127.0.0.1:38390")), "invalid Manager address \"manager127.0.0.1:38390\": no '@'", 2)]
+#[case::address_without_name(|s: &Setup| only(s.with_manager("@127.0.0.1:38390")), "the server name is empty", 2)]
+#[case::address_with_host_name(|s: &Setup| only(s.with_manager("m@localhost:38390")), "the address is not IP:PORT", 2)]
+#[case::address_without_port(|s: &Setup| only(s.with_manager("m@127.0.0.1")), "the address is not IP:PORT", 2)]
+#[case::address_port_zero(|s: &Setup| only(s.with_manager("m@127.0.0.1:0")), "the port is 0", 2)]
+#[case::bad_server_name(|s: &Setup| only(s.with_manager("bad name!@127.0.0.1:1")), "not a valid DNS name", 2)]
+#[case::missing_cert(|s: &Setup| only(s.with("--cert", "/nonexistent/agent.pem")), "roxyd: cannot read /nonexistent/agent.pem: No such file or directory", 2)]
+#[case::missing_key(|s: &Setup| only(s.with("--key", "/nonexistent/agent.key")), "roxyd: cannot read /nonexistent/agent.key: No such file or directory", 2)]
+#[case::missing_ca(|s: &Setup| only(s.with("--ca-certs", "/nonexistent/ca.pem")), "roxyd: cannot read /nonexistent/ca.pem", 2)]
+#[case::one_of_two_cas_missing(|s: &Setup| only(s.with("--ca-certs", format!("{},/nonexistent/ca2.pem", s.files.ca_cert.display()))), "roxyd: cannot read /nonexistent/ca2.pem", 2)]
+#[case::cert_file_without_certificate(|s: &Setup| only(s.with("--cert", s.files.agent_key.clone())), "roxyd: no certificate found in", 2)]
+#[case::key_file_without_key(|s: &Setup| only(s.with("--key", s.files.agent_cert.clone())), "no private key found", 2)]
+#[case::ca_file_without_certificate(|s: &Setup| only(s.with("--ca-certs", s.files.agent_key.clone())), "roxyd: no certificate found in", 2)]
+#[case::key_of_another_certificate(|s: &Setup| only(s.with("--key", s.files.manager_key.clone())), "roxyd: TLS configuration", 2)]
+#[case::missing_config(|s: &Setup| { let mut a: Vec<OsString> = vec!["-c".into(), "/nonexistent/roxyd.toml".into()]; a.extend(s.args()); only(a) }, "roxyd: cannot read config file /nonexistent/roxyd.toml", 2)]
+#[case::config_not_toml(|s: &Setup| only(s.with_config("this is = = not toml")), "roxyd: invalid config file", 2)]
+#[case::config_unknown_key(|s: &Setup| only(s.with_config("log_flie = \"/tmp/x\"\n")), "unknown field `log_flie`", 2)]
+#[case::config_wrong_type(|s: &Setup| only(s.with_config("max_frame_len = \"big\"\n")), "roxyd: invalid config file", 2)]
+#[case::config_zero_limit(|s: &Setup| only(s.with_config("max_frame_len = 0\n")), "max_frame_len must be greater than 0", 2)]
+#[case::config_backoff_inverted(|s: &Setup| only(s.with_config("reconnect_initial_ms = 5000\nreconnect_max_ms = 10\n")), "reconnect_initial_ms must not exceed reconnect_max_ms", 2)]
+#[case::env_not_a_number(|s: &Setup| (s.args(), vec![("ROXYD_MAX_FRAME_LEN", "lots".into())]), "roxyd: invalid ROXYD_MAX_FRAME_LEN: expected a whole number, got \"lots\"", 2)]
+#[case::env_overrides_a_good_file(|s: &Setup| (s.with_config("max_concurrent_streams = 8\n"), vec![("ROXYD_MAX_CONCURRENT_STREAMS", "0".into())]), "max_concurrent_streams must be greater than 0", 2)]
+#[case::log_file_unwritable(|s: &Setup| (s.args(), vec![("ROXYD_LOG_FILE", "/nonexistent/dir/roxyd.log".into())]), "roxyd: cannot open log file /nonexistent/dir/roxyd.log", 2)]
+#[tokio::test]
+async fn bad_invocation_fails_with_one_clear_line(
+    #[case] invocation: Invocation,
+    #[case] message: &str,
+    #[case] status: i32,
+) {
+    let setup = setup();
+    let (args, env) = invocation(&setup);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (exit, output) = run_to_exit(&args, &env).await;
+    assert_eq!(exit.code(), Some(status), "{output}");
+    assert!(
+        output.contains(message),
+        "expected {message:?} in:\n{output}"
+    );
+    assert!(!output.contains("panicked"), "{output}");
+    assert!(!output.contains("connecting to the Manager"), "{output}");
+}
+
+#[tokio::test]
+async fn help_shows_the_command_line_shape() {
+    let (exit, output) = run_to_exit(&["--help".into()], &[]).await;
+    assert_eq!(exit.code(), Some(0));
+    for needle in [
+        "NAME@IP:PORT",
+        "--cert",
+        "--key",
+        "--ca-certs",
+        "--config",
+        "--check",
+    ] {
+        assert!(output.contains(needle), "{needle} missing from:\n{output}");
+    }
+}
+
+/// Accepts agents in the background, so that TLS handshakes proceed even
+/// for agents the test refuses.
+fn accept_forever(manager: Manager) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let _ = manager.accept().await;
+        }
+    })
+}
+
+#[rstest]
+#[case::grouped_reboot(
+    Some(NodePowerRequest::Reboot),
+    RequestCode::NODE_POWER,
+    "immediate reboot"
+)]
+#[case::grouped_shutdown(
+    Some(NodePowerRequest::Shutdown),
+    RequestCode::NODE_POWER,
+    "immediate power-off"
+)]
+#[case::flat_reboot(None, RequestCode::FLAT_REBOOT, "immediate reboot")]
+#[case::flat_shutdown(None, RequestCode::FLAT_SHUTDOWN, "immediate power-off")]
+#[case::graceful_reboot(
+    Some(NodePowerRequest::GracefulReboot),
+    RequestCode::NODE_POWER,
+    "graceful reboot"
+)]
+#[tokio::test]
+async fn serves_a_power_request_then_stops_on_sigterm(
+    #[case] grouped: Option<NodePowerRequest>,
+    #[case] code: u32,
+    #[case] op: &str,
+) {
+    let setup = setup();
+    let mut roxyd = Roxyd::spawn(&setup.args(), &[]);
+    let session = setup.lab.manager.accept().await.unwrap();
+    assert_eq!(session.agent().app_name, "roxy");
+    assert_eq!(session.agent().protocol_version, "0.47.0");
+    match grouped {
+        Some(request) => assert_eq!(
+            session.node_power(request).await.unwrap(),
+            Ok(NodePowerResponse::Initiated)
+        ),
+        None => assert_eq!(session.unit_request(code).await.unwrap(), Ok(())),
+    }
+    roxyd.wait_for_line(&["recording backend: would", op]).await;
+    // Still serving after the operation.
+    assert_eq!(
+        session.unit_request(RequestCode::ECHO).await.unwrap(),
+        Ok(())
+    );
+    roxyd.signal(Signal::SIGTERM);
+    let (exit, output) = roxyd.exit().await;
+    assert_eq!(exit.code(), Some(0), "{output}");
+    assert!(output.contains("stopping signal=\"SIGTERM\""), "{output}");
+    assert!(output.contains("stopped"), "{output}");
+    let closed = session.connection().closed().await;
+    assert!(closed.to_string().contains("roxyd stopping"), "{closed}");
+}
+
+#[tokio::test]
+async fn config_file_and_environment_set_the_identity() {
+    let setup = setup();
+    let args = setup.with_config("app_name = \"from-file\"\nprotocol_version = \"0.40.0\"\n");
+    let _roxyd = Roxyd::spawn(&args, &[("ROXYD_PROTOCOL_VERSION", "0.41.0")]);
+    let session = setup.lab.manager.accept().await.unwrap();
+    assert_eq!(session.agent().app_name, "from-file");
+    assert_eq!(session.agent().protocol_version, "0.41.0");
+    assert_eq!(session.agent().version, env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn logs_go_to_the_configured_file() {
+    let setup = setup();
+    let log = setup.dir.path().join("roxyd.log");
+    let roxyd = Roxyd::spawn(&setup.args(), &[("ROXYD_LOG_FILE", log.to_str().unwrap())]);
+    let _session = setup.lab.manager.accept().await.unwrap();
+    roxyd.signal(Signal::SIGTERM);
+    let (exit, output) = roxyd.exit().await;
+    assert_eq!(exit.code(), Some(0), "{output}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("connected to the Manager"), "{logged}");
+    assert!(logged.contains("stopped"), "{logged}");
+    assert!(!output.contains("connected to the Manager"), "{output}");
+}
+
+#[tokio::test]
+async fn reconnects_after_the_manager_closes_the_connection() {
+    let setup = setup();
+    let env = [
+        ("ROXYD_RECONNECT_INITIAL_MS", "20"),
+        ("ROXYD_RECONNECT_MAX_MS", "40"),
+    ];
+    let mut roxyd = Roxyd::spawn(&setup.args(), &env);
+    let first = setup.lab.manager.accept().await.unwrap();
+    first.connection().close(0u32.into(), b"manager restarting");
+    let second = setup.lab.manager.accept().await.unwrap();
+    assert_eq!(
+        second.unit_request(RequestCode::ECHO).await.unwrap(),
+        Ok(())
+    );
+    roxyd
+        .wait_for_line(&["connection to the Manager ended", "manager restarting"])
+        .await;
+    roxyd.wait_for_line(&["reconnecting after a delay"]).await;
+}
+
+/// A UDP port where nothing answers: QUIC's connect waits there.
+fn silent_address() -> (std::net::UdpSocket, std::net::SocketAddr) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+#[rstest]
+#[case::sigterm(Signal::SIGTERM, "SIGTERM")]
+#[case::sigint(Signal::SIGINT, "SIGINT")]
+#[tokio::test]
+async fn stops_cleanly_while_connecting(#[case] signal: Signal, #[case] name: &str) {
+    let setup = setup();
+    let (_socket, silent) = silent_address();
+    let mut roxyd = Roxyd::spawn(&setup.with_manager(&format!("m@{silent}")), &[]);
+    roxyd.wait_for_line(&["connecting to the Manager"]).await;
+    roxyd.signal(signal);
+    let (exit, output) = roxyd.exit().await;
+    assert_eq!(exit.code(), Some(0), "{output}");
+    assert!(
+        output.contains(&format!("stopping signal=\"{name}\"")),
+        "{output}"
+    );
+    assert!(output.contains("stopped"), "{output}");
+}
+
+#[tokio::test]
+async fn stops_cleanly_while_waiting_to_reconnect() {
+    let setup = setup();
+    let env = [
+        ("ROXYD_RECONNECT_INITIAL_MS", "600000"),
+        ("ROXYD_RECONNECT_MAX_MS", "600000"),
+    ];
+    let mut roxyd = Roxyd::spawn(&setup.args(), &env);
+    let session = setup.lab.manager.accept().await.unwrap();
+    session.connection().close(0u32.into(), b"bye");
+    roxyd.wait_for_line(&["reconnecting after a delay"]).await;
+    roxyd.signal(Signal::SIGTERM);
+    let (exit, output) = roxyd.exit().await;
+    assert_eq!(exit.code(), Some(0), "{output}");
+    assert!(output.contains("stopped"), "{output}");
+}
+
+#[tokio::test]
+async fn manager_certificate_from_another_ca_is_refused_and_retried() {
+    let setup = setup();
+    let stranger = Lab::new().unwrap();
+    let addr = stranger.manager.local_addr().unwrap();
+    let _accepting = accept_forever(stranger.manager);
+    let env = [
+        ("ROXYD_RECONNECT_INITIAL_MS", "10"),
+        ("ROXYD_RECONNECT_MAX_MS", "20"),
+    ];
+    let args = lab_args(&setup.files, addr);
+    let mut roxyd = Roxyd::spawn(&args, &env);
+    let first = roxyd
+        .wait_for_line(&["cannot connect to the Manager", "invalid peer certificate"])
+        .await;
+    assert!(first.contains("UnknownIssuer"), "{first}");
+    // It keeps retrying with backoff rather than exiting.
+    roxyd.wait_for_line(&["reconnecting after a delay"]).await;
+    roxyd
+        .wait_for_line(&["cannot connect to the Manager", "invalid peer certificate"])
+        .await;
+    roxyd.signal(Signal::SIGTERM);
+    let (exit, output) = roxyd.exit().await;
+    assert_eq!(exit.code(), Some(0), "{output}");
+}
+
+#[tokio::test]
+async fn check_reports_a_manager_it_cannot_verify_and_exits_1() {
+    let setup = setup();
+    let stranger = Lab::new().unwrap();
+    let addr = stranger.manager.local_addr().unwrap();
+    let _accepting = accept_forever(stranger.manager);
+    let mut args = lab_args(&setup.files, addr);
+    args.insert(0, "--check".into());
+    let (exit, output) = run_to_exit(&args, &[]).await;
+    assert_eq!(exit.code(), Some(1), "{output}");
+    assert!(
+        output.contains("roxyd: cannot connect to the Manager: ")
+            && output.contains("invalid peer certificate: UnknownIssuer"),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn check_succeeds_against_a_good_manager() {
+    let setup = setup();
+    let mut args = setup.args();
+    args.insert(0, "--check".into());
+    let roxyd = Roxyd::spawn(&args, &[]);
+    let session = setup.lab.manager.accept().await.unwrap();
+    let (exit, output) = roxyd.exit().await;
+    assert_eq!(exit.code(), Some(0), "{output}");
+    assert!(
+        output.contains("roxyd: connected to the Manager at"),
+        "{output}"
+    );
+    drop(session);
+}
+
+#[rstest]
+#[case::requirement_not_met(">=0.48.0", "0.48.0", "Manager requires protocol version >=0.48.0")]
+#[case::newer_than_the_manager("*", "0.46.0", "Manager requires protocol version 0.46.0")]
+#[tokio::test]
+async fn manager_refusing_the_protocol_version_ends_roxyd(
+    #[case] requirement: &str,
+    #[case] highest: &str,
+    #[case] message: &str,
+) {
+    let Setup {
+        lab,
+        files,
+        dir: _dir,
+    } = setup();
+    let addr = lab.manager.local_addr().unwrap();
+    let manager = lab.manager.with_policy(VersionPolicy {
+        requirement: requirement.parse().unwrap(),
+        highest: highest.parse().unwrap(),
+    });
+    let roxyd = Roxyd::spawn(&lab_args(&files, addr), &[]);
+    assert!(manager.accept().await.is_err());
+    let (exit, output) = roxyd.exit().await;
+    assert_eq!(exit.code(), Some(3), "{output}");
+    assert!(output.contains(&format!("roxyd: {message}")), "{output}");
+}
+
+#[tokio::test]
+async fn a_stalled_stream_does_not_delay_a_power_request_on_another() {
+    let setup = setup();
+    let mut roxyd = Roxyd::spawn(&setup.args(), &[]);
+    let session = setup.lab.manager.accept().await.unwrap();
+    // Stream one: a frame header promising 5 bytes, then nothing.
+    let (mut stalled, mut stalled_recv) = session.open_stream().await.unwrap();
+    stalled.write_all(&5u32.to_be_bytes()).await.unwrap();
+    // Stream two: a power request, answered while stream one waits.
+    assert_eq!(
+        session.node_power(NodePowerRequest::Reboot).await.unwrap(),
+        Ok(NodePowerResponse::Initiated)
+    );
+    roxyd
+        .wait_for_line(&["recording backend: would", "immediate reboot"])
+        .await;
+    // Stream one completes its request late and is still answered.
+    stalled
+        .write_all(&roxyd::wire::encode_request(RequestCode::ECHO, &[0]))
+        .await
+        .unwrap();
+    let reply = roxyd::wire::read_frame(&mut stalled_recv, 1024)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, roxyd::wire::encode(&Ok::<(), String>(())));
+}
+
+#[test]
+fn support_paths_exist() {
+    assert!(Path::new(support::roxyd_binary()).exists());
+}

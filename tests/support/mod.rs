@@ -1,0 +1,142 @@
+//! Running the real `roxyd` binary in tests: files for it, and a handle that
+//! reads its log lines so tests wait on what it says, not on time.
+#![allow(dead_code)]
+
+use std::{
+    ffi::OsString,
+    path::Path,
+    process::{ExitStatus, Stdio},
+    time::Duration,
+};
+
+use roxyd::{lab::SERVER_NAME, pki::PkiFiles};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+/// The longest any single wait in these tests may take: a safety net that
+/// turns a hang into a failure with the log, not a time the tests rely on.
+pub const HANG: Duration = Duration::from_secs(60);
+
+/// The `roxyd` binary built for this test run (with the recording backend).
+pub fn roxyd_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_roxyd")
+}
+
+/// The arguments that point roxyd at `manager` with the lab's files.
+pub fn lab_args(files: &PkiFiles, manager: std::net::SocketAddr) -> Vec<OsString> {
+    vec![
+        "--cert".into(),
+        files.agent_cert.clone().into(),
+        "--key".into(),
+        files.agent_key.clone().into(),
+        "--ca-certs".into(),
+        files.ca_cert.clone().into(),
+        format!("{SERVER_NAME}@{manager}").into(),
+    ]
+}
+
+/// A running roxyd whose output lines are collected.
+pub struct Roxyd {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Roxyd {
+    /// Starts roxyd with `args` and extra environment `env`; `RUST_LOG` and
+    /// every `ROXYD_` variable of the test's own environment are cleared.
+    pub fn spawn(args: &[OsString], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(roxyd_binary());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("ROXYD_") || key == "RUST_LOG" {
+                command.env_remove(key);
+            }
+        }
+        command.envs(env.iter().copied());
+        let mut child = command.spawn().expect("roxyd starts");
+        let (tx, lines) = mpsc::unbounded_channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        for stream in [
+            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(stderr),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until roxyd prints a line containing every one of `needles`,
+    /// and returns it.
+    pub async fn wait_for_line(&mut self, needles: &[&str]) -> String {
+        let found = tokio::time::timeout(HANG, async {
+            loop {
+                let line = self.lines.recv().await?;
+                self.seen.push(line.clone());
+                if needles.iter().all(|n| line.contains(n)) {
+                    return Some(line);
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!(
+                "roxyd never printed {needles:?}; it printed:\n{}",
+                self.seen.join("\n")
+            ),
+        }
+    }
+
+    /// Sends `signal` to roxyd.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.child.id().expect("roxyd is running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        nix::sys::signal::kill(pid, signal).expect("signal delivered");
+    }
+
+    /// Waits for roxyd to exit; returns its status and everything it printed.
+    pub async fn exit(mut self) -> (ExitStatus, String) {
+        let status = tokio::time::timeout(HANG, self.child.wait())
+            .await
+            .expect("roxyd exits")
+            .expect("roxyd's status");
+        while let Ok(Some(line)) = tokio::time::timeout(HANG, self.lines.recv()).await {
+            self.seen.push(line);
+        }
+        (status, self.seen.join("\n"))
+    }
+}
+
+/// Runs roxyd to completion with `args` and returns its status and output.
+pub async fn run_to_exit(args: &[OsString], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    Roxyd::spawn(args, env).exit().await
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
