@@ -15,7 +15,7 @@ use crate::{
     dispatch::Dispatcher,
     handshake::Identity,
     manager::{AgentSession, Manager, ManagerError, server_config},
-    pki::{PkiError, ThrowawayPki},
+    pki::{PemPair, PkiError, ThrowawayPki},
     platform::PowerBackend,
     tls::{self, TlsError},
 };
@@ -86,8 +86,29 @@ impl Lab {
     ///
     /// See [`LabError`].
     pub fn bind(addr: SocketAddr) -> Result<Self, LabError> {
+        Self::bind_presenting(addr, |pki| Ok(pki.manager.clone()))
+    }
+
+    /// A Manager on `127.0.0.1` that presents the certificate `choose`
+    /// makes from the lab's certificates (one that expired, say) instead of
+    /// its good one.
+    ///
+    /// # Errors
+    ///
+    /// See [`LabError`].
+    pub fn presenting(
+        choose: impl FnOnce(&ThrowawayPki) -> Result<PemPair, PkiError>,
+    ) -> Result<Self, LabError> {
+        Self::bind_presenting(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), choose)
+    }
+
+    fn bind_presenting(
+        addr: SocketAddr,
+        choose: impl FnOnce(&ThrowawayPki) -> Result<PemPair, PkiError>,
+    ) -> Result<Self, LabError> {
         let pki = ThrowawayPki::generate(SERVER_NAME)?;
-        let config = server_config(pki.manager.chain(), pki.manager.key(), pki.roots()?)?;
+        let presented = choose(&pki)?;
+        let config = server_config(presented.chain(), presented.key(), pki.roots()?)?;
         let manager = Manager::bind(addr, config)?;
         Ok(Self { pki, manager })
     }

@@ -68,4 +68,21 @@ impl Shutdown {
         });
         Ok(shutdown)
     }
+
+    /// A signal raised by Ctrl-C, where there are no Unix signals.
+    ///
+    /// # Errors
+    ///
+    /// Never; the signature matches the Unix one.
+    #[cfg(not(unix))]
+    pub fn on_signals() -> std::io::Result<Self> {
+        let (trigger, shutdown) = channel();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!(signal = "Ctrl-C", "stopping");
+                trigger.trigger();
+            }
+        });
+        Ok(shutdown)
+    }
 }

@@ -9,9 +9,9 @@ use std::{ffi::OsString, path::Path};
 
 use nix::sys::signal::Signal;
 use roxyd::{
-    lab::Lab,
+    lab::{Lab, SERVER_NAME},
     manager::{Manager, VersionPolicy},
-    pki::PkiFiles,
+    pki::{PemPair, PkiError, PkiFiles, ThrowawayPki},
     wire::{NodePowerRequest, NodePowerResponse, RequestCode},
 };
 use rstest::rstest;
@@ -300,6 +300,38 @@ async fn manager_certificate_from_another_ca_is_refused_and_retried() {
     roxyd.wait_for_line(&["reconnecting after a delay"]).await;
     roxyd
         .wait_for_line(&["cannot connect to the Manager", "invalid peer certificate"])
+        .await;
+    roxyd.signal(Signal::SIGTERM);
+    let (exit, output) = roxyd.exit().await;
+    assert_eq!(exit.code(), Some(0), "{output}");
+}
+
+/// A Manager roxyd must not trust, and the reason rustls gives.
+#[rstest]
+#[case::expired(|pki: &ThrowawayPki| pki.ca.expired_manager_cert(SERVER_NAME), "certificate expired")]
+#[case::for_another_name(|pki: &ThrowawayPki| pki.ca.manager_cert("other.roxyd.test"), "certificate not valid for name \"manager.roxyd.test\"")]
+#[case::agent_certificate_as_server(|pki: &ThrowawayPki| Ok(pki.agent.clone()), "invalid peer certificate")]
+#[tokio::test]
+async fn manager_certificate_that_does_not_verify_is_refused_and_retried(
+    #[case] presented: fn(&ThrowawayPki) -> Result<PemPair, PkiError>,
+    #[case] reason: &str,
+) {
+    let lab = Lab::presenting(presented).unwrap();
+    let dir = TempDir::new().unwrap();
+    let files = lab.pki.write_to(dir.path()).unwrap();
+    let addr = lab.manager.local_addr().unwrap();
+    let _accepting = accept_forever(lab.manager);
+    let env = [
+        ("ROXYD_RECONNECT_INITIAL_MS", "10"),
+        ("ROXYD_RECONNECT_MAX_MS", "20"),
+    ];
+    let mut roxyd = Roxyd::spawn(&lab_args(&files, addr), &env);
+    roxyd
+        .wait_for_line(&["ERROR", "cannot connect to the Manager", reason])
+        .await;
+    roxyd.wait_for_line(&["reconnecting after a delay"]).await;
+    roxyd
+        .wait_for_line(&["cannot connect to the Manager", reason])
         .await;
     roxyd.signal(Signal::SIGTERM);
     let (exit, output) = roxyd.exit().await;
