@@ -38,7 +38,8 @@ pub struct Config {
     /// reply is not written in time is cancelled.
     pub reply_timeout_secs: u64,
     /// Milliseconds to wait for the Manager to acknowledge an immediate
-    /// operation's reply before releasing it anyway.
+    /// operation's reply before releasing it anyway. 0 does not wait, and
+    /// the reply may then die with the host: for measurements only.
     pub delivery_timeout_ms: u64,
     /// Ceiling of the first reconnect delay, in milliseconds.
     pub reconnect_initial_ms: u64,
@@ -191,7 +192,6 @@ impl Config {
             ),
             ("stream_idle_timeout_secs", self.stream_idle_timeout_secs),
             ("reply_timeout_secs", self.reply_timeout_secs),
-            ("delivery_timeout_ms", self.delivery_timeout_ms),
             ("reconnect_initial_ms", self.reconnect_initial_ms),
             ("reconnect_max_ms", self.reconnect_max_ms),
         ];

@@ -37,7 +37,7 @@ pub struct DispatchConfig {
     /// is not written in time is cancelled.
     pub reply_timeout: Duration,
     /// How long to wait for the Manager to acknowledge an immediate
-    /// operation's reply before releasing it anyway.
+    /// operation's reply before releasing it anyway; zero does not wait.
     pub delivery_timeout: Duration,
 }
 
@@ -271,6 +271,7 @@ impl<B: PowerBackend> Dispatcher<B> {
                     }
                 };
                 self.emit(&DispatchEvent::Prepared(op));
+                tracing::info!(%op, "prepared; writing the reply");
                 let written = match self.write_bounded(reply::write_initiated(send, form)).await {
                     Ok(written) => written,
                     Err(e) => {
@@ -282,17 +283,28 @@ impl<B: PowerBackend> Dispatcher<B> {
                     }
                 };
                 self.emit(&DispatchEvent::ReplyWritten { code, ok: true });
-                let delivery =
-                    tokio::time::timeout(self.config.delivery_timeout, send.finish_and_confirm())
-                        .await
-                        .unwrap_or(Delivery::TimedOut);
-                tracing::info!(%op, ?delivery, "reply written");
+                tracing::info!(%op, "reply written; awaiting its delivery");
+                let delivery = self.confirm_delivery(send).await;
+                tracing::info!(%op, ?delivery, "reply delivery settled");
                 self.emit(&DispatchEvent::DeliveryConfirmed(delivery));
                 pending.release(written);
                 self.emit(&DispatchEvent::Released(op));
                 Some(StreamEnd::Released(op))
             }
         }
+    }
+
+    /// Finishes the stream and waits, at most
+    /// [`DispatchConfig::delivery_timeout`], for the Manager to acknowledge
+    /// the reply. A zero timeout releases at once, as roxyd did before it
+    /// waited; it is there to measure what the wait buys.
+    async fn confirm_delivery<W: ReplySink + ?Sized>(&self, send: &mut W) -> Delivery {
+        if self.config.delivery_timeout.is_zero() {
+            return Delivery::TimedOut;
+        }
+        tokio::time::timeout(self.config.delivery_timeout, send.finish_and_confirm())
+            .await
+            .unwrap_or(Delivery::TimedOut)
     }
 
     async fn answer_error<W: ReplySink + ?Sized>(

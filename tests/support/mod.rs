@@ -49,7 +49,17 @@ impl Roxyd {
     /// Starts roxyd with `args` and extra environment `env`; `RUST_LOG` and
     /// every `ROXYD_` variable of the test's own environment are cleared.
     pub fn spawn(args: &[OsString], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(roxyd_binary());
+        Self::spawn_program(roxyd_binary().as_ref(), args, env)
+    }
+
+    /// As [`Self::spawn`], but runs `program` (a wrapper that ends by
+    /// executing roxyd, say) with `args`.
+    pub fn spawn_program(
+        program: &std::ffi::OsStr,
+        args: &[OsString],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut command = Command::new(program);
         command
             .args(args)
             .stdin(Stdio::null())
@@ -109,11 +119,19 @@ impl Roxyd {
         }
     }
 
+    /// The process started, in this test's PID namespace.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id().expect("still running")).unwrap()
+    }
+
     /// Sends `signal` to roxyd.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = self.child.id().expect("roxyd is running");
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
-        nix::sys::signal::kill(pid, signal).expect("signal delivered");
+        signal_pid(self.pid(), signal);
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.seen.join("\n")
     }
 
     /// Waits for roxyd to exit; returns its status and everything it printed.
@@ -127,6 +145,11 @@ impl Roxyd {
         }
         (status, self.seen.join("\n"))
     }
+}
+
+/// Sends `signal` to process `pid`.
+pub fn signal_pid(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal delivered");
 }
 
 /// Runs roxyd to completion with `args` and returns its status and output.

@@ -2,6 +2,10 @@
 //! agents connected to it over real QUIC with mutual TLS. Live tests, the
 //! demo and the benchmarks all start here.
 
+mod relay;
+
+pub use relay::{Direction, UdpRelay};
+
 use std::{
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,
@@ -22,6 +26,32 @@ use crate::{
 
 /// The server name the lab's Manager certificate is issued for.
 pub const SERVER_NAME: &str = "manager.roxyd.test";
+
+/// Makes the certificate the lab's Manager presents from the lab's own.
+pub type PresentedCert = fn(&ThrowawayPki) -> Result<PemPair, PkiError>;
+
+/// How to set up a lab's Manager.
+#[derive(Clone, Copy, Debug)]
+pub struct LabOptions {
+    /// Where the Manager listens.
+    pub addr: SocketAddr,
+    /// The certificate it presents.
+    pub present: PresentedCert,
+    /// The flow-control credit it grants each stream, in bytes; a few bytes
+    /// let a test hold an agent's reply write up.
+    pub stream_receive_window: Option<u32>,
+}
+
+impl Default for LabOptions {
+    /// `127.0.0.1`, any port, the good certificate, default flow control.
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            present: |pki| Ok(pki.manager.clone()),
+            stream_receive_window: None,
+        }
+    }
+}
 
 /// A lab set-up failure.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +107,7 @@ impl Lab {
     ///
     /// See [`LabError`].
     pub fn new() -> Result<Self, LabError> {
-        Self::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        Self::with_options(LabOptions::default())
     }
 
     /// A Manager listening on `addr`.
@@ -86,30 +116,41 @@ impl Lab {
     ///
     /// See [`LabError`].
     pub fn bind(addr: SocketAddr) -> Result<Self, LabError> {
-        Self::bind_presenting(addr, |pki| Ok(pki.manager.clone()))
+        Self::with_options(LabOptions {
+            addr,
+            ..LabOptions::default()
+        })
     }
 
-    /// A Manager on `127.0.0.1` that presents the certificate `choose`
+    /// A Manager on `127.0.0.1` that presents the certificate `present`
     /// makes from the lab's certificates (one that expired, say) instead of
     /// its good one.
     ///
     /// # Errors
     ///
     /// See [`LabError`].
-    pub fn presenting(
-        choose: impl FnOnce(&ThrowawayPki) -> Result<PemPair, PkiError>,
-    ) -> Result<Self, LabError> {
-        Self::bind_presenting(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), choose)
+    pub fn presenting(present: PresentedCert) -> Result<Self, LabError> {
+        Self::with_options(LabOptions {
+            present,
+            ..LabOptions::default()
+        })
     }
 
-    fn bind_presenting(
-        addr: SocketAddr,
-        choose: impl FnOnce(&ThrowawayPki) -> Result<PemPair, PkiError>,
-    ) -> Result<Self, LabError> {
+    /// A Manager set up as `options` say.
+    ///
+    /// # Errors
+    ///
+    /// See [`LabError`].
+    pub fn with_options(options: LabOptions) -> Result<Self, LabError> {
         let pki = ThrowawayPki::generate(SERVER_NAME)?;
-        let presented = choose(&pki)?;
-        let config = server_config(presented.chain(), presented.key(), pki.roots()?)?;
-        let manager = Manager::bind(addr, config)?;
+        let presented = (options.present)(&pki)?;
+        let mut config = server_config(presented.chain(), presented.key(), pki.roots()?)?;
+        if let Some(window) = options.stream_receive_window {
+            let mut transport = quinn::TransportConfig::default();
+            transport.stream_receive_window(window.into());
+            config.transport_config(Arc::new(transport));
+        }
+        let manager = Manager::bind(options.addr, config)?;
         Ok(Self { pki, manager })
     }
 
