@@ -224,6 +224,8 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         },
         identity: config.identity(),
         max_frame_len: config.max_frame_len,
+        max_streams: config.max_concurrent_streams,
+        handshake_timeout: config.handshake_timeout(),
         backoff: config.backoff(),
         check: false,
     };

@@ -3,14 +3,16 @@
 //! so that a stalled stream never delays a power request on another.
 
 use std::{
+    collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
-use tokio::task::JoinSet;
+use tokio::task::{self, AbortHandle, JoinSet};
 
 use crate::{
-    dispatch::Dispatcher,
+    dispatch::{Dispatcher, StreamActivity},
     handshake::{self, HandshakeError, Identity},
     platform::PowerBackend,
 };
@@ -28,6 +30,9 @@ pub enum SessionError {
     /// The handshake failed or was refused.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    /// No connection and handshake within the time allowed.
+    #[error("no handshake with the Manager within {0:?}")]
+    TimedOut(Duration),
 }
 
 /// A QUIC client endpoint bound, as the reference does, to the unspecified
@@ -50,8 +55,9 @@ pub fn client_endpoint(
 }
 
 /// Connects to the Manager at `manager`, whose certificate must be valid for
-/// `server_name`, and runs the handshake. Returns the connection and the
-/// highest protocol version the Manager speaks.
+/// `server_name`, and runs the handshake, all within `timeout`: a Manager
+/// that never answers the handshake must not hold roxyd forever. Returns the
+/// connection and the highest protocol version the Manager speaks.
 ///
 /// # Errors
 ///
@@ -62,14 +68,21 @@ pub async fn establish(
     server_name: &str,
     identity: &Identity,
     max_frame_len: u32,
+    timeout: Duration,
 ) -> Result<(quinn::Connection, String), SessionError> {
-    let connection = endpoint
-        .connect(manager, server_name)
-        .map_err(|e| SessionError::Connect(e.to_string()))?
+    let attempt = async {
+        let connection = endpoint
+            .connect(manager, server_name)
+            .map_err(|e| SessionError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| SessionError::Connect(e.to_string()))?;
+        let info = identity.agent_info(manager);
+        let version = handshake::handshake(&connection, &info, max_frame_len).await?;
+        Ok::<_, SessionError>((connection, version))
+    };
+    let (connection, version) = tokio::time::timeout(timeout, attempt)
         .await
-        .map_err(|e| SessionError::Connect(e.to_string()))?;
-    let info = identity.agent_info(manager);
-    let version = handshake::handshake(&connection, &info, max_frame_len).await?;
+        .map_err(|_| SessionError::TimedOut(timeout))??;
     tracing::info!(%manager, manager_protocol = %version, "connected to the Manager");
     Ok((connection, version))
 }
@@ -83,8 +96,20 @@ pub enum ConnectionEnd {
     Stopped,
 }
 
+/// A stream being served: what it is doing, and how to end it.
+struct LiveStream {
+    activity: Arc<StreamActivity>,
+    task: AbortHandle,
+}
+
 /// Serves every request stream the Manager opens on `connection`, each on a
 /// task of its own, until the connection ends or `shutdown` resolves.
+///
+/// The Manager may have at most `max_streams` open (the QUIC limit roxyd
+/// advertises). When it has used them all, the stream that has waited
+/// longest for a frame (a half-written one, say) is closed, so that a fresh
+/// stream, and the power request on it, always finds room. A stream doing
+/// work is never closed.
 ///
 /// On the way out the connection is closed and every stream task is awaited:
 /// they end promptly, since their reads and writes now fail. A pending
@@ -93,26 +118,42 @@ pub enum ConnectionEnd {
 pub async fn serve_connection<B: PowerBackend>(
     connection: quinn::Connection,
     dispatcher: Arc<Dispatcher<B>>,
+    max_streams: u32,
     shutdown: impl Future<Output = ()>,
 ) -> ConnectionEnd {
     let mut streams = JoinSet::new();
+    let mut live: HashMap<task::Id, LiveStream> = HashMap::new();
     tokio::pin!(shutdown);
     let end = loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((mut send, mut recv)) => {
                     let dispatcher = Arc::clone(&dispatcher);
-                    streams.spawn(async move {
+                    let activity = Arc::new(StreamActivity::default());
+                    let reporting = Arc::clone(&activity);
+                    let task = streams.spawn(async move {
                         let id = send.id();
-                        let end = dispatcher.serve_stream(&mut recv, &mut send).await;
+                        let end = dispatcher
+                            .serve_stream_reporting(&mut recv, &mut send, &reporting)
+                            .await;
                         tracing::debug!(stream = %id, ?end, "request stream ended");
                     });
+                    live.insert(task.id(), LiveStream { activity, task });
+                    if live.len() >= usize::try_from(max_streams).unwrap_or(usize::MAX) {
+                        close_longest_waiting(&live);
+                    }
                 }
                 Err(e) => break ConnectionEnd::Lost(e),
             },
             // Reap finished stream tasks so that a long connection does not
             // accumulate them.
-            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            Some(joined) = streams.join_next_with_id(), if !streams.is_empty() => {
+                let id = match joined {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                live.remove(&id);
+            }
             () = &mut shutdown => {
                 connection.close(0u32.into(), b"roxyd stopping");
                 break ConnectionEnd::Stopped;
@@ -121,4 +162,19 @@ pub async fn serve_connection<B: PowerBackend>(
     };
     while streams.join_next().await.is_some() {}
     end
+}
+
+/// Ends the stream that has waited longest for a frame, if any waits.
+fn close_longest_waiting(live: &HashMap<task::Id, LiveStream>) {
+    let longest = live
+        .values()
+        .filter_map(|stream| Some((stream.activity.waiting_since()?, stream)))
+        .min_by_key(|(since, _)| *since);
+    if let Some((since, stream)) = longest {
+        tracing::warn!(
+            waited_ms = since.elapsed().as_millis(),
+            "all request streams in use; closing the one that waited longest"
+        );
+        stream.task.abort();
+    }
 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub max_frame_len: u32,
     /// Most request streams the Manager may have open at once.
     pub max_concurrent_streams: u32,
+    /// Seconds connecting and the handshake may take together.
+    pub handshake_timeout_secs: u64,
     /// Seconds a request stream may stay silent before roxyd ends it.
     pub stream_idle_timeout_secs: u64,
     /// Seconds writing one reply may take; an immediate operation whose
@@ -57,6 +59,7 @@ impl Default for Config {
             protocol_version: DEFAULT_PROTOCOL_VERSION.to_owned(),
             max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
             max_concurrent_streams: 64,
+            handshake_timeout_secs: 10,
             stream_idle_timeout_secs: dispatch.stream_idle_timeout.as_secs(),
             reply_timeout_secs: dispatch.reply_timeout.as_secs(),
             delivery_timeout_ms: millis(dispatch.delivery_timeout),
@@ -113,12 +116,13 @@ enum Kind {
 }
 
 /// Every key, for the environment overrides.
-const KEYS: [(&str, Kind); 10] = [
+const KEYS: [(&str, Kind); 11] = [
     ("log_file", Kind::Text),
     ("app_name", Kind::Text),
     ("protocol_version", Kind::Text),
     ("max_frame_len", Kind::Number),
     ("max_concurrent_streams", Kind::Number),
+    ("handshake_timeout_secs", Kind::Number),
     ("stream_idle_timeout_secs", Kind::Number),
     ("reply_timeout_secs", Kind::Number),
     ("delivery_timeout_ms", Kind::Number),
@@ -226,6 +230,12 @@ impl Config {
             reply_timeout: Duration::from_secs(self.reply_timeout_secs),
             delivery_timeout: Duration::from_millis(self.delivery_timeout_ms),
         }
+    }
+
+    /// How long connecting and the handshake may take together.
+    #[must_use]
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
     }
 
     /// The reconnect bounds.

@@ -33,6 +33,10 @@ pub struct Settings {
     pub identity: Identity,
     /// Largest frame accepted, also in the handshake.
     pub max_frame_len: u32,
+    /// Most request streams the Manager may have open at once.
+    pub max_streams: u32,
+    /// How long connecting and the handshake may take together.
+    pub handshake_timeout: Duration,
     /// Reconnect bounds.
     pub backoff: BackoffConfig,
     /// Connect once, report and return, instead of serving.
@@ -116,6 +120,7 @@ async fn serve_until_stopped<B: PowerBackend>(
                 &manager.server_name,
                 &settings.identity,
                 settings.max_frame_len,
+                settings.handshake_timeout,
             ) => attempt,
             () = shutdown.requested() => return Ok(Outcome::Stopped),
         };
@@ -129,6 +134,7 @@ async fn serve_until_stopped<B: PowerBackend>(
                 let end = agent::serve_connection(
                     connection,
                     Arc::clone(dispatcher),
+                    settings.max_streams,
                     shutdown.clone().requested_owned(),
                 )
                 .await;

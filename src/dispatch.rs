@@ -15,7 +15,10 @@
 //!   and the stream keeps serving; only an oversized or truncated frame (the
 //!   stream is out of step then) ends the stream.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
@@ -99,6 +102,37 @@ impl DispatchObserver for NoObserver {
     fn on_event(&self, _event: &DispatchEvent) {}
 }
 
+/// Whether a stream waits for the Manager's next frame, and since when. A
+/// stream that waits may be closed to make room; one that works (a request
+/// being answered, a power operation pending) is never.
+#[derive(Debug, Default)]
+pub struct StreamActivity {
+    waiting_since: Mutex<Option<Instant>>,
+}
+
+impl StreamActivity {
+    /// Since when the stream waits for a frame; `None` while it works or
+    /// before it started.
+    #[must_use]
+    pub fn waiting_since(&self) -> Option<Instant> {
+        *self.lock()
+    }
+
+    fn set_waiting(&self) {
+        *self.lock() = Some(Instant::now());
+    }
+
+    fn set_working(&self) {
+        *self.lock() = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.waiting_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Why serving a stream ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -165,7 +199,25 @@ impl<B: PowerBackend> Dispatcher<B> {
         R: AsyncRead + Unpin + Send + ?Sized,
         W: ReplySink + ?Sized,
     {
+        self.serve_stream_reporting(recv, send, &StreamActivity::default())
+            .await
+    }
+
+    /// As [`Self::serve_stream`], keeping `activity` up to date so that the
+    /// connection layer can tell a stream that waits for the Manager from
+    /// one that is doing work.
+    pub async fn serve_stream_reporting<R, W>(
+        &self,
+        recv: &mut R,
+        send: &mut W,
+        activity: &StreamActivity,
+    ) -> StreamEnd
+    where
+        R: AsyncRead + Unpin + Send + ?Sized,
+        W: ReplySink + ?Sized,
+    {
         loop {
+            activity.set_waiting();
             let read = tokio::time::timeout(
                 self.config.stream_idle_timeout,
                 wire::read_frame(recv, self.config.max_frame_len),
@@ -173,7 +225,10 @@ impl<B: PowerBackend> Dispatcher<B> {
             .await;
             let payload = match read {
                 Err(_) => return StreamEnd::IdleTimeout,
-                Ok(Ok(Some(payload))) => payload,
+                Ok(Ok(Some(payload))) => {
+                    activity.set_working();
+                    payload
+                }
                 Ok(Ok(None)) => return StreamEnd::Finished,
                 Ok(Err(e @ FrameError::TooLarge { .. })) => {
                     tracing::warn!(error = %e, "refusing oversized frame; ending the stream");

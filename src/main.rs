@@ -57,6 +57,8 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         manager: cli.manager.clone(),
         identity: config.identity(),
         max_frame_len: config.max_frame_len,
+        max_streams: config.max_concurrent_streams,
+        handshake_timeout: config.handshake_timeout(),
         backoff: config.backoff(),
         check: cli.check,
     };

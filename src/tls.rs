@@ -13,6 +13,15 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 /// The QUIC keep-alive interval of the reference client.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Unread bytes roxyd accepts per request stream.
+pub const STREAM_RECEIVE_WINDOW: u32 = 64 * 1024;
+
+/// Unread bytes roxyd accepts over all streams of the connection.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
+
+/// Unacknowledged bytes roxyd keeps for sending.
+pub const SEND_WINDOW: u64 = 256 * 1024;
+
 /// A certificate, key or TLS set-up problem, naming the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -135,7 +144,13 @@ pub fn client_config(
     transport
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
         .max_concurrent_bidi_streams(max_concurrent_streams.into())
-        .max_concurrent_uni_streams(0u8.into());
+        .max_concurrent_uni_streams(0u8.into())
+        // What the Manager can make roxyd buffer: requests are a few bytes,
+        // so small windows cost nothing and bound memory whatever it sends.
+        .stream_receive_window(STREAM_RECEIVE_WINDOW.into())
+        .receive_window(CONNECTION_RECEIVE_WINDOW.into())
+        .send_window(SEND_WINDOW)
+        .datagram_receive_buffer_size(None);
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
     client.transport_config(Arc::new(transport));
     Ok(client)

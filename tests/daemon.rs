@@ -206,7 +206,9 @@ async fn logs_go_to_the_configured_file() {
     let setup = setup();
     let log = setup.dir.path().join("roxyd.log");
     let roxyd = Roxyd::spawn(&setup.args(), &[("ROXYD_LOG_FILE", log.to_str().unwrap())]);
-    let _session = setup.lab.manager.accept().await.unwrap();
+    let session = setup.lab.manager.accept().await.unwrap();
+    // Served, so roxyd has logged its connection.
+    assert_eq!(session.unit_request(RequestCode::ECHO).await.unwrap(), Ok(()));
     roxyd.signal(Signal::SIGTERM);
     let (exit, output) = roxyd.exit().await;
     assert_eq!(exit.code(), Some(0), "{output}");
@@ -225,6 +227,8 @@ async fn reconnects_after_the_manager_closes_the_connection() {
     ];
     let mut roxyd = Roxyd::spawn(&setup.args(), &env);
     let first = setup.lab.manager.accept().await.unwrap();
+    // Served, so roxyd is past its handshake when the Manager closes.
+    assert_eq!(first.unit_request(RequestCode::ECHO).await.unwrap(), Ok(()));
     first.connection().close(0u32.into(), b"manager restarting");
     let second = setup.lab.manager.accept().await.unwrap();
     assert_eq!(

@@ -409,7 +409,7 @@ async fn oversized_frame_is_refused_before_allocating_and_ends_the_stream() {
         .unwrap_err();
     assert_eq!(
         text,
-        "frame of 4294967295 bytes exceeds the limit of 1048576 bytes"
+        "frame of 4294967295 bytes exceeds the limit of 65536 bytes"
     );
     assert_eq!(stream.finish().await, StreamEnd::FrameTooLarge);
 }

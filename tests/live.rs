@@ -235,6 +235,7 @@ async fn manager_stopping_the_stream_before_the_reply_cancels(
     tokio::spawn(roxyd::agent::serve_connection(
         connection,
         Arc::clone(&dispatcher),
+        64,
         std::future::pending(),
     ));
     assert_eq!(

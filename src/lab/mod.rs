@@ -183,7 +183,14 @@ impl Lab {
         let identity = Identity::default();
         let (session, connection) = tokio::join!(
             self.manager.accept(),
-            agent::establish(&endpoint, addr, SERVER_NAME, &identity, max_frame_len)
+            agent::establish(
+                &endpoint,
+                addr,
+                SERVER_NAME,
+                &identity,
+                max_frame_len,
+                Config::default().handshake_timeout(),
+            )
         );
         Ok((session?, connection?.0, endpoint))
     }
@@ -203,6 +210,7 @@ impl Lab {
         let serving = tokio::spawn(agent::serve_connection(
             connection.clone(),
             dispatcher,
+            Config::default().max_concurrent_streams,
             std::future::pending(),
         ));
         Ok((

@@ -4,7 +4,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Default largest payload roxyd accepts: far above any request it serves,
 /// far below what would hurt an appliance if a peer claimed it.
-pub const DEFAULT_MAX_FRAME_LEN: u32 = 1024 * 1024;
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 * 1024;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
