@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::task::{self, AbortHandle, JoinSet};
@@ -106,8 +106,8 @@ struct LiveStream {
 /// task of its own, until the connection ends or `shutdown` resolves.
 ///
 /// The Manager may have at most `max_streams` open (the QUIC limit roxyd
-/// advertises). When it has used them all, the stream that has waited
-/// longest for a frame (a half-written one, say) is closed, so that a fresh
+/// advertises). When it has used them all, the streams that have waited
+/// longest for a frame (half-written ones, say) are closed, so that a fresh
 /// stream, and the power request on it, always finds room. A stream doing
 /// work is never closed.
 ///
@@ -123,13 +123,17 @@ pub async fn serve_connection<B: PowerBackend>(
 ) -> ConnectionEnd {
     let mut streams = JoinSet::new();
     let mut live: HashMap<task::Id, LiveStream> = HashMap::new();
+    let limit = usize::try_from(max_streams).unwrap_or(usize::MAX);
+    let mut full = tokio::time::interval(FULL_RECHECK);
+    full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let end = loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((mut send, mut recv)) => {
                     let dispatcher = Arc::clone(&dispatcher);
-                    let activity = Arc::new(StreamActivity::default());
+                    // A new stream waits for its first frame.
+                    let activity = Arc::new(StreamActivity::waiting());
                     let reporting = Arc::clone(&activity);
                     let task = streams.spawn(async move {
                         let id = send.id();
@@ -138,13 +142,19 @@ pub async fn serve_connection<B: PowerBackend>(
                             .await;
                         tracing::debug!(stream = %id, ?end, "request stream ended");
                     });
-                    live.insert(task.id(), LiveStream { activity, task });
-                    if live.len() >= usize::try_from(max_streams).unwrap_or(usize::MAX) {
-                        close_longest_waiting(&live);
+                    let id = task.id();
+                    live.insert(id, LiveStream { activity, task });
+                    if live.len() >= limit {
+                        close_longest_waiting(&mut live, limit, Some(id));
                     }
                 }
                 Err(e) => break ConnectionEnd::Lost(e),
             },
+            // Streams that were all at work when the last one came may wait
+            // now: look again while every stream is in use.
+            _ = full.tick(), if live.len() >= limit => {
+                close_longest_waiting(&mut live, limit, None);
+            }
             // Reap finished stream tasks so that a long connection does not
             // accumulate them.
             Some(joined) = streams.join_next_with_id(), if !streams.is_empty() => {
@@ -164,17 +174,44 @@ pub async fn serve_connection<B: PowerBackend>(
     end
 }
 
-/// Ends the stream that has waited longest for a frame, if any waits.
-fn close_longest_waiting(live: &HashMap<task::Id, LiveStream>) {
-    let longest = live
-        .values()
-        .filter_map(|stream| Some((stream.activity.waiting_since()?, stream)))
-        .min_by_key(|(since, _)| *since);
-    if let Some((since, stream)) = longest {
+/// How often to look for streams to close while every stream is in use.
+const FULL_RECHECK: Duration = Duration::from_secs(1);
+
+/// How many streams to close at once when every stream is in use: quinn
+/// announces new stream credit to the peer only once more than an eighth of
+/// the limit has been freed, so closing fewer would leave the Manager stuck.
+fn room_to_make(limit: usize) -> usize {
+    limit / 8 + 1
+}
+
+/// Ends the streams that have waited longest for a frame, up to
+/// [`room_to_make`] of them, leaving alone `spare` (the stream just
+/// accepted) and every stream at work. A closed stream's task is aborted,
+/// which stops its receive side and finishes its send side: a Manager
+/// waiting for a reply sees the stream end and drops it, and the slot
+/// returns to it.
+fn close_longest_waiting(
+    live: &mut HashMap<task::Id, LiveStream>,
+    limit: usize,
+    spare: Option<task::Id>,
+) {
+    let mut waiting: Vec<(Instant, task::Id)> = live
+        .iter()
+        .filter(|(id, _)| Some(**id) != spare)
+        .filter_map(|(id, stream)| Some((stream.activity.waiting_since()?, *id)))
+        .collect();
+    waiting.sort_unstable_by_key(|(since, _)| *since);
+    waiting.truncate(room_to_make(limit));
+    if let Some((oldest, _)) = waiting.first() {
         tracing::warn!(
-            waited_ms = since.elapsed().as_millis(),
-            "all request streams in use; closing the one that waited longest"
+            closing = waiting.len(),
+            longest_wait_ms = oldest.elapsed().as_millis(),
+            "all request streams in use; closing those that waited longest"
         );
-        stream.task.abort();
+    }
+    for (_, id) in waiting {
+        if let Some(stream) = live.remove(&id) {
+            stream.task.abort();
+        }
     }
 }

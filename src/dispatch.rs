@@ -111,6 +111,14 @@ pub struct StreamActivity {
 }
 
 impl StreamActivity {
+    /// A stream that waits from now on.
+    #[must_use]
+    pub fn waiting() -> Self {
+        Self {
+            waiting_since: Mutex::new(Some(Instant::now())),
+        }
+    }
+
     /// Since when the stream waits for a frame; `None` while it works or
     /// before it started.
     #[must_use]

@@ -160,8 +160,7 @@ impl Manager {
     /// When the endpoint closes, the connection or handshake fails, or the
     /// agent's version is refused (the refusal is sent first).
     pub async fn accept(&self) -> Result<AgentSession, ManagerError> {
-        let incoming = self.endpoint.accept().await.ok_or(ManagerError::Closed)?;
-        let connection = incoming.await.map_err(transport)?;
+        let connection = self.accept_connection().await?;
         let (mut send, mut recv) = connection.accept_bi().await.map_err(transport)?;
         let payload = wire::read_frame(&mut recv, MAX_REPLY_LEN)
             .await
@@ -181,6 +180,17 @@ impl Manager {
             Ok(_) => Ok(AgentSession { connection, agent }),
             Err(text) => Err(ManagerError::Refused(text)),
         }
+    }
+
+    /// Accepts the next agent's connection and runs no handshake: for tests
+    /// of an agent facing a Manager that never answers.
+    ///
+    /// # Errors
+    ///
+    /// When the endpoint closes or the connection fails.
+    pub async fn accept_connection(&self) -> Result<quinn::Connection, ManagerError> {
+        let incoming = self.endpoint.accept().await.ok_or(ManagerError::Closed)?;
+        incoming.await.map_err(transport)
     }
 
     /// Closes the endpoint and every connection.

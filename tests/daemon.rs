@@ -208,7 +208,10 @@ async fn logs_go_to_the_configured_file() {
     let roxyd = Roxyd::spawn(&setup.args(), &[("ROXYD_LOG_FILE", log.to_str().unwrap())]);
     let session = setup.lab.manager.accept().await.unwrap();
     // Served, so roxyd has logged its connection.
-    assert_eq!(session.unit_request(RequestCode::ECHO).await.unwrap(), Ok(()));
+    assert_eq!(
+        session.unit_request(RequestCode::ECHO).await.unwrap(),
+        Ok(())
+    );
     roxyd.signal(Signal::SIGTERM);
     let (exit, output) = roxyd.exit().await;
     assert_eq!(exit.code(), Some(0), "{output}");

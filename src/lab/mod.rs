@@ -80,6 +80,7 @@ pub struct Lab {
     pub pki: ThrowawayPki,
     /// The Manager.
     pub manager: Manager,
+    options: LabOptions,
 }
 
 /// An agent connected to the lab's Manager, serving in a task.
@@ -143,15 +144,61 @@ impl Lab {
     /// See [`LabError`].
     pub fn with_options(options: LabOptions) -> Result<Self, LabError> {
         let pki = ThrowawayPki::generate(SERVER_NAME)?;
-        let presented = (options.present)(&pki)?;
+        let manager = Self::start_manager(&pki, &options, options.addr)?;
+        Ok(Self {
+            pki,
+            manager,
+            options,
+        })
+    }
+
+    fn start_manager(
+        pki: &ThrowawayPki,
+        options: &LabOptions,
+        addr: SocketAddr,
+    ) -> Result<Manager, LabError> {
+        let presented = (options.present)(pki)?;
         let mut config = server_config(presented.chain(), presented.key(), pki.roots()?)?;
         if let Some(window) = options.stream_receive_window {
             let mut transport = quinn::TransportConfig::default();
             transport.stream_receive_window(window.into());
             config.transport_config(Arc::new(transport));
         }
-        let manager = Manager::bind(options.addr, config)?;
-        Ok(Self { pki, manager })
+        Ok(Manager::bind(addr, config)?)
+    }
+
+    /// Stops the Manager and starts a new one on the same address with the
+    /// same certificates, as a Manager restart does. Drop every session with
+    /// the old one first: a live connection keeps its socket.
+    ///
+    /// # Errors
+    ///
+    /// See [`LabError`].
+    pub async fn restart_manager(&mut self) -> Result<(), LabError> {
+        let addr = self.manager.local_addr()?;
+        self.manager.close();
+        self.manager.endpoint().wait_idle().await;
+        // Release the old socket before binding its address again.
+        let placeholder = Self::start_manager(
+            &self.pki,
+            &self.options,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        )?;
+        drop(std::mem::replace(&mut self.manager, placeholder));
+        // The old endpoint's driver lets go of the socket on its next turn.
+        let mut tries = 0;
+        self.manager = loop {
+            match Self::start_manager(&self.pki, &self.options, addr) {
+                Err(LabError::Io(e))
+                    if e.kind() == std::io::ErrorKind::AddrInUse && tries < 5000 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                started => break started?,
+            }
+        };
+        Ok(())
     }
 
     /// The agent's client configuration for this lab.

@@ -1,6 +1,18 @@
 //! bincode 2 (serde mode, `config::standard()`) encoding of frame payloads.
 
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::{Serialize, de::DeserializeOwned};
+
+/// The most a decode may allocate, in bytes. bincode allocates a string or
+/// sequence at the length its prefix claims before reading it; the limit is
+/// checked first, so a few bytes claiming exabytes are refused instead of
+/// aborting the process. Far above any message roxyd decodes.
+pub const DECODE_LIMIT: usize = 1024 * 1024;
+
+/// `config::standard()` with [`DECODE_LIMIT`]: the same bytes, bounded.
+fn decoding() -> Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>> {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
 
 /// A payload that does not decode as the expected type.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +44,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 ///
 /// When the bytes are not a valid `T`, or bytes are left over.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    let (value, used) = bincode::serde::decode_from_slice(bytes, decoding())?;
     if used == bytes.len() {
         Ok(value)
     } else {
@@ -49,6 +61,6 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 ///
 /// When the bytes do not start with a valid `T`.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, _) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+    let (value, _) = bincode::serde::decode_from_slice(bytes, decoding())?;
     Ok(value)
 }

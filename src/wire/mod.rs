@@ -12,7 +12,7 @@ mod frame;
 mod message;
 pub mod reply_text;
 
-pub use codec::{DecodeError, decode, decode_prefix, encode};
+pub use codec::{DECODE_LIMIT, DecodeError, decode, decode_prefix, encode};
 pub use frame::{DEFAULT_MAX_FRAME_LEN, FrameError, read_frame, write_frame};
 pub use message::{
     AgentInfo, HandshakeReply, NodePowerRequest, NodePowerResponse, REQUEST_CODE_LEN, Request,

@@ -1,0 +1,75 @@
+//! Decoding never allocates what a few hostile bytes claim: a string length
+//! prefix of 2^56 is refused with an error, not an abort. These inputs were
+//! found by the fuzzer (`fuzz/`), which aborted on them before the limit.
+
+use roxyd::{
+    handshake::{self, HandshakeError},
+    wire::{self, AgentInfo, HandshakeReply, Status},
+};
+use rstest::rstest;
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[rstest]
+#[case::ok_claiming_2_pow_56("00fdffffffffffffff00")]
+#[case::ok_claiming_u64_max("00fdffffffffffffffff")]
+#[case::err_claiming_2_pow_56("01fdffffffffffffff00")]
+#[case::claiming_just_over_the_limit("00fc01001000")]
+fn a_handshake_reply_claiming_a_huge_string_is_an_error(#[case] payload: &str) {
+    assert!(wire::decode::<HandshakeReply>(&unhex(payload)).is_err());
+    assert!(wire::decode_prefix::<HandshakeReply>(&unhex(payload)).is_err());
+}
+
+#[rstest]
+#[case::app_name_claiming_2_pow_56("fdffffffffffffff00")]
+#[case::found_by_the_fuzzer("fdfffffffeffffff000fffffffffffff002700")]
+fn agent_info_claiming_a_huge_string_is_an_error(#[case] payload: &str) {
+    assert!(wire::decode::<AgentInfo>(&unhex(payload)).is_err());
+}
+
+#[test]
+fn strings_up_to_the_limit_still_decode() {
+    let big = "x".repeat(wire::DECODE_LIMIT / 2);
+    let reply: HandshakeReply = Ok(big.clone());
+    assert_eq!(
+        wire::decode::<HandshakeReply>(&wire::encode(&reply)).unwrap(),
+        Ok(big)
+    );
+    let info = AgentInfo {
+        app_name: "a".repeat(1000),
+        version: String::new(),
+        protocol_version: "0.47.0".into(),
+        addr: "[::]:0".parse().unwrap(),
+        status: Status::Idle,
+    };
+    assert_eq!(
+        wire::decode::<AgentInfo>(&wire::encode(&info)).unwrap(),
+        info
+    );
+}
+
+#[tokio::test]
+async fn the_agent_reports_such_a_handshake_reply_as_malformed() {
+    let (mut agent, mut manager) = tokio::io::duplex(1024);
+    let info = roxyd::handshake::Identity::default().agent_info("127.0.0.1:1".parse().unwrap());
+    let manager_side = tokio::spawn(async move {
+        let hello = wire::read_frame(&mut manager, 1024).await.unwrap().unwrap();
+        wire::decode::<AgentInfo>(&hello).unwrap();
+        wire::write_frame(&mut manager, &unhex("00fdffffffffffffff00"))
+            .await
+            .unwrap();
+        manager
+    });
+    let (mut recv, mut send) = tokio::io::split(&mut agent);
+    let result = handshake::exchange(&mut send, &mut recv, &info, 1024).await;
+    assert!(
+        matches!(result, Err(HandshakeError::Malformed(_))),
+        "{result:?}"
+    );
+    drop(manager_side.await.unwrap());
+}
