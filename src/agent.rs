@@ -106,10 +106,10 @@ struct LiveStream {
 /// task of its own, until the connection ends or `shutdown` resolves.
 ///
 /// The Manager may have at most `max_streams` open (the QUIC limit roxyd
-/// advertises). When it has used them all, the streams that have waited
-/// longest for a frame (half-written ones, say) are closed, so that a fresh
-/// stream, and the power request on it, always finds room. A stream doing
-/// work is never closed.
+/// advertises). When all but an eighth of them are in use, the streams that
+/// have waited longest for a frame (half-written ones, say) are closed, so
+/// that a fresh stream, and the power request on it, always finds room. A
+/// stream doing work is never closed.
 ///
 /// On the way out the connection is closed and every stream task is awaited:
 /// they end promptly, since their reads and writes now fail. A pending
@@ -144,15 +144,15 @@ pub async fn serve_connection<B: PowerBackend>(
                     });
                     let id = task.id();
                     live.insert(id, LiveStream { activity, task });
-                    if live.len() >= limit {
+                    if crowded(live.len(), limit) {
                         close_longest_waiting(&mut live, limit, Some(id));
                     }
                 }
                 Err(e) => break ConnectionEnd::Lost(e),
             },
             // Streams that were all at work when the last one came may wait
-            // now: look again while every stream is in use.
-            _ = full.tick(), if live.len() >= limit => {
+            // now: look again while streams run short.
+            _ = full.tick(), if crowded(live.len(), limit) => {
                 close_longest_waiting(&mut live, limit, None);
             }
             // Reap finished stream tasks so that a long connection does not
@@ -174,14 +174,21 @@ pub async fn serve_connection<B: PowerBackend>(
     end
 }
 
-/// How often to look for streams to close while every stream is in use.
+/// How often to look for streams to close while streams run short.
 const FULL_RECHECK: Duration = Duration::from_secs(1);
 
-/// How many streams to close at once when every stream is in use: quinn
+/// How many streams to close at once when streams run short: quinn
 /// announces new stream credit to the peer only once more than an eighth of
 /// the limit has been freed, so closing fewer would leave the Manager stuck.
 fn room_to_make(limit: usize) -> usize {
     limit / 8 + 1
+}
+
+/// Whether streams run short: up to an eighth of the limit may be free but
+/// not yet announced to the Manager, so roxyd acts before its count of open
+/// streams reaches the limit, or the Manager could be stuck below it.
+fn crowded(live: usize, limit: usize) -> bool {
+    live >= limit.saturating_sub(room_to_make(limit))
 }
 
 /// Ends the streams that have waited longest for a frame, up to
@@ -206,7 +213,7 @@ fn close_longest_waiting(
         tracing::warn!(
             closing = waiting.len(),
             longest_wait_ms = oldest.elapsed().as_millis(),
-            "all request streams in use; closing those that waited longest"
+            "request streams run short; closing those that waited longest"
         );
     }
     for (_, id) in waiting {

@@ -436,3 +436,74 @@ async fn a_stalled_stream_does_not_delay_a_power_request_on_another() {
 fn support_paths_exist() {
     assert!(Path::new(support::roxyd_binary()).exists());
 }
+
+/// `VmRSS` and `VmHWM` (peak) of process `pid`, in KiB.
+fn memory_kib(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The real binary's memory stays flat under 4 GiB frame claims and a flood
+/// of half-written streams; the figures are printed for the record.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn oversized_frames_and_a_stream_flood_keep_memory_bounded() {
+    let setup = setup();
+    let roxyd = Roxyd::spawn(&setup.args(), &[]);
+    let session = setup.lab.manager.accept().await.unwrap();
+    assert_eq!(
+        session.unit_request(RequestCode::ECHO).await.unwrap(),
+        Ok(())
+    );
+    let (baseline, _) = memory_kib(roxyd.pid());
+
+    for _ in 0..500 {
+        let (mut send, mut recv) = session.open_stream().await.unwrap();
+        send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let reply = roxyd::wire::read_frame(&mut recv, 1024)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&reply).contains("exceeds the limit"));
+    }
+    let (after_oversized, peak_oversized) = memory_kib(roxyd.pid());
+
+    let mut waiting = tokio::task::JoinSet::new();
+    for i in 0..3_000 {
+        let Ok(opened) = tokio::time::timeout(support::HANG, session.open_stream()).await else {
+            let roxyd = roxyd;
+            roxyd.signal(Signal::SIGTERM);
+            let (_, output) = roxyd.exit().await;
+            panic!("stuck at stream {i}:\n{output}");
+        };
+        let (mut send, mut recv) = opened.unwrap();
+        send.write_all(&[0, 0]).await.unwrap();
+        waiting.spawn(async move {
+            let _ = roxyd::wire::read_frame(&mut recv, 1024).await;
+            drop(send);
+        });
+    }
+    assert_eq!(
+        session
+            .node_power(NodePowerRequest::GracefulReboot)
+            .await
+            .unwrap(),
+        Ok(NodePowerResponse::Initiated)
+    );
+    let (after_flood, peak) = memory_kib(roxyd.pid());
+    println!(
+        "roxyd memory: connected {baseline} KiB; after 500 frames claiming 4 GiB {after_oversized} KiB (peak {peak_oversized} KiB); after 3,000 half-written streams {after_flood} KiB (peak {peak} KiB)"
+    );
+    assert!(
+        peak < baseline + 32 * 1024,
+        "peak {peak} KiB from {baseline} KiB"
+    );
+    drop(waiting);
+}
