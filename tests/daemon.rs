@@ -507,3 +507,32 @@ async fn oversized_frames_and_a_stream_flood_keep_memory_bounded() {
     );
     drop(waiting);
 }
+
+#[tokio::test]
+async fn a_handshake_reply_that_never_comes_is_retried() {
+    let setup = setup();
+    let env = [
+        ("ROXYD_HANDSHAKE_TIMEOUT_SECS", "1"),
+        ("ROXYD_RECONNECT_INITIAL_MS", "10"),
+        ("ROXYD_RECONNECT_MAX_MS", "20"),
+    ];
+    let mut roxyd = Roxyd::spawn(&setup.args(), &env);
+    // The Manager reads roxyd's hello and never answers, twice.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let connection = setup.lab.manager.accept_connection().await.unwrap();
+        let (send, mut recv) = connection.accept_bi().await.unwrap();
+        let hello = roxyd::wire::read_frame(&mut recv, 1024)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(roxyd::wire::decode::<roxyd::wire::AgentInfo>(&hello).is_ok());
+        roxyd
+            .wait_for_line(&["ERROR", "no handshake with the Manager within 1s"])
+            .await;
+        silent.push((connection, send, recv));
+    }
+    roxyd.signal(Signal::SIGTERM);
+    let (exit, output) = roxyd.exit().await;
+    assert_eq!(exit.code(), Some(0), "{output}");
+}
