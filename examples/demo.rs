@@ -214,9 +214,7 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
     )?;
     let recorder = RecordingBackend::new();
     let journal = recorder.journal().clone();
-    let dispatcher = Arc::new(
-        Dispatcher::new(recorder, config.dispatch()).with_observer(Arc::new(journal.clone())),
-    );
+    let dispatcher = Arc::new(recorder.dispatcher(config.dispatch()));
     let settings = Settings {
         manager: ManagerAddress {
             server_name: SERVER_NAME.to_owned(),

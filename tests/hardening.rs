@@ -37,10 +37,7 @@ fn dispatcher(
     recorder: &RecordingBackend,
     config: DispatchConfig,
 ) -> Arc<Dispatcher<RecordingBackend>> {
-    Arc::new(
-        Dispatcher::new(recorder.clone(), config)
-            .with_observer(Arc::new(recorder.journal().clone())),
-    )
+    Arc::new(recorder.dispatcher(config))
 }
 
 async fn rig_with(options: LabOptions, config: DispatchConfig) -> Rig {

@@ -27,10 +27,7 @@ struct Rig {
 }
 
 fn dispatcher(recorder: &RecordingBackend) -> Arc<Dispatcher<RecordingBackend>> {
-    Arc::new(
-        Dispatcher::new(recorder.clone(), DispatchConfig::default())
-            .with_observer(Arc::new(recorder.journal().clone())),
-    )
+    Arc::new(recorder.dispatcher(DispatchConfig::default()))
 }
 
 async fn rig() -> Rig {

@@ -12,14 +12,11 @@
 //!   from `wire.md` rather than from the implementation.
 #![cfg(feature = "test-backend")]
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use proptest::{prelude::*, sample::Index};
 use roxyd::{
-    dispatch::{DispatchConfig, Dispatcher, StreamEnd},
+    dispatch::{DispatchConfig, StreamEnd},
     platform::{
         GracefulOp, ImmediateOp,
         recorder::{Entry, RecordingBackend},
@@ -557,8 +554,7 @@ fn serve(bytes: &[u8]) -> Outcome {
             max_frame_len: LIMIT,
             ..DispatchConfig::default()
         };
-        let dispatcher = Dispatcher::new(recorder.clone(), config)
-            .with_observer(Arc::new(recorder.journal().clone()));
+        let dispatcher = recorder.dispatcher(config);
         let (mut agent, mut manager) = tokio::io::duplex(1024);
         let mut recv = bytes;
         let dispatcher = &dispatcher;

@@ -17,7 +17,7 @@ use std::{
 use tokio::sync::watch;
 
 use super::{GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, StartError};
-use crate::dispatch::{DispatchEvent, DispatchObserver};
+use crate::dispatch::{DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher};
 
 /// One thing the recorder saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +140,14 @@ impl RecordingBackend {
     #[must_use]
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// A dispatcher on this recorder (a clone) that reports its steps to the
+    /// same journal, so that one list shows "reply written" before
+    /// "performed".
+    #[must_use]
+    pub fn dispatcher(&self, config: DispatchConfig) -> Dispatcher<Self> {
+        Dispatcher::new(self.clone(), config).with_observer(Arc::new(self.journal.clone()))
     }
 
     /// Makes [`PowerBackend::prepare`] fail (or succeed again).
