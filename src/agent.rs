@@ -132,8 +132,7 @@ pub async fn serve_connection<B: PowerBackend>(
             accepted = connection.accept_bi() => match accepted {
                 Ok((mut send, mut recv)) => {
                     let dispatcher = Arc::clone(&dispatcher);
-                    // A new stream waits for its first frame.
-                    let activity = Arc::new(StreamActivity::waiting());
+                    let activity = Arc::new(StreamActivity::default());
                     let reporting = Arc::clone(&activity);
                     let task = streams.spawn(async move {
                         let id = send.id();
@@ -142,10 +141,9 @@ pub async fn serve_connection<B: PowerBackend>(
                             .await;
                         tracing::debug!(stream = %id, ?end, "request stream ended");
                     });
-                    let id = task.id();
-                    live.insert(id, LiveStream { activity, task });
+                    live.insert(task.id(), LiveStream { activity, task });
                     if crowded(live.len(), limit) {
-                        close_longest_waiting(&mut live, limit, Some(id));
+                        close_longest_waiting(&mut live, limit);
                     }
                 }
                 Err(e) => break ConnectionEnd::Lost(e),
@@ -153,7 +151,7 @@ pub async fn serve_connection<B: PowerBackend>(
             // Streams that were all at work when the last one came may wait
             // now: look again while streams run short.
             _ = full.tick(), if crowded(live.len(), limit) => {
-                close_longest_waiting(&mut live, limit, None);
+                close_longest_waiting(&mut live, limit);
             }
             // Reap finished stream tasks so that a long connection does not
             // accumulate them.
@@ -191,20 +189,15 @@ fn crowded(live: usize, limit: usize) -> bool {
     live >= limit.saturating_sub(room_to_make(limit))
 }
 
-/// Ends the streams that have waited longest for a frame, up to
-/// [`room_to_make`] of them, leaving alone `spare` (the stream just
-/// accepted) and every stream at work. A closed stream's task is aborted,
+/// Ends the streams that have waited longest for the Manager's bytes, up to
+/// [`room_to_make`] of them, leaving alone every stream at work and every
+/// stream whose request has arrived. A closed stream's task is aborted,
 /// which stops its receive side and finishes its send side: a Manager
 /// waiting for a reply sees the stream end and drops it, and the slot
 /// returns to it.
-fn close_longest_waiting(
-    live: &mut HashMap<task::Id, LiveStream>,
-    limit: usize,
-    spare: Option<task::Id>,
-) {
+fn close_longest_waiting(live: &mut HashMap<task::Id, LiveStream>, limit: usize) {
     let mut waiting: Vec<(Instant, task::Id)> = live
         .iter()
-        .filter(|(id, _)| Some(**id) != spare)
         .filter_map(|(id, stream)| Some((stream.activity.waiting_since()?, *id)))
         .collect();
     waiting.sort_unstable_by_key(|(since, _)| *since);

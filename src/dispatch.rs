@@ -16,7 +16,9 @@
 //!   stream is out of step then) ends the stream.
 
 use std::{
+    pin::pin,
     sync::{Arc, Mutex, PoisonError},
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -111,16 +113,8 @@ pub struct StreamActivity {
 }
 
 impl StreamActivity {
-    /// A stream that waits from now on.
-    #[must_use]
-    pub fn waiting() -> Self {
-        Self {
-            waiting_since: Mutex::new(Some(Instant::now())),
-        }
-    }
-
-    /// Since when the stream waits for a frame; `None` while it works or
-    /// before it started.
+    /// Since when the stream waits for the Manager's bytes; `None` while it
+    /// works, before it started, and while bytes that have arrived are read.
     #[must_use]
     pub fn waiting_since(&self) -> Option<Instant> {
         *self.lock()
@@ -139,6 +133,23 @@ impl StreamActivity {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Runs `read`, marking the stream as waiting only while the read has to
+/// wait for the Manager: a request whose bytes have arrived is read at once
+/// and its stream is never taken for an idle one.
+async fn wait_reporting<F: Future>(read: F, activity: &StreamActivity) -> F::Output {
+    let mut read = pin!(read);
+    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    let output = match first {
+        Poll::Ready(output) => output,
+        Poll::Pending => {
+            activity.set_waiting();
+            read.await
+        }
+    };
+    activity.set_working();
+    output
 }
 
 /// Why serving a stream ended.
@@ -225,18 +236,13 @@ impl<B: PowerBackend> Dispatcher<B> {
         W: ReplySink + ?Sized,
     {
         loop {
-            activity.set_waiting();
             let read = tokio::time::timeout(
                 self.config.stream_idle_timeout,
                 wire::read_frame(recv, self.config.max_frame_len),
-            )
-            .await;
-            let payload = match read {
+            );
+            let payload = match wait_reporting(read, activity).await {
                 Err(_) => return StreamEnd::IdleTimeout,
-                Ok(Ok(Some(payload))) => {
-                    activity.set_working();
-                    payload
-                }
+                Ok(Ok(Some(payload))) => payload,
                 Ok(Ok(None)) => return StreamEnd::Finished,
                 Ok(Err(e @ FrameError::TooLarge { .. })) => {
                     tracing::warn!(error = %e, "refusing oversized frame; ending the stream");
