@@ -172,8 +172,13 @@ pub async fn serve_connection<B: PowerBackend>(
     end
 }
 
+/// How long a stream must have waited for the Manager's bytes before it may
+/// be closed to make room: a request split across packets is not taken for
+/// an idle stream.
+const CLOSABLE_AFTER: Duration = Duration::from_millis(50);
+
 /// How often to look for streams to close while streams run short.
-const FULL_RECHECK: Duration = Duration::from_secs(1);
+const FULL_RECHECK: Duration = CLOSABLE_AFTER;
 
 /// How many streams to close at once when streams run short: quinn
 /// announces new stream credit to the peer only once more than an eighth of
@@ -189,9 +194,9 @@ fn crowded(live: usize, limit: usize) -> bool {
     live >= limit.saturating_sub(room_to_make(limit))
 }
 
-/// Ends the streams that have waited longest for the Manager's bytes, up to
-/// [`room_to_make`] of them, leaving alone every stream at work and every
-/// stream whose request has arrived. A closed stream's task is aborted,
+/// Ends the streams that have waited longest for the Manager's bytes (and at
+/// least [`CLOSABLE_AFTER`]), up to [`room_to_make`] of them, leaving alone
+/// every stream at work and every stream whose request has arrived. A closed stream's task is aborted,
 /// which stops its receive side and finishes its send side: a Manager
 /// waiting for a reply sees the stream end and drops it, and the slot
 /// returns to it.
@@ -199,6 +204,7 @@ fn close_longest_waiting(live: &mut HashMap<task::Id, LiveStream>, limit: usize)
     let mut waiting: Vec<(Instant, task::Id)> = live
         .iter()
         .filter_map(|(id, stream)| Some((stream.activity.waiting_since()?, *id)))
+        .filter(|(since, _)| since.elapsed() >= CLOSABLE_AFTER)
         .collect();
     waiting.sort_unstable_by_key(|(since, _)| *since);
     waiting.truncate(room_to_make(limit));

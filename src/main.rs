@@ -14,7 +14,7 @@ use roxyd::{
     config::Config,
     daemon::{self, Outcome, Settings},
     dispatch::Dispatcher,
-    platform::SystemBackend,
+    platform::{self, SystemBackend},
     shutdown::Shutdown,
     tls,
 };
@@ -62,15 +62,16 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         backoff: config.backoff(),
         check: cli.check,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("roxyd-worker")
+    // One thread serves everything: nothing on it blocks (power operations
+    // and command reapers have threads of their own), and the benchmarks show
+    // a multi-threaded runtime only adding wake-ups between threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let shutdown = Shutdown::on_signals()?;
         let endpoint = agent::client_endpoint(settings.manager.addr, client)?;
-        let dispatcher = Arc::new(Dispatcher::new(SystemBackend::default(), config.dispatch()));
+        let dispatcher = Arc::new(Dispatcher::new(platform::system_backend(), config.dispatch()));
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             backend = std::any::type_name::<SystemBackend>(),

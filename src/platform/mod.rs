@@ -34,15 +34,35 @@ cfg_if::cfg_if! {
     if #[cfg(feature = "test-backend")] {
         /// The backend this build uses: the recorder (`test-backend` feature).
         pub type SystemBackend = recorder::RecordingBackend;
+        /// The backend the daemon runs on.
+        #[must_use]
+        pub fn system_backend() -> SystemBackend {
+            recorder::RecordingBackend::for_daemon()
+        }
     } else if #[cfg(target_os = "linux")] {
         /// The backend this build uses: Linux.
         pub type SystemBackend = linux::LinuxBackend;
+        /// The backend the daemon runs on.
+        #[must_use]
+        pub fn system_backend() -> SystemBackend {
+            linux::LinuxBackend::new()
+        }
     } else if #[cfg(target_os = "macos")] {
         /// The backend this build uses: macOS.
         pub type SystemBackend = macos::MacosBackend;
+        /// The backend the daemon runs on.
+        #[must_use]
+        pub fn system_backend() -> SystemBackend {
+            macos::MacosBackend::new()
+        }
     } else {
         /// The backend this build uses: none of the power family is available.
         pub type SystemBackend = unsupported::UnsupportedBackend;
+        /// The backend the daemon runs on.
+        #[must_use]
+        pub fn system_backend() -> SystemBackend {
+            unsupported::UnsupportedBackend
+        }
     }
 }
 

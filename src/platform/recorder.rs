@@ -45,21 +45,35 @@ impl Entry {
 #[derive(Clone, Debug)]
 pub struct Journal {
     entries: Arc<watch::Sender<Vec<(Instant, Entry)>>>,
+    /// Most entries kept; the oldest half goes when it is reached.
+    capacity: usize,
 }
 
 impl Default for Journal {
+    /// A journal that keeps everything, for tests that read it whole.
     fn default() -> Self {
-        Self {
-            entries: Arc::new(watch::Sender::new(Vec::new())),
-        }
+        Self::with_capacity(usize::MAX)
     }
 }
 
 impl Journal {
+    /// A journal that keeps at most about `capacity` recent entries.
+    #[must_use]
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            entries: Arc::new(watch::Sender::new(Vec::new())),
+            capacity: capacity.max(2),
+        }
+    }
+
     /// Appends `entry` and wakes every waiter.
     pub fn push(&self, entry: Entry) {
-        self.entries
-            .send_modify(|entries| entries.push((Instant::now(), entry)));
+        self.entries.send_modify(|entries| {
+            if entries.len() >= self.capacity {
+                entries.drain(..self.capacity / 2);
+            }
+            entries.push((Instant::now(), entry));
+        });
     }
 
     /// A copy of everything recorded so far.
@@ -111,6 +125,9 @@ impl DispatchObserver for Journal {
     }
 }
 
+/// Entries a daemon's recorder keeps.
+const DAEMON_JOURNAL_CAPACITY: usize = 1024;
+
 /// The recording backend. Clones share one journal and one behaviour.
 #[derive(Clone, Debug, Default)]
 pub struct RecordingBackend {
@@ -130,10 +147,21 @@ struct PerformGate {
 }
 
 impl RecordingBackend {
-    /// A recorder that accepts every call.
+    /// A recorder that accepts every call and keeps its whole journal.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The recorder a `test-backend` daemon runs on: nothing reads its
+    /// journal (the calls are logged), so it keeps only the latest entries
+    /// and a long-running daemon does not grow.
+    #[must_use]
+    pub fn for_daemon() -> Self {
+        Self {
+            journal: Journal::with_capacity(DAEMON_JOURNAL_CAPACITY),
+            ..Self::default()
+        }
     }
 
     /// The journal shared by this recorder and its clones.
