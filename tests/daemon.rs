@@ -438,6 +438,7 @@ fn support_paths_exist() {
 }
 
 /// `VmRSS` and `VmHWM` (peak) of process `pid`, in KiB.
+#[cfg(target_os = "linux")]
 fn memory_kib(pid: i32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| {
