@@ -4,7 +4,7 @@
 //! This is the only place that orders "write the reply, then release". Rules
 //! a reader must not break:
 //! - An immediate power operation is released only after its success reply
-//!   was written ([`write_initiated`] returned `Ok`); if the write fails or
+//!   was written ([`reply::write_initiated`] returned `Ok`); if the write fails or
 //!   times out, the pending operation is dropped and nothing happens.
 //! - After a successful write, the send side is finished and the peer's
 //!   acknowledgement awaited for at most

@@ -16,7 +16,7 @@ use roxyd::{
         GracefulOp, ImmediateOp,
         recorder::{Entry, RecordingBackend},
     },
-    reply::{self, Delivery, WireForm},
+    reply::{self, WireForm},
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode, reply_text},
 };
 use rstest::rstest;
@@ -364,14 +364,7 @@ async fn with_packet_loss_every_reply_arrives_before_its_release() {
         if let Entry::Perform(_) = operation {
             let delivered = entries
                 .iter()
-                .position(|e| {
-                    matches!(
-                        e,
-                        Entry::Dispatch(DispatchEvent::DeliveryConfirmed(
-                            Delivery::Acknowledged | Delivery::Stopped(0)
-                        ))
-                    )
-                })
+                .position(Entry::is_reply_delivered)
                 .unwrap_or_else(|| panic!("not delivered: {entries:#?}"));
             let performed = entries.iter().position(|e| *e == operation).unwrap();
             assert!(delivered < performed, "{entries:#?}");

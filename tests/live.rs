@@ -13,7 +13,6 @@ use roxyd::{
         GracefulOp, ImmediateOp,
         recorder::{Entry, RecordingBackend},
     },
-    reply::Delivery,
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode, reply_text},
 };
 use rstest::rstest;
@@ -134,14 +133,7 @@ async fn power_request_over_quic(#[case] power: Power) {
         // whichever order the packets cross.
         let delivered = entries
             .iter()
-            .position(|e| {
-                matches!(
-                    e,
-                    Entry::Dispatch(DispatchEvent::DeliveryConfirmed(
-                        Delivery::Acknowledged | Delivery::Stopped(0)
-                    ))
-                )
-            })
+            .position(Entry::is_reply_delivered)
             .unwrap_or_else(|| panic!("no delivery in {entries:#?}"));
         let performed = position(&entries, &operation);
         assert!(written < delivered && delivered < performed, "{entries:#?}");

@@ -17,7 +17,10 @@ use std::{
 use tokio::sync::watch;
 
 use super::{GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, StartError};
-use crate::dispatch::{DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher};
+use crate::{
+    dispatch::{DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher},
+    reply::Delivery,
+};
 
 /// One thing the recorder saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +41,20 @@ impl Entry {
     #[must_use]
     pub fn is_power_operation(&self) -> bool {
         matches!(self, Self::Perform(_) | Self::StartGraceful(_))
+    }
+
+    /// Whether this entry says a reply reached the Manager: acknowledged,
+    /// or the stream closed by the Manager with code 0 once it had read the
+    /// reply (the reference Manager drops its streams, so its `STOP_SENDING`
+    /// may overtake the acknowledgement).
+    #[must_use]
+    pub fn is_reply_delivered(&self) -> bool {
+        matches!(
+            self,
+            Self::Dispatch(DispatchEvent::DeliveryConfirmed(
+                Delivery::Acknowledged | Delivery::Stopped(0)
+            ))
+        )
     }
 }
 
