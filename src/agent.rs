@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::task::{self, AbortHandle, JoinSet};
+use tokio::task::{self, JoinSet};
 
 use crate::{
     dispatch::{Dispatcher, StreamActivity},
@@ -96,12 +96,6 @@ pub enum ConnectionEnd {
     Stopped,
 }
 
-/// A stream being served: what it is doing, and how to end it.
-struct LiveStream {
-    activity: Arc<StreamActivity>,
-    task: AbortHandle,
-}
-
 /// Serves every request stream the Manager opens on `connection`, each on a
 /// task of its own, until the connection ends or `shutdown` resolves.
 ///
@@ -122,7 +116,7 @@ pub async fn serve_connection<B: PowerBackend>(
     shutdown: impl Future<Output = ()>,
 ) -> ConnectionEnd {
     let mut streams = JoinSet::new();
-    let mut live: HashMap<task::Id, LiveStream> = HashMap::new();
+    let mut live: HashMap<task::Id, Arc<StreamActivity>> = HashMap::new();
     let limit = usize::try_from(max_streams).unwrap_or(usize::MAX);
     let mut full = tokio::time::interval(FULL_RECHECK);
     full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -141,7 +135,7 @@ pub async fn serve_connection<B: PowerBackend>(
                             .await;
                         tracing::debug!(stream = %id, ?end, "request stream ended");
                     });
-                    live.insert(task.id(), LiveStream { activity, task });
+                    live.insert(task.id(), activity);
                     if crowded(live.len(), limit) {
                         close_longest_waiting(&mut live, limit);
                     }
@@ -194,16 +188,16 @@ fn crowded(live: usize, limit: usize) -> bool {
     live >= limit.saturating_sub(room_to_make(limit))
 }
 
-/// Ends the streams that have waited longest for the Manager's bytes (and at
-/// least [`CLOSABLE_AFTER`]), up to [`room_to_make`] of them, leaving alone
-/// every stream at work and every stream whose request has arrived. A closed stream's task is aborted,
-/// which stops its receive side and finishes its send side: a Manager
-/// waiting for a reply sees the stream end and drops it, and the slot
-/// returns to it.
-fn close_longest_waiting(live: &mut HashMap<task::Id, LiveStream>, limit: usize) {
+/// Closes the streams that have waited longest for the Manager's bytes (and
+/// at least [`CLOSABLE_AFTER`]), up to [`room_to_make`] of them. Each is asked
+/// through its [`StreamActivity`], so only a stream parked at a read can go;
+/// a stream at work is never interrupted. A closed stream stops its receive
+/// side and finishes its send side: a Manager waiting for a reply sees the
+/// stream end and drops it, and the slot returns to it.
+fn close_longest_waiting(live: &mut HashMap<task::Id, Arc<StreamActivity>>, limit: usize) {
     let mut waiting: Vec<(Instant, task::Id)> = live
         .iter()
-        .filter_map(|(id, stream)| Some((stream.activity.waiting_since()?, *id)))
+        .filter_map(|(id, activity)| Some((activity.waiting_since()?, *id)))
         .filter(|(since, _)| since.elapsed() >= CLOSABLE_AFTER)
         .collect();
     waiting.sort_unstable_by_key(|(since, _)| *since);
@@ -215,9 +209,11 @@ fn close_longest_waiting(live: &mut HashMap<task::Id, LiveStream>, limit: usize)
             "request streams run short; closing those that waited longest"
         );
     }
+    // Forgotten here at once, so that they are not chosen again; their tasks
+    // end on their own and are reaped as usual.
     for (_, id) in waiting {
-        if let Some(stream) = live.remove(&id) {
-            stream.task.abort();
+        if let Some(activity) = live.remove(&id) {
+            activity.close();
         }
     }
 }

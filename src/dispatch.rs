@@ -22,7 +22,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::{
+    io::{AsyncRead, AsyncWriteExt},
+    sync::Notify,
+};
 
 use crate::{
     platform::{GracefulOp, ImmediateOp, PowerBackend, PowerOp},
@@ -104,12 +107,14 @@ impl DispatchObserver for NoObserver {
     fn on_event(&self, _event: &DispatchEvent) {}
 }
 
-/// Whether a stream waits for the Manager's next frame, and since when. A
-/// stream that waits may be closed to make room; one that works (a request
-/// being answered, a power operation pending) is never.
+/// Whether a stream waits for the Manager's next frame, and since when, and
+/// a way to ask it to close. A stream closes only while it waits for a read:
+/// one at work (a request being answered, a power operation pending) never
+/// does, whatever asks and whenever.
 #[derive(Debug, Default)]
 pub struct StreamActivity {
     waiting_since: Mutex<Option<Instant>>,
+    close: Notify,
 }
 
 impl StreamActivity {
@@ -118,6 +123,12 @@ impl StreamActivity {
     #[must_use]
     pub fn waiting_since(&self) -> Option<Instant> {
         *self.lock()
+    }
+
+    /// Asks the stream to close the next time it waits for the Manager (now,
+    /// if it waits now).
+    pub fn close(&self) {
+        self.close.notify_one();
     }
 
     fn set_waiting(&self) {
@@ -137,15 +148,19 @@ impl StreamActivity {
 
 /// Runs `read`, marking the stream as waiting only while the read has to
 /// wait for the Manager: a request whose bytes have arrived is read at once
-/// and its stream is never taken for an idle one.
-async fn wait_reporting<F: Future>(read: F, activity: &StreamActivity) -> F::Output {
+/// and its stream is never taken for an idle one. `None` when the stream
+/// was asked to close while it waited.
+async fn wait_reporting<F: Future>(read: F, activity: &StreamActivity) -> Option<F::Output> {
     let mut read = pin!(read);
     let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
     let output = match first {
-        Poll::Ready(output) => output,
+        Poll::Ready(output) => Some(output),
         Poll::Pending => {
             activity.set_waiting();
-            read.await
+            tokio::select! {
+                output = &mut read => Some(output),
+                () = activity.close.notified() => None,
+            }
         }
     };
     activity.set_working();
@@ -166,6 +181,9 @@ pub enum StreamEnd {
     ReadFailed(String),
     /// No request arrived within the idle timeout.
     IdleTimeout,
+    /// The connection layer closed the waiting stream to make room for
+    /// others (see [`StreamActivity::close`]).
+    ClosedToMakeRoom,
     /// A reply could not be written (any pending operation was cancelled).
     WriteFailed(String),
 }
@@ -240,7 +258,10 @@ impl<B: PowerBackend> Dispatcher<B> {
                 self.config.stream_idle_timeout,
                 wire::read_frame(recv, self.config.max_frame_len),
             );
-            let payload = match wait_reporting(read, activity).await {
+            let Some(read) = wait_reporting(read, activity).await else {
+                return StreamEnd::ClosedToMakeRoom;
+            };
+            let payload = match read {
                 Err(_) => return StreamEnd::IdleTimeout,
                 Ok(Ok(Some(payload))) => payload,
                 Ok(Ok(None)) => return StreamEnd::Finished,
