@@ -215,18 +215,11 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let recorder = RecordingBackend::new();
     let journal = recorder.journal().clone();
     let dispatcher = Arc::new(recorder.dispatcher(config.dispatch()));
-    let settings = Settings {
-        manager: ManagerAddress {
-            server_name: SERVER_NAME.to_owned(),
-            addr,
-        },
-        identity: config.identity(),
-        max_frame_len: config.max_frame_len,
-        max_streams: config.max_concurrent_streams,
-        handshake_timeout: config.handshake_timeout(),
-        backoff: config.backoff(),
-        check: false,
+    let manager = ManagerAddress {
+        server_name: SERVER_NAME.to_owned(),
+        addr,
     };
+    let settings = Settings::from_config(&config, manager, false);
     let (stop, stopped) = shutdown::channel();
     let endpoint = agent::client_endpoint(addr, client)?;
     let roxyd = {

@@ -17,6 +17,7 @@ use std::{sync::Arc, time::Duration};
 use crate::{
     agent::{self, ConnectionEnd, SessionError},
     cli::ManagerAddress,
+    config::Config,
     dispatch::Dispatcher,
     handshake::{HandshakeError, Identity},
     platform::PowerBackend,
@@ -41,6 +42,22 @@ pub struct Settings {
     pub backoff: BackoffConfig,
     /// Connect once, report and return, instead of serving.
     pub check: bool,
+}
+
+impl Settings {
+    /// The settings `config` gives for the Manager at `manager`.
+    #[must_use]
+    pub fn from_config(config: &Config, manager: ManagerAddress, check: bool) -> Self {
+        Self {
+            manager,
+            identity: config.identity(),
+            max_frame_len: config.max_frame_len,
+            max_streams: config.max_concurrent_streams,
+            handshake_timeout: config.handshake_timeout(),
+            backoff: config.backoff(),
+            check,
+        }
+    }
 }
 
 /// How the daemon ended well.

@@ -53,15 +53,7 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
     let key = tls::load_private_key(&cli.key)?;
     let roots = tls::load_roots(&cli.ca_certs)?;
     let client = tls::client_config(chain, key, roots, config.max_concurrent_streams)?;
-    let settings = Settings {
-        manager: cli.manager.clone(),
-        identity: config.identity(),
-        max_frame_len: config.max_frame_len,
-        max_streams: config.max_concurrent_streams,
-        handshake_timeout: config.handshake_timeout(),
-        backoff: config.backoff(),
-        check: cli.check,
-    };
+    let settings = Settings::from_config(&config, cli.manager.clone(), cli.check);
     // One thread serves everything: nothing on it blocks (power operations
     // and command reapers have threads of their own), and the benchmarks show
     // a multi-threaded runtime only adding wake-ups between threads.

@@ -40,12 +40,6 @@ impl Shutdown {
         self.requested().await;
     }
 
-    /// Whether a stop was asked for.
-    #[must_use]
-    pub fn is_requested(&self) -> bool {
-        *self.0.borrow()
-    }
-
     /// A signal raised by SIGINT or SIGTERM. Call it early, inside the
     /// runtime, so that no signal is lost during start-up.
     ///

@@ -90,15 +90,8 @@ pub struct LabAgent {
     pub connection: quinn::Connection,
     /// The serving task; it ends with the connection.
     pub serving: JoinHandle<ConnectionEnd>,
-    endpoint: quinn::Endpoint,
-}
-
-impl LabAgent {
-    /// The agent's QUIC endpoint.
-    #[must_use]
-    pub fn endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
-    }
+    /// Held so that the agent's socket lives as long as the agent.
+    _endpoint: quinn::Endpoint,
 }
 
 impl Lab {
@@ -109,18 +102,6 @@ impl Lab {
     /// See [`LabError`].
     pub fn new() -> Result<Self, LabError> {
         Self::with_options(LabOptions::default())
-    }
-
-    /// A Manager listening on `addr`.
-    ///
-    /// # Errors
-    ///
-    /// See [`LabError`].
-    pub fn bind(addr: SocketAddr) -> Result<Self, LabError> {
-        Self::with_options(LabOptions {
-            addr,
-            ..LabOptions::default()
-        })
     }
 
     /// A Manager on `127.0.0.1` that presents the certificate `present`
@@ -265,7 +246,7 @@ impl Lab {
             LabAgent {
                 connection,
                 serving,
-                endpoint,
+                _endpoint: endpoint,
             },
         ))
     }

@@ -129,11 +129,6 @@ impl Roxyd {
         signal_pid(self.pid(), signal);
     }
 
-    /// Everything printed so far.
-    pub fn output(&self) -> String {
-        self.seen.join("\n")
-    }
-
     /// Waits for roxyd to exit; returns its status and everything it printed.
     pub async fn exit(mut self) -> (ExitStatus, String) {
         let status = tokio::time::timeout(HANG, self.child.wait())
