@@ -3,8 +3,10 @@
 //! It makes throwaway certificates, starts a loopback Manager, runs the
 //! daemon's own code (`roxyd::daemon::run`, as the `roxyd` binary does) with
 //! the recording backend, sends every power request on both wire forms plus
-//! echo, and prints a timeline per request. It exits non-zero if anything
-//! deviates from the power contract.
+//! echo, as both Manager generations send them (review-protocol 0.18 reads
+//! the reply; 0.19 sends immediate requests fire-and-forget), and prints a
+//! timeline per request. It exits non-zero if anything deviates from the
+//! power contract.
 //!
 //! Run: `cargo run --example demo --features test-backend`
 
@@ -21,7 +23,7 @@ use roxyd::{
     daemon::{self, Settings},
     dispatch::{DispatchEvent, Dispatcher},
     lab::{Lab, SERVER_NAME},
-    manager::AgentSession,
+    manager::{AgentSession, Generation},
     platform::{
         GracefulOp, ImmediateOp,
         recorder::{Entry, Journal, RecordingBackend},
@@ -43,7 +45,12 @@ struct Step {
 enum Send {
     Grouped(NodePowerRequest),
     Unit(u32),
+    /// As a review-protocol 0.19 Manager sends an immediate request.
+    FireAndForget(NodePowerRequest),
 }
+
+/// What a 0.19 Manager "receives" for a request it sent fire-and-forget.
+const NO_REPLY_READ: &str = "nothing: sent fire-and-forget, no reply read";
 
 fn steps() -> Vec<Step> {
     let grouped = |label, request, op| Step {
@@ -58,6 +65,12 @@ fn steps() -> Vec<Step> {
         expect_reply: "Ok(())",
         expect_operation: Some(op),
     };
+    let fire_and_forget = |label, request, op| Step {
+        label,
+        send: Send::FireAndForget(request),
+        expect_reply: NO_REPLY_READ,
+        expect_operation: Some(op),
+    };
     vec![
         Step {
             label: "echo (code 17)",
@@ -66,12 +79,22 @@ fn steps() -> Vec<Step> {
             expect_operation: None,
         },
         grouped(
-            "NodePower Reboot (code 106): immediate reboot",
+            "NodePower Reboot (code 106) from a 0.18 Manager: immediate reboot",
+            NodePowerRequest::Reboot,
+            Entry::Perform(ImmediateOp::Reboot),
+        ),
+        fire_and_forget(
+            "NodePower Reboot (code 106) from a 0.19 Manager (fire-and-forget): immediate reboot",
             NodePowerRequest::Reboot,
             Entry::Perform(ImmediateOp::Reboot),
         ),
         grouped(
-            "NodePower Shutdown (code 106): immediate power-off",
+            "NodePower Shutdown (code 106) from a 0.18 Manager: immediate power-off",
+            NodePowerRequest::Shutdown,
+            Entry::Perform(ImmediateOp::PowerOff),
+        ),
+        fire_and_forget(
+            "NodePower Shutdown (code 106) from a 0.19 Manager (fire-and-forget): immediate power-off",
             NodePowerRequest::Shutdown,
             Entry::Perform(ImmediateOp::PowerOff),
         ),
@@ -102,6 +125,10 @@ async fn send(session: &AgentSession, send: Send) -> Result<String, String> {
     match send {
         Send::Grouped(request) => session.node_power(request).await.map(|r| format!("{r:?}")),
         Send::Unit(code) => session.unit_request(code).await.map(|r| format!("{r:?}")),
+        Send::FireAndForget(request) => session
+            .node_power_as(Generation::V0_19, request)
+            .await
+            .map(|r| r.map_or_else(|| NO_REPLY_READ.to_owned(), |r| format!("{r:?}"))),
     }
     .map_err(|e| e.to_string())
 }
@@ -133,11 +160,14 @@ fn describe(entry: &Entry) -> Option<String> {
         Entry::Dispatch(DispatchEvent::Released(op)) => format!("roxyd released the {op}"),
         Entry::Dispatch(DispatchEvent::Cancelled(op)) => format!("roxyd cancelled the {op}"),
         Entry::Dispatch(DispatchEvent::ReplyFailed { .. }) => {
-            "roxyd failed to write the reply".into()
+            "roxyd could not write the reply".into()
+        }
+        Entry::Dispatch(DispatchEvent::ReplyDeclined(_)) => {
+            "roxyd: the Manager declined the reply (STOP_SENDING 0 and FIN)".into()
         }
         Entry::Perform(op) => format!("backend: perform {op} (recorded, nothing done)"),
         Entry::StartGraceful(op) => format!("backend: start {op} command (recorded, nothing done)"),
-        Entry::Prepare(_) => return None,
+        Entry::Prepare(_) | Entry::Settled(..) => return None,
     })
 }
 
@@ -167,8 +197,16 @@ fn check(step: &Step, reply: &str, entries: &[Entry]) -> Vec<String> {
             // it read the reply (the reference Manager drops its streams).
             let delivered =
                 at(&|e| matches!(e, Entry::Dispatch(DispatchEvent::DeliveryConfirmed(_))));
-            if !(written < delivered && delivered < performed) {
-                problems.push("not: reply written, then delivered, then performed".into());
+            // A 0.19 Manager declines the reply; if its STOP_SENDING came
+            // only after the write, the reply was written all the same.
+            let declined = at(&|e| matches!(e, Entry::Dispatch(DispatchEvent::ReplyDeclined(_))));
+            let after_reply = written.is_some() && written < delivered && delivered < performed;
+            let after_decline = declined.is_some() && declined < performed;
+            if !(after_reply || (matches!(step.send, Send::FireAndForget(_)) && after_decline)) {
+                problems.push(
+                    "not: reply written and delivered (or declined by a 0.19 Manager), then performed"
+                        .into(),
+                );
             }
         }
         Some(Entry::StartGraceful(_))

@@ -229,6 +229,7 @@ impl Config {
             stream_idle_timeout: Duration::from_secs(self.stream_idle_timeout_secs),
             reply_timeout: Duration::from_secs(self.reply_timeout_secs),
             delivery_timeout: Duration::from_millis(self.delivery_timeout_ms),
+            ..DispatchConfig::default()
         }
     }
 

@@ -4,8 +4,12 @@
 //! This is the only place that orders "write the reply, then release". Rules
 //! a reader must not break:
 //! - An immediate power operation is released only after its success reply
-//!   was written ([`reply::write_initiated`] returned `Ok`); if the write fails or
-//!   times out, the pending operation is dropped and nothing happens.
+//!   was written ([`reply::write_initiated`] returned `Ok`), or after the
+//!   write failed because the Manager declined the reply, as a
+//!   review-protocol 0.19 Manager does ([`reply::recognise_decline`]). On
+//!   any other failure (lost connection, reset, a stop with an error code, a
+//!   stop after the reply was held up, a timeout) the pending operation is
+//!   dropped and nothing happens.
 //! - After a successful write, the send side is finished and the peer's
 //!   acknowledgement awaited for at most
 //!   [`DispatchConfig::delivery_timeout`], so that the reply has left the
@@ -30,7 +34,7 @@ use tokio::{
 use crate::{
     platform::{GracefulOp, ImmediateOp, PowerBackend, PowerOp},
     power::PowerHandler,
-    reply::{self, Delivery, ReplySink, WireForm},
+    reply::{self, DeclineRule, Delivery, ReplySink, WireForm},
     wire::{self, FrameError, NodePowerRequest, Request, RequestCode, reply_text},
 };
 
@@ -47,6 +51,8 @@ pub struct DispatchConfig {
     /// How long to wait for the Manager to acknowledge an immediate
     /// operation's reply before releasing it anyway; zero does not wait.
     pub delivery_timeout: Duration,
+    /// When a failed reply write means the Manager declined the reply.
+    pub decline: DeclineRule,
 }
 
 impl Default for DispatchConfig {
@@ -56,6 +62,7 @@ impl Default for DispatchConfig {
             stream_idle_timeout: Duration::from_secs(60),
             reply_timeout: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(2),
+            decline: DeclineRule::default(),
         }
     }
 }
@@ -84,6 +91,9 @@ pub enum DispatchEvent {
         /// The request code.
         code: u32,
     },
+    /// The Manager declined an immediate operation's reply (fire-and-forget):
+    /// the operation is carried out.
+    ReplyDeclined(ImmediateOp),
     /// The wait for the Manager's acknowledgement of the reply ended.
     DeliveryConfirmed(Delivery),
     /// A pending immediate operation was handed to its thread.
@@ -97,6 +107,16 @@ pub enum DispatchEvent {
 pub trait DispatchObserver: Send + Sync {
     /// Called once per event.
     fn on_event(&self, event: &DispatchEvent);
+
+    /// Whether the reply to the prepared `op` waits, before it is written,
+    /// until the Manager has stopped the stream (or the stream or connection
+    /// ended; at most [`DispatchConfig::reply_timeout`]). Tests use it to
+    /// force a fire-and-forget Manager's packets to arrive before the write;
+    /// the default, `false`, writes at once.
+    fn hold_reply_until_stopped(&self, op: ImmediateOp) -> bool {
+        let _ = op;
+        false
+    }
 }
 
 /// The observer that ignores everything.
@@ -279,18 +299,24 @@ impl<B: PowerBackend> Dispatcher<B> {
                 }
                 Ok(Err(e)) => return StreamEnd::ReadFailed(e.to_string()),
             };
-            if let Some(end) = self.serve_frame(&payload, send).await {
+            if let Some(end) = self.serve_frame(&payload, recv, send).await {
                 return end;
             }
         }
     }
 
-    /// Answers one request frame; `Some` ends the stream.
-    async fn serve_frame<W: ReplySink + ?Sized>(
+    /// Answers one request frame; `Some` ends the stream. `recv` is
+    /// positioned right after the frame.
+    async fn serve_frame<R, W>(
         &self,
         payload: &[u8],
+        recv: &mut R,
         send: &mut W,
-    ) -> Option<StreamEnd> {
+    ) -> Option<StreamEnd>
+    where
+        R: AsyncRead + Unpin + Send + ?Sized,
+        W: ReplySink + ?Sized,
+    {
         let request = match Request::parse(payload) {
             Ok(request) => request,
             Err(e) => return self.answer_error(u32::MAX, send, &e.to_string()).await,
@@ -303,7 +329,10 @@ impl<B: PowerBackend> Dispatcher<B> {
                 self.after_write(code, true, written)
             }
             RequestCode::NodePower => match wire::decode_prefix::<NodePowerRequest>(request.body) {
-                Ok(power) => self.serve_power(code, power, WireForm::Grouped, send).await,
+                Ok(power) => {
+                    self.serve_power(code, power, WireForm::Grouped, recv, send)
+                        .await
+                }
                 Err(e) => {
                     let text = format!("malformed body for request code {code}: {e}");
                     self.answer_error(code, send, &text).await
@@ -312,11 +341,13 @@ impl<B: PowerBackend> Dispatcher<B> {
             // The flat forms' body is `()`, which any bytes decode as.
             RequestCode::FlatReboot => {
                 let request = NodePowerRequest::Reboot;
-                self.serve_power(code, request, WireForm::Flat, send).await
+                self.serve_power(code, request, WireForm::Flat, recv, send)
+                    .await
             }
             RequestCode::FlatShutdown => {
                 let request = NodePowerRequest::Shutdown;
-                self.serve_power(code, request, WireForm::Flat, send).await
+                self.serve_power(code, request, WireForm::Flat, recv, send)
+                    .await
             }
             RequestCode::NotSupported(_) => {
                 self.answer_error(code, send, reply_text::NOT_SUPPORTED)
@@ -329,13 +360,18 @@ impl<B: PowerBackend> Dispatcher<B> {
         }
     }
 
-    async fn serve_power<W: ReplySink + ?Sized>(
+    async fn serve_power<R, W>(
         &self,
         code: u32,
         request: NodePowerRequest,
         form: WireForm,
+        recv: &mut R,
         send: &mut W,
-    ) -> Option<StreamEnd> {
+    ) -> Option<StreamEnd>
+    where
+        R: AsyncRead + Unpin + Send + ?Sized,
+        W: ReplySink + ?Sized,
+    {
         match PowerOp::from(request) {
             PowerOp::Graceful(op) => match self.power.start_graceful(op) {
                 // The command's end is logged by its reaper, not reported.
@@ -350,28 +386,43 @@ impl<B: PowerBackend> Dispatcher<B> {
                     self.answer_error(code, send, reply_text::FAIL).await
                 }
             },
-            PowerOp::Immediate(op) => {
-                let pending = match self.power.prepare(op) {
-                    Ok(pending) => pending,
-                    Err(e) => {
-                        tracing::warn!(%op, error = %e, "immediate power operation refused");
-                        return self
-                            .answer_error(code, send, reply_text::INVALID_COMMAND)
-                            .await;
-                    }
-                };
-                self.emit(&DispatchEvent::Prepared(op));
-                tracing::info!(%op, "prepared; writing the reply");
-                let written = match self.write_bounded(reply::write_initiated(send, form)).await {
-                    Ok(written) => written,
-                    Err(e) => {
-                        tracing::warn!(%op, error = %e, "reply not written; cancelling");
-                        self.emit(&DispatchEvent::ReplyFailed { code });
-                        drop(pending);
-                        self.emit(&DispatchEvent::Cancelled(op));
-                        return Some(StreamEnd::WriteFailed(e.to_string()));
-                    }
-                };
+            PowerOp::Immediate(op) => self.serve_immediate(code, op, form, recv, send).await,
+        }
+    }
+
+    /// Prepare, write the reply, then release; or drop. The one place where
+    /// an immediate operation's fate is decided.
+    async fn serve_immediate<R, W>(
+        &self,
+        code: u32,
+        op: ImmediateOp,
+        form: WireForm,
+        recv: &mut R,
+        send: &mut W,
+    ) -> Option<StreamEnd>
+    where
+        R: AsyncRead + Unpin + Send + ?Sized,
+        W: ReplySink + ?Sized,
+    {
+        let pending = match self.power.prepare(op) {
+            Ok(pending) => pending,
+            Err(e) => {
+                tracing::warn!(%op, error = %e, "immediate power operation refused");
+                return self
+                    .answer_error(code, send, reply_text::INVALID_COMMAND)
+                    .await;
+            }
+        };
+        // The reply is pending from here: a Manager's STOP_SENDING long after
+        // this is a Manager that gave up, not one that declined.
+        let pending_since = tokio::time::Instant::now();
+        self.emit(&DispatchEvent::Prepared(op));
+        if self.observer.hold_reply_until_stopped(op) {
+            let _ = tokio::time::timeout(self.config.reply_timeout, send.peer_stop()).await;
+        }
+        tracing::info!(%op, "prepared; writing the reply");
+        let error = match self.write_bounded(reply::write_initiated(send, form)).await {
+            Ok(written) => {
                 self.emit(&DispatchEvent::ReplyWritten { code, ok: true });
                 tracing::info!(%op, "reply written; awaiting its delivery");
                 let delivery = self.confirm_delivery(send).await;
@@ -379,7 +430,33 @@ impl<B: PowerBackend> Dispatcher<B> {
                 self.emit(&DispatchEvent::DeliveryConfirmed(delivery));
                 pending.release(written);
                 self.emit(&DispatchEvent::Released(op));
+                return Some(StreamEnd::Released(op));
+            }
+            Err(error) => error,
+        };
+        self.emit(&DispatchEvent::ReplyFailed { code });
+        let rule = self.config.decline;
+        match reply::recognise_decline(recv, send, pending_since, &error, rule).await {
+            Ok(declined) => {
+                tracing::info!(
+                    %op,
+                    "Manager declined the reply (fire-and-forget); carrying out"
+                );
+                self.emit(&DispatchEvent::ReplyDeclined(op));
+                pending.release(declined);
+                self.emit(&DispatchEvent::Released(op));
                 Some(StreamEnd::Released(op))
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    %op,
+                    error = %error,
+                    %reason,
+                    "reply not written; cancelling"
+                );
+                drop(pending);
+                self.emit(&DispatchEvent::Cancelled(op));
+                Some(StreamEnd::WriteFailed(format!("{error}; {reason}")))
             }
         }
     }

@@ -17,6 +17,31 @@ use crate::{
     wire::{self, AgentInfo, HandshakeReply, NodePowerRequest, NodePowerResponse, RequestCode},
 };
 
+/// The Manager generations in the field; they differ only in how they send
+/// the immediate power requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Generation {
+    /// review-protocol 0.18: reads the reply to every request.
+    #[default]
+    V0_18,
+    /// review-protocol 0.19: sends `NodePower` `Reboot` and `Shutdown`
+    /// fire-and-forget (finishes its side, declines the reply, reads
+    /// nothing); everything else as 0.18.
+    V0_19,
+}
+
+impl Generation {
+    /// Whether this generation sends `request` fire-and-forget.
+    #[must_use]
+    pub fn fires_and_forgets(self, request: NodePowerRequest) -> bool {
+        self == Self::V0_19
+            && matches!(
+                request,
+                NodePowerRequest::Reboot | NodePowerRequest::Shutdown
+            )
+    }
+}
+
 /// Largest reply the Manager side reads.
 const MAX_REPLY_LEN: u32 = 1024 * 1024;
 
@@ -243,6 +268,43 @@ impl AgentSession {
             .await
             .map_err(transport)?
             .ok_or_else(|| transport("agent closed the stream without a reply"))
+    }
+
+    /// Sends one request as a review-protocol 0.19 Manager sends an
+    /// immediate power request: writes the frame, finishes its send side and
+    /// drops its receive side at once without reading (quinn then sends
+    /// `STOP_SENDING` with code 0). Returns once the request is queued.
+    ///
+    /// # Errors
+    ///
+    /// When the stream fails.
+    pub async fn fire_and_forget(&self, code: u32, body: &[u8]) -> Result<(), ManagerError> {
+        let (mut send, recv) = self.open_stream().await?;
+        wire::write_frame(&mut send, &wire::encode_request(code, body))
+            .await
+            .map_err(transport)?;
+        send.finish().map_err(transport)?;
+        drop(recv);
+        Ok(())
+    }
+
+    /// Sends the grouped power request as a Manager of `generation` does:
+    /// `None` when it was sent fire-and-forget, with no reply to read.
+    ///
+    /// # Errors
+    ///
+    /// See [`Self::node_power`] and [`Self::fire_and_forget`].
+    pub async fn node_power_as(
+        &self,
+        generation: Generation,
+        request: NodePowerRequest,
+    ) -> Result<Option<Result<NodePowerResponse, String>>, ManagerError> {
+        if generation.fires_and_forgets(request) {
+            self.fire_and_forget(RequestCode::NODE_POWER, &wire::encode(&request))
+                .await?;
+            return Ok(None);
+        }
+        self.node_power(request).await.map(Some)
     }
 
     /// Sends the grouped power request.

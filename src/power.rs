@@ -3,8 +3,10 @@
 //!
 //! Rules a reader must not break:
 //! - An immediate operation is only ever run by [`PendingPowerOp::release`],
-//!   which needs proof that the success reply was written
-//!   ([`ReplyWritten`]); dropping a [`PendingPowerOp`] cancels it.
+//!   which needs a [`ReleaseProof`]: the success reply was written, or the
+//!   Manager declined it; dropping a [`PendingPowerOp`] cancels it. Either
+//!   way the backend hears of it at that moment
+//!   ([`PowerBackend::pending_settled`]).
 //! - At most one power operation is under way at a time. A second request
 //!   while one is pending, running, or has taken the host down is refused:
 //!   `invalid command` for an immediate one, `fail` for a graceful one. The
@@ -21,8 +23,10 @@ use std::{
 use tokio::sync::{oneshot, watch};
 
 use crate::{
-    platform::{GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, StartError},
-    reply::ReplyWritten,
+    platform::{
+        GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, Settlement, StartError,
+    },
+    reply::ReleaseProof,
 };
 
 /// Prepares immediate operations and starts graceful ones on backend `B`.
@@ -142,10 +146,12 @@ impl GracefulRun {
 /// An immediate power operation that has been checked but not run.
 ///
 /// It runs only through [`release`](Self::release), which consumes it and
-/// takes the [`ReplyWritten`] proof that only the reply writer can make, so
-/// "release before the reply", "release twice" and "use after release" do
-/// not compile. Dropping it instead cancels it: nothing happens, and the
-/// next power request may proceed.
+/// takes a [`ReleaseProof`] that only the reply writer
+/// ([`crate::reply::write_initiated`]) or the decline check
+/// ([`crate::reply::recognise_decline`]) can make, so "release before the
+/// reply", "release twice" and "use after release" do not compile. Dropping
+/// it instead cancels it: nothing happens, and the next power request may
+/// proceed.
 #[must_use = "dropping a PendingPowerOp cancels it"]
 #[derive(Debug)]
 pub struct PendingPowerOp<B: PowerBackend> {
@@ -165,17 +171,22 @@ impl<B: PowerBackend> PendingPowerOp<B> {
 
     /// Runs the operation on a thread of its own, off the async runtime, and
     /// returns at once. The caller must have written the success reply on the
-    /// request's stream: `_reply` is the proof.
+    /// request's stream, or seen the Manager decline it: `proof` says which.
     ///
     /// An error from the backend is logged; the Manager was already told
-    /// `Initiated`.
-    pub fn release(mut self, _reply: ReplyWritten) {
+    /// `Initiated`, or asked for no answer.
+    pub fn release(mut self, proof: impl Into<ReleaseProof>) {
         let op = self.op;
         let backend = Arc::clone(&self.backend);
         let latch = self.latch.take();
         let performing = Arc::clone(&self.performing);
         performing.send_replace(true);
-        tracing::warn!(%op, "releasing power operation");
+        backend.pending_settled(op, Settlement::Released);
+        let after = match proof.into() {
+            ReleaseProof::Written(_) => "reply written",
+            ReleaseProof::Declined(_) => "reply declined",
+        };
+        tracing::warn!(%op, after, "releasing power operation");
         run_detached("roxyd-power", move || {
             let result = backend.perform(op);
             drop(latch);
@@ -192,6 +203,7 @@ impl<B: PowerBackend> PendingPowerOp<B> {
 impl<B: PowerBackend> Drop for PendingPowerOp<B> {
     fn drop(&mut self) {
         if self.latch.is_some() {
+            self.backend.pending_settled(self.op, Settlement::Cancelled);
             tracing::warn!(op = %self.op, "pending power operation cancelled; nothing done");
         }
     }

@@ -4,6 +4,7 @@
 #![cfg(feature = "test-backend")]
 
 use std::{
+    future::Future,
     io,
     pin::Pin,
     sync::Arc,
@@ -14,7 +15,7 @@ use std::{
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher, StreamEnd},
     platform::{
-        GracefulOp, ImmediateOp, PrepareError, StartError,
+        GracefulOp, ImmediateOp, PrepareError, Settlement, StartError,
         recorder::{Entry, RecordingBackend},
     },
     reply::{self, Delivery, ReplySink, WireForm},
@@ -22,7 +23,8 @@ use roxyd::{
 };
 use rstest::rstest;
 use tokio::{
-    io::{AsyncWrite, DuplexStream, ReadHalf, WriteHalf},
+    io::{AsyncRead, AsyncWrite, DuplexStream, ReadHalf, WriteHalf},
+    sync::Notify,
     task::JoinHandle,
 };
 
@@ -124,27 +126,44 @@ async fn immediate_reply_is_written_before_release(
     #[case] form: WireForm,
     #[case] op: ImmediateOp,
 ) {
-    let mut stream = Stream::open(RecordingBackend::new());
+    let recorder = RecordingBackend::new();
+    // The sink itself fails the test if the operation was released before
+    // the reply reached it, and holds the acknowledgement until told.
+    let (mut sink, gate) = ScriptedSink::new(&recorder, Write::Accept);
     let (code, body) = power_request(request, form);
-    let reply = stream.request(code, &body).await;
-    assert_eq!(reply, reply::initiated_payload(form));
-
-    let journal = stream.recorder.journal().clone();
-    let entries = journal.wait_for(|e| e.contains(&Entry::Perform(op))).await;
-    let written = position(
-        &entries,
-        &Entry::Dispatch(DispatchEvent::ReplyWritten { code, ok: true }),
+    let serving = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            let end = serve_one_request(&recorder, code, &body, &mut sink).await;
+            (end, sink)
+        })
+    };
+    within(gate.confirming.notified()).await;
+    // The reply is written and the wait for its acknowledgement is under way:
+    // nothing may have been released yet.
+    assert_eq!(
+        settled(&recorder),
+        vec![],
+        "released before the acknowledgement"
     );
-    let delivered = position(
-        &entries,
-        &Entry::Dispatch(DispatchEvent::DeliveryConfirmed(Delivery::Acknowledged)),
+    gate.acknowledge.notify_one();
+    let (end, sink) = within(serving).await.unwrap();
+    assert_eq!(end, StreamEnd::Released(op));
+    assert_eq!(sink.written, framed(&reply::initiated_payload(form)));
+    assert_eq!(
+        settled(&recorder),
+        vec![Entry::Settled(op, Settlement::Released)]
     );
-    let performed = position(&entries, &Entry::Perform(op));
-    assert!(position(&entries, &Entry::Prepare(op)) < written);
-    assert!(written < delivered && delivered < performed, "{entries:#?}");
-    assert_eq!(journal.power_operations(), vec![Entry::Perform(op)]);
-    // The stream is finished after an immediate operation's reply.
-    assert_eq!(stream.finish().await, StreamEnd::Released(op));
+    within(
+        recorder
+            .journal()
+            .wait_for(|e| e.contains(&Entry::Perform(op))),
+    )
+    .await;
+    assert_eq!(
+        recorder.journal().power_operations(),
+        vec![Entry::Perform(op)]
+    );
 }
 
 #[rstest]
@@ -180,15 +199,95 @@ async fn graceful_command_is_started_then_answered(
     assert_eq!(stream.finish().await, StreamEnd::Finished);
 }
 
-/// A send half whose writes fail, as a stream the Manager stopped.
-struct StoppedSink;
+/// What a [`ScriptedSink`]'s write does.
+#[derive(Clone, Copy, Debug)]
+enum Write {
+    /// Accepts every byte.
+    Accept,
+    /// Fails at once: the Manager had stopped the stream with this code.
+    StoppedBefore(u64),
+    /// Holds the write up for this long, then fails it: the Manager stopped
+    /// the stream with this code while the reply waited for credit.
+    StoppedAfter(Duration, u64),
+    /// Fails at once: the connection is gone.
+    Lost,
+    /// Never accepts a byte, never reports a stop: no credit, ever.
+    Stalled,
+}
 
-impl AsyncWrite for StoppedSink {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            "stopped by peer",
-        )))
+/// Signals between a test and its [`ScriptedSink`].
+#[derive(Default)]
+struct Gate {
+    /// The sink started waiting for the acknowledgement of a written reply.
+    confirming: Notify,
+    /// The test lets the acknowledgement come.
+    acknowledge: Notify,
+}
+
+/// A reply sink playing the Manager's side of one scenario. Every write
+/// first checks, from inside the write, that no operation was released yet:
+/// a release ahead of its reply fails the test on every run.
+struct ScriptedSink {
+    recorder: RecordingBackend,
+    write: Write,
+    written: Vec<u8>,
+    held: Option<Pin<Box<tokio::time::Sleep>>>,
+    gate: Arc<Gate>,
+}
+
+impl ScriptedSink {
+    fn new(recorder: &RecordingBackend, write: Write) -> (Self, Arc<Gate>) {
+        let gate = Arc::new(Gate::default());
+        let sink = Self {
+            recorder: recorder.clone(),
+            write,
+            written: Vec::new(),
+            held: None,
+            gate: Arc::clone(&gate),
+        };
+        (sink, gate)
+    }
+
+    fn stop_code(&self) -> Option<u64> {
+        match self.write {
+            Write::StoppedBefore(code) | Write::StoppedAfter(_, code) => Some(code),
+            Write::Accept | Write::Lost | Write::Stalled => None,
+        }
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "stopped by peer")
+}
+
+impl AsyncWrite for ScriptedSink {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let released = settled(&self.recorder)
+            .into_iter()
+            .find(|e| matches!(e, Entry::Settled(_, Settlement::Released)));
+        assert_eq!(released, None, "released before its reply was written");
+        match self.write {
+            Write::Accept => {
+                self.written.extend_from_slice(bytes);
+                Poll::Ready(Ok(bytes.len()))
+            }
+            Write::StoppedBefore(_) => Poll::Ready(Err(stopped())),
+            Write::Lost => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "connection lost",
+            ))),
+            Write::StoppedAfter(after, _) => {
+                let held = self
+                    .held
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+                held.as_mut().poll(cx).map(|()| Err(stopped()))
+            }
+            Write::Stalled => Poll::Pending,
+        }
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
@@ -198,30 +297,92 @@ impl AsyncWrite for StoppedSink {
     }
 }
 
-impl ReplySink for StoppedSink {
+impl ReplySink for ScriptedSink {
     async fn finish_and_confirm(&mut self) -> Delivery {
-        Delivery::Stopped(0)
+        self.gate.confirming.notify_one();
+        self.gate.acknowledge.notified().await;
+        Delivery::Acknowledged
+    }
+
+    async fn peer_stop(&mut self) -> Option<u64> {
+        match self.write {
+            Write::Stalled | Write::Accept => std::future::pending().await,
+            _ => self.stop_code(),
+        }
     }
 }
 
-/// A send half that never accepts a byte, as a Manager granting no credit.
-struct StalledSink;
-
-impl AsyncWrite for StalledSink {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
-        Poll::Pending
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Pending
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Pending
-    }
+/// The marks the pending operation left at the moment it was released or
+/// cancelled.
+fn settled(recorder: &RecordingBackend) -> Vec<Entry> {
+    recorder
+        .journal()
+        .entries()
+        .into_iter()
+        .filter(|e| matches!(e, Entry::Settled(..)))
+        .collect()
 }
 
-impl ReplySink for StalledSink {
-    async fn finish_and_confirm(&mut self) -> Delivery {
-        std::future::pending().await
+/// `payload` as a frame on the wire.
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut frame = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Awaits `future`, failing the test if it takes longer than any step here
+/// reasonably can.
+async fn within<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), future)
+        .await
+        .expect("a step of this test hung")
+}
+
+/// The Manager's side of the stream after its request.
+#[derive(Clone, Copy, Debug)]
+enum After {
+    /// It finished its side (FIN) right after the request.
+    Finished,
+    /// It keeps its side open.
+    Open,
+    /// It sends more bytes.
+    MoreData,
+    /// Its side fails: a reset stream.
+    Reset,
+}
+
+/// A receive half holding one request frame, then `after`.
+struct ScriptedRecv {
+    frame: Vec<u8>,
+    read: usize,
+    after: After,
+}
+
+impl AsyncRead for ScriptedRecv {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read < self.frame.len() {
+            let n = buf.remaining().min(self.frame.len() - self.read);
+            let start = self.read;
+            buf.put_slice(&self.frame[start..start + n]);
+            self.read += n;
+            return Poll::Ready(Ok(()));
+        }
+        match self.after {
+            After::Finished => Poll::Ready(Ok(())),
+            After::Open => Poll::Pending,
+            After::MoreData => {
+                buf.put_slice(&[0]);
+                Poll::Ready(Ok(()))
+            }
+            After::Reset => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "stream reset by peer",
+            ))),
+        }
     }
 }
 
@@ -231,12 +392,39 @@ async fn serve_one_request<W: ReplySink>(
     body: &[u8],
     sink: &mut W,
 ) -> StreamEnd {
+    serve_scripted(recorder, code, body, After::Finished, sink).await
+}
+
+async fn serve_scripted<W: ReplySink>(
+    recorder: &RecordingBackend,
+    code: u32,
+    body: &[u8],
+    after: After,
+    sink: &mut W,
+) -> StreamEnd {
     let dispatcher = dispatcher(recorder, DispatchConfig::default());
-    let mut input = Vec::new();
-    wire::write_frame(&mut input, &wire::encode_request(code, body))
-        .await
-        .unwrap();
-    dispatcher.serve_stream(&mut input.as_slice(), sink).await
+    let mut recv = ScriptedRecv {
+        frame: framed(&wire::encode_request(code, body)),
+        read: 0,
+        after,
+    };
+    dispatcher.serve_stream(&mut recv, sink).await
+}
+
+/// Checks that `op` was dropped: the pending operation itself says so, and
+/// no power operation ran. The serving ended before this is called, and a
+/// release would have left its mark synchronously.
+fn assert_dropped(recorder: &RecordingBackend, op: ImmediateOp) {
+    assert_eq!(
+        settled(recorder),
+        vec![Entry::Settled(op, Settlement::Cancelled)]
+    );
+    let entries = recorder.journal().entries();
+    assert!(
+        entries.contains(&Entry::Dispatch(DispatchEvent::Cancelled(op))),
+        "{entries:#?}"
+    );
+    assert_eq!(recorder.journal().power_operations(), vec![]);
 }
 
 #[rstest]
@@ -251,15 +439,11 @@ async fn failed_reply_write_cancels(
     #[case] op: ImmediateOp,
 ) {
     let recorder = RecordingBackend::new();
+    let (mut sink, _) = ScriptedSink::new(&recorder, Write::Lost);
     let (code, body) = power_request(request, form);
-    let end = serve_one_request(&recorder, code, &body, &mut StoppedSink).await;
+    let end = serve_one_request(&recorder, code, &body, &mut sink).await;
     assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
-    let entries = recorder.journal().entries();
-    assert!(
-        entries.contains(&Entry::Dispatch(DispatchEvent::Cancelled(op))),
-        "{entries:#?}"
-    );
-    assert_eq!(recorder.journal().power_operations(), vec![]);
+    assert_dropped(&recorder, op);
 }
 
 #[rstest]
@@ -272,17 +456,84 @@ async fn reply_write_that_never_completes_cancels(
     #[case] op: ImmediateOp,
 ) {
     let recorder = RecordingBackend::new();
+    let (mut sink, _) = ScriptedSink::new(&recorder, Write::Stalled);
     let (code, body) = power_request(request, form);
     // With time paused, the reply timeout fires as soon as nothing else can run.
-    let end = serve_one_request(&recorder, code, &body, &mut StalledSink).await;
+    let end = serve_one_request(&recorder, code, &body, &mut sink).await;
     assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
-    assert!(
+    assert_dropped(&recorder, op);
+}
+
+/// A review-protocol 0.19 Manager declines the reply: `STOP_SENDING` code 0
+/// and its FIN. The operation is carried out, on both wire forms.
+#[rstest]
+#[case::grouped_reboot(NodePowerRequest::Reboot, WireForm::Grouped, ImmediateOp::Reboot)]
+#[case::grouped_shutdown(NodePowerRequest::Shutdown, WireForm::Grouped, ImmediateOp::PowerOff)]
+#[case::flat_reboot(NodePowerRequest::Reboot, WireForm::Flat, ImmediateOp::Reboot)]
+#[case::flat_shutdown(NodePowerRequest::Shutdown, WireForm::Flat, ImmediateOp::PowerOff)]
+#[tokio::test]
+async fn declined_reply_releases(
+    #[case] request: NodePowerRequest,
+    #[case] form: WireForm,
+    #[case] op: ImmediateOp,
+    #[values(
+        Write::StoppedBefore(0),
+        Write::StoppedAfter(Duration::from_millis(10), 0)
+    )]
+    write: Write,
+) {
+    let recorder = RecordingBackend::new();
+    let (mut sink, _) = ScriptedSink::new(&recorder, write);
+    let (code, body) = power_request(request, form);
+    let end = serve_scripted(&recorder, code, &body, After::Finished, &mut sink).await;
+    assert_eq!(end, StreamEnd::Released(op));
+    assert_eq!(
+        settled(&recorder),
+        vec![Entry::Settled(op, Settlement::Released)]
+    );
+    let entries = recorder.journal().entries();
+    let declined = position(&entries, &Entry::Dispatch(DispatchEvent::ReplyDeclined(op)));
+    assert!(position(&entries, &Entry::Settled(op, Settlement::Released)) > declined);
+    within(
         recorder
             .journal()
-            .entries()
-            .contains(&Entry::Dispatch(DispatchEvent::Cancelled(op)))
+            .wait_for(|e| e.contains(&Entry::Perform(op))),
+    )
+    .await;
+    assert_eq!(
+        recorder.journal().power_operations(),
+        vec![Entry::Perform(op)]
     );
-    assert_eq!(recorder.journal().power_operations(), vec![]);
+}
+
+/// Every failed write that is not a decline drops the operation.
+#[rstest]
+#[case::stop_with_an_error_code(Write::StoppedBefore(7), After::Finished)]
+#[case::stop_while_the_manager_side_stays_open(Write::StoppedBefore(0), After::Open)]
+#[case::stop_after_the_reply_was_held_up(
+    Write::StoppedAfter(Duration::from_secs(2), 0),
+    After::Finished
+)]
+#[case::stop_then_more_data(Write::StoppedBefore(0), After::MoreData)]
+#[case::stop_and_reset(Write::StoppedBefore(0), After::Reset)]
+#[case::connection_lost(Write::Lost, After::Finished)]
+#[tokio::test(start_paused = true)]
+async fn failed_write_that_is_not_a_decline_drops(
+    #[case] write: Write,
+    #[case] after: After,
+    #[values(
+        (NodePowerRequest::Reboot, WireForm::Grouped, ImmediateOp::Reboot),
+        (NodePowerRequest::Shutdown, WireForm::Flat, ImmediateOp::PowerOff)
+    )]
+    power: (NodePowerRequest, WireForm, ImmediateOp),
+) {
+    let (request, form, op) = power;
+    let recorder = RecordingBackend::new();
+    let (mut sink, _) = ScriptedSink::new(&recorder, write);
+    let (code, body) = power_request(request, form);
+    let end = serve_scripted(&recorder, code, &body, after, &mut sink).await;
+    assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
+    assert_dropped(&recorder, op);
 }
 
 #[rstest]

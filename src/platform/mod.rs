@@ -122,6 +122,15 @@ impl fmt::Display for GracefulOp {
     }
 }
 
+/// How a pending immediate operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Settlement {
+    /// It was released: [`PowerBackend::perform`] follows on its own thread.
+    Released,
+    /// It was dropped: nothing happens.
+    Cancelled,
+}
+
 /// Why an immediate operation cannot run; answered with `invalid command`.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
@@ -160,6 +169,14 @@ pub trait PowerBackend: Send + Sync + 'static {
     ///
     /// The system's refusal; it is logged, as the Manager was already told.
     fn perform(&self, op: ImmediateOp) -> io::Result<()>;
+
+    /// Told, at the very moment it happens, that a prepared `op` was released
+    /// or cancelled, before any thread runs [`Self::perform`]. Real backends
+    /// have nothing to do; the recorder notes it, so that a test can see a
+    /// release that came too early from inside the reply write itself.
+    fn pending_settled(&self, op: ImmediateOp, how: Settlement) {
+        let _ = (op, how);
+    }
 
     /// Starts the system command for `op` and returns once it was spawned.
     ///

@@ -16,7 +16,9 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, StartError};
+use super::{
+    GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, Settlement, StartError,
+};
 use crate::{
     dispatch::{DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher},
     reply::Delivery,
@@ -29,6 +31,9 @@ pub enum Entry {
     Dispatch(DispatchEvent),
     /// [`PowerBackend::prepare`] was called.
     Prepare(ImmediateOp),
+    /// A prepared operation was released or cancelled, noted by the pending
+    /// operation itself at that moment ([`PowerBackend::pending_settled`]).
+    Settled(ImmediateOp, Settlement),
     /// [`PowerBackend::perform`] was called: on a real backend, the host
     /// would now go down.
     Perform(ImmediateOp),
@@ -237,6 +242,10 @@ impl PowerBackend for RecordingBackend {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         Ok(())
+    }
+
+    fn pending_settled(&self, op: ImmediateOp, how: Settlement) {
+        self.journal.push(Entry::Settled(op, how));
     }
 
     fn start_graceful(&self, op: GracefulOp) -> Result<GracefulStart, StartError> {

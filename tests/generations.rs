@@ -1,0 +1,407 @@
+//! Both Manager generations over real QUIC on loopback: a review-protocol
+//! 0.18 Manager reads the reply to an immediate request, a 0.19 Manager sends
+//! it fire-and-forget and declines the reply. Each packet order the contract
+//! names is forced with explicit signals (the dispatch layer's hold before
+//! the reply, the recorder's journal), never left to timing.
+#![cfg(all(feature = "test-backend", feature = "manager"))]
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use roxyd::{
+    dispatch::{DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher},
+    lab::{Lab, LabAgent, LabOptions},
+    manager::{AgentSession, Generation},
+    platform::{
+        ImmediateOp, Settlement,
+        recorder::{Entry, Journal, RecordingBackend},
+    },
+    reply::DeclineRule,
+    wire::{self, NodePowerRequest, NodePowerResponse, RequestCode},
+};
+use rstest::rstest;
+
+/// Fails the test if one step takes longer than any step here can.
+async fn within<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), future)
+        .await
+        .expect("a step of this test hung")
+}
+
+/// Records every dispatch step in the journal and, when `hold` is set, holds
+/// each immediate reply until the Manager's `STOP_SENDING` (or the end of
+/// the stream or connection) has reached the agent.
+struct Observer {
+    journal: Journal,
+    hold: bool,
+}
+
+impl DispatchObserver for Observer {
+    fn on_event(&self, event: &DispatchEvent) {
+        self.journal.on_event(event);
+    }
+
+    fn hold_reply_until_stopped(&self, _op: ImmediateOp) -> bool {
+        self.hold
+    }
+}
+
+/// An immediate request in one wire form.
+#[derive(Clone, Copy, Debug)]
+enum Immediate {
+    GroupedReboot,
+    GroupedShutdown,
+    FlatReboot,
+    FlatShutdown,
+}
+
+impl Immediate {
+    fn code_and_body(self) -> (u32, Vec<u8>) {
+        match self {
+            Self::GroupedReboot => (
+                RequestCode::NODE_POWER,
+                wire::encode(&NodePowerRequest::Reboot),
+            ),
+            Self::GroupedShutdown => (
+                RequestCode::NODE_POWER,
+                wire::encode(&NodePowerRequest::Shutdown),
+            ),
+            Self::FlatReboot => (RequestCode::FLAT_REBOOT, Vec::new()),
+            Self::FlatShutdown => (RequestCode::FLAT_SHUTDOWN, Vec::new()),
+        }
+    }
+
+    fn op(self) -> ImmediateOp {
+        match self {
+            Self::GroupedReboot | Self::FlatReboot => ImmediateOp::Reboot,
+            Self::GroupedShutdown | Self::FlatShutdown => ImmediateOp::PowerOff,
+        }
+    }
+
+    fn frame(self) -> Vec<u8> {
+        let (code, body) = self.code_and_body();
+        wire::encode_request(code, &body)
+    }
+}
+
+struct Rig {
+    _lab: Lab,
+    session: AgentSession,
+    _agent: LabAgent,
+    recorder: RecordingBackend,
+}
+
+impl Rig {
+    async fn new(hold: bool) -> Self {
+        Self::with(hold, DispatchConfig::default(), LabOptions::default()).await
+    }
+
+    async fn with(hold: bool, config: DispatchConfig, options: LabOptions) -> Self {
+        let lab = Lab::with_options(options).unwrap();
+        let recorder = RecordingBackend::new();
+        let observer = Observer {
+            journal: recorder.journal().clone(),
+            hold,
+        };
+        let dispatcher =
+            Arc::new(Dispatcher::new(recorder.clone(), config).with_observer(Arc::new(observer)));
+        let (session, agent) = lab.connect(dispatcher).await.unwrap();
+        Self {
+            _lab: lab,
+            session,
+            _agent: agent,
+            recorder,
+        }
+    }
+
+    fn journal(&self) -> &Journal {
+        self.recorder.journal()
+    }
+
+    /// Waits for `entry` in the journal.
+    async fn until(&self, entry: Entry) {
+        within(self.journal().wait_for(|e| e.contains(&entry))).await;
+    }
+
+    /// Waits until the pending operation was released or dropped, and
+    /// returns which; a release has left its mark before anything runs.
+    async fn settlement(&self, op: ImmediateOp) -> Settlement {
+        let entries = within(self.journal().wait_for(|e| {
+            e.iter()
+                .any(|e| matches!(e, Entry::Settled(o, _) if *o == op))
+        }))
+        .await;
+        entries
+            .iter()
+            .find_map(|e| match e {
+                Entry::Settled(o, how) if *o == op => Some(*how),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    /// Checks that `op` was carried out once, after a decline.
+    async fn assert_carried_out_after_decline(&self, op: ImmediateOp) {
+        assert_eq!(self.settlement(op).await, Settlement::Released);
+        let entries = within(self.journal().wait_for(|e| e.contains(&Entry::Perform(op)))).await;
+        let declined = position(&entries, &Entry::Dispatch(DispatchEvent::ReplyDeclined(op)));
+        assert!(declined < position(&entries, &Entry::Perform(op)));
+        assert_eq!(self.journal().power_operations(), vec![Entry::Perform(op)]);
+    }
+
+    /// Checks that `op` was dropped and the connection still serves.
+    async fn assert_dropped(&self, op: ImmediateOp) {
+        assert_eq!(self.settlement(op).await, Settlement::Cancelled);
+        self.until(Entry::Dispatch(DispatchEvent::Cancelled(op)))
+            .await;
+        assert_eq!(
+            within(self.session.unit_request(RequestCode::ECHO))
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        assert_eq!(self.journal().power_operations(), vec![]);
+    }
+}
+
+fn position(entries: &[Entry], wanted: &Entry) -> usize {
+    entries
+        .iter()
+        .position(|e| e == wanted)
+        .unwrap_or_else(|| panic!("{wanted:?} not in {entries:#?}"))
+}
+
+/// A 0.19 Manager's request, its FIN and its `STOP_SENDING(0)` all reach the
+/// agent before the reply is written: carried out.
+#[rstest]
+#[case::grouped_reboot(Immediate::GroupedReboot)]
+#[case::grouped_shutdown(Immediate::GroupedShutdown)]
+#[case::flat_reboot(Immediate::FlatReboot)]
+#[case::flat_shutdown(Immediate::FlatShutdown)]
+#[tokio::test]
+async fn fire_and_forget_stop_and_fin_before_the_write_is_carried_out(#[case] request: Immediate) {
+    let rig = Rig::new(true).await;
+    let (code, body) = request.code_and_body();
+    within(rig.session.fire_and_forget(code, &body))
+        .await
+        .unwrap();
+    rig.assert_carried_out_after_decline(request.op()).await;
+}
+
+/// The 0.19 Manager exactly as it is, with no order forced: carried out,
+/// whichever way its packets and the reply cross.
+#[rstest]
+#[case::reboot(NodePowerRequest::Reboot, ImmediateOp::Reboot)]
+#[case::shutdown(NodePowerRequest::Shutdown, ImmediateOp::PowerOff)]
+#[tokio::test]
+async fn fire_and_forget_manager_gets_its_operation(
+    #[case] request: NodePowerRequest,
+    #[case] op: ImmediateOp,
+) {
+    let rig = Rig::new(false).await;
+    let sent = within(rig.session.node_power_as(Generation::V0_19, request)).await;
+    assert_eq!(sent.unwrap(), None, "a 0.19 Manager reads no reply");
+    assert_eq!(rig.settlement(op).await, Settlement::Released);
+    rig.until(Entry::Perform(op)).await;
+    assert_eq!(rig.journal().power_operations(), vec![Entry::Perform(op)]);
+}
+
+/// The Manager stops the stream only once the reply was written: carried
+/// out (the reply was written; the stop ends the wait for its delivery).
+#[rstest]
+#[case::grouped_reboot(Immediate::GroupedReboot)]
+#[case::flat_shutdown(Immediate::FlatShutdown)]
+#[tokio::test]
+async fn stop_after_the_write_is_carried_out(#[case] request: Immediate) {
+    let rig = Rig::new(false).await;
+    let (mut send, recv) = rig.session.open_stream().await.unwrap();
+    wire::write_frame(&mut send, &request.frame())
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let (code, _) = request.code_and_body();
+    rig.until(Entry::Dispatch(DispatchEvent::ReplyWritten {
+        code,
+        ok: true,
+    }))
+    .await;
+    drop(recv);
+    let op = request.op();
+    assert_eq!(rig.settlement(op).await, Settlement::Released);
+    rig.until(Entry::Perform(op)).await;
+    assert_eq!(rig.journal().power_operations(), vec![Entry::Perform(op)]);
+}
+
+/// On a lossy path the FIN can come after the `STOP_SENDING`: the agent
+/// waits for it, and carries out.
+#[rstest]
+#[case::grouped_reboot(Immediate::GroupedReboot)]
+#[case::grouped_shutdown(Immediate::GroupedShutdown)]
+#[case::flat_reboot(Immediate::FlatReboot)]
+#[case::flat_shutdown(Immediate::FlatShutdown)]
+#[tokio::test]
+async fn stop_first_fin_later_is_carried_out(#[case] request: Immediate) {
+    let rig = Rig::new(true).await;
+    let (mut send, recv) = rig.session.open_stream().await.unwrap();
+    wire::write_frame(&mut send, &request.frame())
+        .await
+        .unwrap();
+    drop(recv);
+    let (code, _) = request.code_and_body();
+    // The reply failed on the stop; the agent now waits for the FIN.
+    rig.until(Entry::Dispatch(DispatchEvent::ReplyFailed { code }))
+        .await;
+    send.finish().unwrap();
+    rig.assert_carried_out_after_decline(request.op()).await;
+}
+
+/// `STOP_SENDING(0)` while the Manager's send side stays open is not a
+/// decline: dropped once the wait for the FIN ends.
+#[rstest]
+#[case::grouped_reboot(Immediate::GroupedReboot)]
+#[case::flat_shutdown(Immediate::FlatShutdown)]
+#[tokio::test]
+async fn stop_without_fin_drops(#[case] request: Immediate) {
+    let config = DispatchConfig {
+        decline: DeclineRule {
+            fin_wait: Duration::from_millis(100),
+            ..DeclineRule::default()
+        },
+        ..DispatchConfig::default()
+    };
+    let rig = Rig::with(true, config, LabOptions::default()).await;
+    let (mut send, recv) = rig.session.open_stream().await.unwrap();
+    wire::write_frame(&mut send, &request.frame())
+        .await
+        .unwrap();
+    drop(recv);
+    rig.assert_dropped(request.op()).await;
+    // Only now may the Manager's side end.
+    drop(send);
+}
+
+/// A 0.18 Manager that gave up: its reply was held up (four bytes of credit,
+/// never read) past the decline window before it dropped both halves of the
+/// stream. Not a decline: dropped.
+#[rstest]
+#[case::grouped_reboot(Immediate::GroupedReboot)]
+#[case::flat_shutdown(Immediate::FlatShutdown)]
+#[tokio::test]
+async fn stop_and_fin_after_the_reply_was_held_up_drops(#[case] request: Immediate) {
+    let window = Duration::from_millis(100);
+    let config = DispatchConfig {
+        decline: DeclineRule {
+            window,
+            ..DeclineRule::default()
+        },
+        ..DispatchConfig::default()
+    };
+    let options = LabOptions {
+        stream_receive_window: Some(4),
+        ..LabOptions::default()
+    };
+    let rig = Rig::with(false, config, options).await;
+    let (mut send, recv) = rig.session.open_stream().await.unwrap();
+    wire::write_frame(&mut send, &request.frame())
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    rig.until(Entry::Dispatch(DispatchEvent::Prepared(request.op())))
+        .await;
+    // The reply became pending before `Prepared` was noted; waiting three
+    // windows from here puts the stop past the window whatever the
+    // scheduling (the clock only moves forward).
+    tokio::time::sleep(window * 3).await;
+    drop(recv);
+    rig.assert_dropped(request.op()).await;
+}
+
+/// `STOP_SENDING` with an error code is not a decline: dropped.
+#[rstest]
+#[case::grouped_reboot(Immediate::GroupedReboot)]
+#[case::grouped_shutdown(Immediate::GroupedShutdown)]
+#[case::flat_reboot(Immediate::FlatReboot)]
+#[case::flat_shutdown(Immediate::FlatShutdown)]
+#[tokio::test]
+async fn stop_with_an_error_code_drops(#[case] request: Immediate) {
+    let rig = Rig::new(true).await;
+    let (mut send, mut recv) = rig.session.open_stream().await.unwrap();
+    wire::write_frame(&mut send, &request.frame())
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    recv.stop(7u32.into()).unwrap();
+    rig.assert_dropped(request.op()).await;
+}
+
+/// The Manager resets its side of the stream and stops the agent's: no FIN,
+/// so not a decline: dropped.
+#[rstest]
+#[case::grouped_reboot(Immediate::GroupedReboot)]
+#[case::flat_shutdown(Immediate::FlatShutdown)]
+#[tokio::test]
+async fn stream_reset_drops(#[case] request: Immediate) {
+    let rig = Rig::new(true).await;
+    let (mut send, mut recv) = rig.session.open_stream().await.unwrap();
+    wire::write_frame(&mut send, &request.frame())
+        .await
+        .unwrap();
+    // Only once the agent has read the request: a reset before that would
+    // discard it unread.
+    rig.until(Entry::Dispatch(DispatchEvent::Prepared(request.op())))
+        .await;
+    send.reset(3u32.into()).unwrap();
+    recv.stop(0u32.into()).unwrap();
+    rig.assert_dropped(request.op()).await;
+}
+
+/// The connection is lost before the reply could be written: dropped.
+#[rstest]
+#[case::grouped_reboot(Immediate::GroupedReboot)]
+#[case::flat_shutdown(Immediate::FlatShutdown)]
+#[tokio::test]
+async fn connection_lost_before_the_write_drops(#[case] request: Immediate) {
+    let rig = Rig::new(true).await;
+    let (mut send, _recv) = rig.session.open_stream().await.unwrap();
+    wire::write_frame(&mut send, &request.frame())
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    rig.until(Entry::Dispatch(DispatchEvent::Prepared(request.op())))
+        .await;
+    rig.session.connection().close(0u32.into(), b"manager gone");
+    assert_eq!(rig.settlement(request.op()).await, Settlement::Cancelled);
+    assert_eq!(rig.journal().power_operations(), vec![]);
+}
+
+/// A 0.18 Manager reads the reply: written, its delivery awaited, then
+/// released, as before the 0.19 rule existed.
+#[rstest]
+#[case::reboot(NodePowerRequest::Reboot, ImmediateOp::Reboot)]
+#[case::shutdown(NodePowerRequest::Shutdown, ImmediateOp::PowerOff)]
+#[tokio::test]
+async fn manager_that_reads_the_reply_is_unchanged(
+    #[case] request: NodePowerRequest,
+    #[case] op: ImmediateOp,
+) {
+    let rig = Rig::new(false).await;
+    let reply = within(rig.session.node_power_as(Generation::V0_18, request)).await;
+    assert_eq!(reply.unwrap(), Some(Ok(NodePowerResponse::Initiated)));
+    let entries = within(rig.journal().wait_for(|e| e.contains(&Entry::Perform(op)))).await;
+    let written = position(
+        &entries,
+        &Entry::Dispatch(DispatchEvent::ReplyWritten {
+            code: RequestCode::NODE_POWER,
+            ok: true,
+        }),
+    );
+    let delivered = entries
+        .iter()
+        .position(Entry::is_reply_delivered)
+        .unwrap_or_else(|| panic!("no delivery in {entries:#?}"));
+    let released = position(&entries, &Entry::Settled(op, Settlement::Released));
+    assert!(written < delivered && delivered < released, "{entries:#?}");
+    assert!(
+        !entries.contains(&Entry::Dispatch(DispatchEvent::ReplyDeclined(op))),
+        "{entries:#?}"
+    );
+}
