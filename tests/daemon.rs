@@ -379,8 +379,16 @@ async fn check_succeeds_against_a_good_manager() {
 }
 
 #[rstest]
-#[case::requirement_not_met(">=0.48.0", "0.48.0", "Manager requires protocol version >=0.48.0")]
-#[case::newer_than_the_manager("*", "0.46.0", "Manager requires protocol version 0.46.0")]
+#[case::requirement_not_met(
+    ">=0.48.0",
+    "0.48.0",
+    "the Manager refused protocol version 0.47.0 (roxyd's protocol_version) and answered \">=0.48.0\", the version it requires or the highest it speaks"
+)]
+#[case::newer_than_the_manager(
+    "*",
+    "0.46.0",
+    "the Manager refused protocol version 0.47.0 (roxyd's protocol_version) and answered \"0.46.0\", the version it requires or the highest it speaks"
+)]
 #[tokio::test]
 async fn manager_refusing_the_protocol_version_ends_roxyd(
     #[case] requirement: &str,
@@ -529,7 +537,13 @@ async fn a_handshake_reply_that_never_comes_is_retried() {
             .unwrap();
         assert!(roxyd::wire::decode::<roxyd::wire::AgentInfo>(&hello).is_ok());
         roxyd
-            .wait_for_line(&["ERROR", "no handshake with the Manager within 1s"])
+            .wait_for_line(&[
+                "ERROR",
+                &format!(
+                    "the Manager at {} accepted the connection but did not answer the handshake within 1 s",
+                    setup.lab.manager.local_addr().unwrap()
+                ),
+            ])
             .await;
         silent.push((connection, send, recv));
     }
