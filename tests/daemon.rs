@@ -93,6 +93,7 @@ fn only(args: Vec<OsString>) -> (Vec<OsString>, Vec<(&'static str, String)>) {
 #[case::config_backoff_inverted(|s: &Setup| only(s.with_config("reconnect_initial_ms = 5000\nreconnect_max_ms = 10\n")), "reconnect_initial_ms must not exceed reconnect_max_ms", 2)]
 #[case::env_not_a_number(|s: &Setup| (s.args(), vec![("ROXYD_MAX_FRAME_LEN", "lots".into())]), "roxyd: invalid ROXYD_MAX_FRAME_LEN: expected a whole number, got \"lots\"", 2)]
 #[case::env_overrides_a_good_file(|s: &Setup| (s.with_config("max_concurrent_streams = 8\n"), vec![("ROXYD_MAX_CONCURRENT_STREAMS", "0".into())]), "max_concurrent_streams must be greater than 0", 2)]
+#[case::env_unknown(|s: &Setup| (s.args(), vec![("ROXYD_LOG_FLIE", "/tmp/roxyd.log".into())]), "roxyd: unknown environment variable ROXYD_LOG_FLIE: roxyd reads ROXYD_CONFIG, ROXYD_CERT, ROXYD_KEY, ROXYD_CA_CERTS and ROXYD_ + a configuration key in capitals", 2)]
 #[case::log_file_unwritable(|s: &Setup| (s.args(), vec![("ROXYD_LOG_FILE", "/nonexistent/dir/roxyd.log".into())]), "roxyd: cannot open log file /nonexistent/dir/roxyd.log", 2)]
 #[tokio::test]
 async fn bad_invocation_fails_with_one_clear_line(
