@@ -254,7 +254,7 @@ fn exit_statuses_agree_between_help_readme_and_unit() {
     assert!(!permanent.is_empty());
     assert_eq!(
         prevented, permanent,
-        "the unit must not restart exactly the statuses --help calls permanent"
+        "RestartPreventExitStatus must list exactly the statuses --help says restarting cannot help"
     );
 }
 
