@@ -1,7 +1,8 @@
 //! The operator's side of the real binaries: private keys that `roxyctl`
 //! writes are readable by their owner only, roxyd warns at start-up about a
-//! key others can read, and every `ROXYD_` variable roxyd documents is
-//! accepted (an unknown one is refused: `daemon::bad_invocation_...`).
+//! key others can read, every `ROXYD_` variable roxyd documents is accepted
+//! (an unknown one is refused: `daemon::bad_invocation_...`), and a Manager
+//! address where nothing answers is reported as such.
 #![cfg(all(unix, feature = "test-backend", feature = "manager"))]
 
 mod support;
@@ -119,4 +120,28 @@ async fn every_documented_roxyd_variable_is_accepted() {
     let output = start_and_stop(&[manager], &env).await;
     assert!(!output.contains("unknown environment variable"), "{output}");
     // ROXYD_LOG_FILE: `daemon::logs_go_to_the_configured_file` and others.
+}
+
+/// Nothing answers at the Manager's address (a UDP socket that reads
+/// nothing): `--check` says so, naming the address and the time waited, and
+/// exits 1.
+#[tokio::test]
+async fn check_with_nothing_answering_says_so() {
+    let lab = Lab::new().unwrap();
+    let dir = TempDir::new().unwrap();
+    let files = lab.pki.write_to(dir.path()).unwrap();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let mut args = lab_args(&files, addr);
+    args.insert(0, "--check".into());
+    let (exit, output) =
+        support::run_to_exit(&args, &[("ROXYD_HANDSHAKE_TIMEOUT_SECS", "1")]).await;
+    assert_eq!(exit.code(), Some(1), "{output}");
+    assert!(
+        output.contains(&format!(
+            "roxyd: no answer from the Manager at {addr} within 1 s"
+        )),
+        "{output}"
+    );
+    drop(silent);
 }
