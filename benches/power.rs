@@ -5,7 +5,7 @@
 //! Run it as root only inside a PID namespace:
 //!
 //! ```text
-//! /work/shared/safe-run cargo bench --features test-backend --bench power
+//! scripts/safe-run cargo bench --features test-backend --bench power
 //! ```
 //!
 //! It measures (see `docs/performance.md` for the method):
@@ -203,7 +203,7 @@ fn refuse_host_pid_namespace() -> BenchResult<()> {
     let namespace = std::fs::read_link("/proc/self/ns/pid")?;
     if nix::unistd::Uid::effective().is_root() && namespace.as_os_str() == INITIAL_PID_NAMESPACE {
         return Err("running as root in the host PID namespace; run through \
-                    /work/shared/safe-run (a fresh PID namespace)"
+                    scripts/safe-run (a fresh PID namespace)"
             .into());
     }
     Ok(())

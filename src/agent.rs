@@ -30,9 +30,36 @@ pub enum SessionError {
     /// The handshake failed or was refused.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
-    /// No connection and handshake within the time allowed.
-    #[error("no handshake with the Manager within {0:?}")]
-    TimedOut(Duration),
+    /// No QUIC connection within the time allowed: nothing answered at the
+    /// Manager's address (nothing listening, a firewall, a wrong port).
+    #[error("no answer from the Manager at {manager} within {}", seconds(*.timeout))]
+    NoAnswer {
+        /// The address tried.
+        manager: SocketAddr,
+        /// How long roxyd waited (`handshake_timeout_secs`).
+        timeout: Duration,
+    },
+    /// The connection was made but the Manager sent no handshake reply in
+    /// the time allowed.
+    #[error(
+        "the Manager at {manager} accepted the connection but did not answer the handshake within {}",
+        seconds(*.timeout)
+    )]
+    HandshakeUnanswered {
+        /// The address tried.
+        manager: SocketAddr,
+        /// How long roxyd waited (`handshake_timeout_secs`).
+        timeout: Duration,
+    },
+}
+
+/// `d` as an operator reads it: whole seconds as `N s`, else milliseconds.
+fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
 }
 
 /// A QUIC client endpoint bound, as the reference does, to the unspecified
@@ -70,19 +97,26 @@ pub async fn establish(
     max_frame_len: u32,
     timeout: Duration,
 ) -> Result<(quinn::Connection, String), SessionError> {
+    // Which phase the time ran out in, for a message that says what happened.
+    let mut connected = false;
     let attempt = async {
         let connection = endpoint
             .connect(manager, server_name)
             .map_err(|e| SessionError::Connect(e.to_string()))?
             .await
             .map_err(|e| SessionError::Connect(e.to_string()))?;
+        connected = true;
         let info = identity.agent_info(manager);
         let version = handshake::handshake(&connection, &info, max_frame_len).await?;
         Ok::<_, SessionError>((connection, version))
     };
-    let (connection, version) = tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| SessionError::TimedOut(timeout))??;
+    let (connection, version) = tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+        if connected {
+            SessionError::HandshakeUnanswered { manager, timeout }
+        } else {
+            SessionError::NoAnswer { manager, timeout }
+        }
+    })??;
     tracing::info!(%manager, manager_protocol = %version, "connected to the Manager");
     Ok((connection, version))
 }

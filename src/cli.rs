@@ -4,9 +4,34 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
 use clap::Parser;
 
+/// roxyd's exit statuses. `--help` ([`EXIT_STATUS_HELP`]), the README and
+/// the systemd unit's `RestartPreventExitStatus` state the same table; a test
+/// checks that they agree.
+pub mod exit_status {
+    /// Stopped by SIGINT or SIGTERM, or `--check` succeeded.
+    pub const SUCCESS: u8 = 0;
+    /// `--check` could not connect to the Manager or verify it.
+    pub const CHECK_FAILED: u8 = 1;
+    /// Bad command line, environment, configuration, certificate, key or log
+    /// file, or roxyd could not start: restarting cannot help.
+    pub const BAD_SETUP: u8 = 2;
+    /// The Manager refused roxyd's protocol version: restarting cannot help.
+    pub const VERSION_REFUSED: u8 = 3;
+}
+
+/// The exit status table of `--help`. Statuses that a restart cannot cure
+/// end in "restarting cannot help"; the systemd unit lists exactly those in
+/// `RestartPreventExitStatus`.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  stopped by SIGINT or SIGTERM, or --check succeeded
+  1  --check could not connect to the Manager or verify it
+  2  bad command line, environment, configuration, certificate, key or log file, or roxyd could not start; restarting cannot help
+  3  the Manager refused roxyd's protocol version; restarting cannot help";
+
 /// roxyd: carries out a Manager's power requests over QUIC with mutual TLS.
 #[derive(Debug, Parser)]
-#[command(name = "roxyd", version, about, long_about = None)]
+#[command(name = "roxyd", version, about, long_about = None, after_help = EXIT_STATUS_HELP)]
 pub struct Cli {
     /// TOML configuration file; every key can also be set by a `ROXYD_<KEY>`
     /// environment variable.
@@ -37,8 +62,8 @@ pub struct Cli {
     )]
     pub ca_certs: Vec<PathBuf>,
 
-    /// Connect once, run the handshake, report, and exit: 0 when the Manager
-    /// accepted roxyd, 1 otherwise.
+    /// Connect once, run the handshake, report, and exit with a status below:
+    /// 0 when the Manager accepted roxyd.
     #[arg(long)]
     pub check: bool,
 

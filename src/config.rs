@@ -2,7 +2,8 @@
 //! overridden by a `ROXYD_<KEY>` environment variable (`ROXYD_LOG_FILE`,
 //! `ROXYD_MAX_FRAME_LEN`, ...).
 //!
-//! Unknown keys are errors, so that a typo is not silently ignored.
+//! Unknown keys are errors, and so are unknown `ROXYD_` variables, so that a
+//! typo is not silently ignored.
 
 use std::{
     path::{Path, PathBuf},
@@ -92,6 +93,16 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// A `ROXYD_` environment variable that is neither an option nor a key.
+    #[error(
+        "unknown environment variable {var}: roxyd reads {options} and ROXYD_ + a configuration key in capitals (ROXYD_LOG_FILE, ...)"
+    )]
+    UnknownEnv {
+        /// The variable.
+        var: String,
+        /// The command-line options' variables, comma-separated.
+        options: String,
+    },
     /// An environment override does not parse.
     #[error("invalid {var}: expected {expected}, got {value:?}")]
     Env {
@@ -129,6 +140,45 @@ const KEYS: [(&str, Kind); 11] = [
     ("reconnect_initial_ms", Kind::Number),
     ("reconnect_max_ms", Kind::Number),
 ];
+
+/// Checks that every variable among `names` that starts with `ROXYD_` is
+/// one roxyd reads: one of `options` (the command line's variables) or
+/// `ROXYD_` + a configuration key in capitals. An unknown one is an error,
+/// as an unknown key in the configuration file is, so that a typo is not
+/// silently ignored.
+///
+/// # Errors
+///
+/// [`ConfigError::UnknownEnv`] naming the first unknown variable in
+/// alphabetical order.
+pub fn check_env_names<S: AsRef<str>>(
+    names: impl IntoIterator<Item = std::ffi::OsString>,
+    options: &[S],
+) -> Result<(), ConfigError> {
+    let known = |name: &str| {
+        options.iter().any(|option| option.as_ref() == name)
+            || KEYS
+                .iter()
+                .any(|(key, _)| format!("ROXYD_{}", key.to_ascii_uppercase()) == name)
+    };
+    let mut unknown: Vec<String> = names
+        .into_iter()
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("ROXYD_") && !known(name))
+        .collect();
+    unknown.sort();
+    match unknown.into_iter().next() {
+        None => Ok(()),
+        Some(var) => Err(ConfigError::UnknownEnv {
+            var,
+            options: options
+                .iter()
+                .map(AsRef::as_ref)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
 
 impl Config {
     /// Reads `path` (defaults when `None`), applies the `ROXYD_*` overrides

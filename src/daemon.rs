@@ -16,7 +16,7 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     agent::{self, ConnectionEnd, SessionError},
-    cli::ManagerAddress,
+    cli::{ManagerAddress, exit_status},
     config::Config,
     dispatch::Dispatcher,
     handshake::{HandshakeError, Identity},
@@ -76,8 +76,8 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The Manager refused roxyd's protocol version.
-    #[error("Manager requires protocol version {0}")]
-    VersionRefused(String),
+    #[error(transparent)]
+    VersionRefused(HandshakeError),
     /// `--check`: the connection or handshake failed.
     #[error("{0}")]
     CheckFailed(String),
@@ -88,8 +88,8 @@ impl DaemonError {
     #[must_use]
     pub fn exit_status(&self) -> u8 {
         match self {
-            Self::CheckFailed(_) => 1,
-            Self::VersionRefused(_) => 3,
+            Self::CheckFailed(_) => exit_status::CHECK_FAILED,
+            Self::VersionRefused(_) => exit_status::VERSION_REFUSED,
         }
     }
 }
@@ -162,9 +162,9 @@ async fn serve_until_stopped<B: PowerBackend>(
                     }
                 }
             }
-            Err(SessionError::Handshake(HandshakeError::VersionRefused(text))) => {
-                tracing::error!(%manager, requirement = %text, "Manager refused roxyd's protocol version");
-                return Err(DaemonError::VersionRefused(text));
+            Err(SessionError::Handshake(refused @ HandshakeError::VersionRefused { .. })) => {
+                tracing::error!(%manager, "{refused}");
+                return Err(DaemonError::VersionRefused(refused));
             }
             Err(e) if settings.check => return Err(DaemonError::CheckFailed(e.to_string())),
             Err(e) => tracing::error!(%manager, "{e}"),

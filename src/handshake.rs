@@ -61,9 +61,18 @@ impl Identity {
 /// Why the handshake failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    /// The Manager refused roxyd's protocol version.
-    #[error("Manager requires protocol version {0}")]
-    VersionRefused(String),
+    /// The Manager refused roxyd's protocol version. Its `Err` text is,
+    /// depending on the Manager, either the version it requires or the
+    /// highest it speaks; the reply does not say which.
+    #[error(
+        "the Manager refused protocol version {offered} (roxyd's protocol_version) and answered \"{answer}\", the version it requires or the highest it speaks"
+    )]
+    VersionRefused {
+        /// The `protocol_version` roxyd announced.
+        offered: String,
+        /// The Manager's `Err` text.
+        answer: String,
+    },
     /// The stream could not be opened, written or read.
     #[error("handshake failed: {0}")]
     Transport(String),
@@ -100,7 +109,10 @@ where
     let reply: HandshakeReply =
         wire::decode(&payload).map_err(|e| HandshakeError::Malformed(e.to_string()))?;
     let _ = send.shutdown().await;
-    reply.map_err(HandshakeError::VersionRefused)
+    reply.map_err(|answer| HandshakeError::VersionRefused {
+        offered: info.protocol_version.clone(),
+        answer,
+    })
 }
 
 /// Runs the handshake on a new stream of `connection`.

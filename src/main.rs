@@ -1,17 +1,15 @@
 //! The roxyd daemon: reads its command line and configuration, sets up
 //! logging and TLS, and runs until SIGINT or SIGTERM.
 //!
-//! Exit status: 0 after a stop (or a successful `--check`), 1 when `--check`
-//! failed, 2 for a bad command line, configuration or certificate file, 3
-//! when the Manager refused roxyd's protocol version.
+//! Exit statuses: [`roxyd::cli::exit_status`], shown by `--help`.
 
-use std::{fs::OpenOptions, process::ExitCode, sync::Arc};
+use std::{fs::OpenOptions, path::Path, process::ExitCode, sync::Arc};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use roxyd::{
     agent,
-    cli::Cli,
-    config::Config,
+    cli::{Cli, exit_status},
+    config::{self, Config},
     daemon::{self, Outcome, Settings},
     dispatch::Dispatcher,
     platform::{self, SystemBackend},
@@ -41,16 +39,24 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("roxyd: {e}");
-            ExitCode::from(2)
+            ExitCode::from(exit_status::BAD_SETUP)
         }
     }
 }
 
 fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
+    // A misspelt variable is an error, as a misspelt configuration key is.
+    let options: Vec<String> = Cli::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|var| var.to_string_lossy().into_owned())
+        .collect();
+    config::check_env_names(std::env::vars_os().map(|(name, _)| name), &options)?;
     let config = Config::load(cli.config.as_deref(), |var| std::env::var(var).ok())?;
     init_logging(&config)?;
     let chain = tls::load_certs(&cli.cert)?;
     let key = tls::load_private_key(&cli.key)?;
+    warn_if_key_exposed(&cli.key);
     let roots = tls::load_roots(&cli.ca_certs)?;
     let client = tls::client_config(chain, key, roots, config.max_concurrent_streams)?;
     let settings = Settings::from_config(&config, cli.manager.clone(), cli.check);
@@ -84,6 +90,28 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
             }
         })
     })
+}
+
+/// Warns when the private key file can be read by anyone but its owner: the
+/// key is what the Manager trusts this appliance by.
+fn warn_if_key_exposed(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(metadata) = std::fs::metadata(path) else {
+            return;
+        };
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o044 != 0 {
+            tracing::warn!(
+                "private key file {} is readable by group or others (mode {mode:04o}); make it readable by its owner only: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Logs to the configured file, or standard output; `RUST_LOG` sets the

@@ -203,7 +203,9 @@ impl ThrowawayPki {
         Ok(roots)
     }
 
-    /// Writes every file as PEM into `dir`.
+    /// Writes every file as PEM into `dir`: certificates readable by all,
+    /// private keys (on Unix) readable and writable by their owner only,
+    /// mode 0600, even when the file existed before with a wider mode.
     ///
     /// # Errors
     ///
@@ -218,9 +220,32 @@ impl ThrowawayPki {
         };
         std::fs::write(&files.ca_cert, self.ca.cert_pem())?;
         std::fs::write(&files.manager_cert, &self.manager.cert_pem)?;
-        std::fs::write(&files.manager_key, &self.manager.key_pem)?;
+        write_private(&files.manager_key, &self.manager.key_pem)?;
         std::fs::write(&files.agent_cert, &self.agent.cert_pem)?;
-        std::fs::write(&files.agent_key, &self.agent.key_pem)?;
+        write_private(&files.agent_key, &self.agent.key_pem)?;
         Ok(files)
     }
+}
+
+/// Writes `contents` to `path` so that no one but the owner could ever read
+/// it: the file is created 0600, and an existing file is narrowed to 0600
+/// before anything is written into it.
+fn write_private(path: &Path, contents: &str) -> io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        write_all(file, contents)
+    }
+    #[cfg(not(unix))]
+    write_all(options.open(path)?, contents)
+}
+
+fn write_all(mut file: std::fs::File, contents: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    file.write_all(contents.as_bytes())
 }

@@ -93,6 +93,7 @@ fn only(args: Vec<OsString>) -> (Vec<OsString>, Vec<(&'static str, String)>) {
 #[case::config_backoff_inverted(|s: &Setup| only(s.with_config("reconnect_initial_ms = 5000\nreconnect_max_ms = 10\n")), "reconnect_initial_ms must not exceed reconnect_max_ms", 2)]
 #[case::env_not_a_number(|s: &Setup| (s.args(), vec![("ROXYD_MAX_FRAME_LEN", "lots".into())]), "roxyd: invalid ROXYD_MAX_FRAME_LEN: expected a whole number, got \"lots\"", 2)]
 #[case::env_overrides_a_good_file(|s: &Setup| (s.with_config("max_concurrent_streams = 8\n"), vec![("ROXYD_MAX_CONCURRENT_STREAMS", "0".into())]), "max_concurrent_streams must be greater than 0", 2)]
+#[case::env_unknown(|s: &Setup| (s.args(), vec![("ROXYD_LOG_FLIE", "/tmp/roxyd.log".into())]), "roxyd: unknown environment variable ROXYD_LOG_FLIE: roxyd reads ROXYD_CONFIG, ROXYD_CERT, ROXYD_KEY, ROXYD_CA_CERTS and ROXYD_ + a configuration key in capitals", 2)]
 #[case::log_file_unwritable(|s: &Setup| (s.args(), vec![("ROXYD_LOG_FILE", "/nonexistent/dir/roxyd.log".into())]), "roxyd: cannot open log file /nonexistent/dir/roxyd.log", 2)]
 #[tokio::test]
 async fn bad_invocation_fails_with_one_clear_line(
@@ -379,8 +380,16 @@ async fn check_succeeds_against_a_good_manager() {
 }
 
 #[rstest]
-#[case::requirement_not_met(">=0.48.0", "0.48.0", "Manager requires protocol version >=0.48.0")]
-#[case::newer_than_the_manager("*", "0.46.0", "Manager requires protocol version 0.46.0")]
+#[case::requirement_not_met(
+    ">=0.48.0",
+    "0.48.0",
+    "the Manager refused protocol version 0.47.0 (roxyd's protocol_version) and answered \">=0.48.0\", the version it requires or the highest it speaks"
+)]
+#[case::newer_than_the_manager(
+    "*",
+    "0.46.0",
+    "the Manager refused protocol version 0.47.0 (roxyd's protocol_version) and answered \"0.46.0\", the version it requires or the highest it speaks"
+)]
 #[tokio::test]
 async fn manager_refusing_the_protocol_version_ends_roxyd(
     #[case] requirement: &str,
@@ -529,7 +538,13 @@ async fn a_handshake_reply_that_never_comes_is_retried() {
             .unwrap();
         assert!(roxyd::wire::decode::<roxyd::wire::AgentInfo>(&hello).is_ok());
         roxyd
-            .wait_for_line(&["ERROR", "no handshake with the Manager within 1s"])
+            .wait_for_line(&[
+                "ERROR",
+                &format!(
+                    "the Manager at {} accepted the connection but did not answer the handshake within 1 s",
+                    setup.lab.manager.local_addr().unwrap()
+                ),
+            ])
             .await;
         silent.push((connection, send, recv));
     }

@@ -1,7 +1,7 @@
 //! Property tests of the wire format and the dispatch layer, with the
 //! recording backend.
 //!
-//! - Every protocol type encodes to the layout `wire.md` describes and
+//! - Every protocol type encodes to the layout `docs/wire.md` describes and
 //!   decodes back to the same value, whatever strings and addresses it holds.
 //! - Frames round-trip, a frame cut short is `Truncated`, and a header that
 //!   claims more than the limit is refused before a byte of its body is read.
@@ -9,7 +9,7 @@
 //!   stream panics it, and the power operations it carries out are only ever
 //!   ones the stream asked for, in the order it asked. The expectation comes
 //!   from an independent model of the contract ([`model_stream`]), written
-//!   from `wire.md` rather than from the implementation.
+//!   from `docs/wire.md` rather than from the implementation.
 #![cfg(feature = "test-backend")]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -44,10 +44,10 @@ fn block_on<F: Future>(future: F) -> F::Output {
 }
 
 // ---------------------------------------------------------------------------
-// An independent encoder of the layouts in wire.md.
+// An independent encoder of the layouts in docs/wire.md.
 // ---------------------------------------------------------------------------
 
-/// bincode 2's canonical variable-length integer, as `wire.md` states it.
+/// bincode 2's canonical variable-length integer, as `docs/wire.md` states it.
 fn varint(value: u64) -> Vec<u8> {
     if let Ok(byte @ 0..=250) = u8::try_from(value) {
         vec![byte]
@@ -60,14 +60,14 @@ fn varint(value: u64) -> Vec<u8> {
     }
 }
 
-/// A string as `wire.md` lays it out: its byte length as a varint, then the
+/// A string as `docs/wire.md` lays it out: its byte length as a varint, then the
 /// UTF-8 bytes.
 fn string_layout(text: &str) -> Vec<u8> {
     let len = u64::try_from(text.len()).expect("a string length fits in u64");
     [varint(len), text.as_bytes().to_vec()].concat()
 }
 
-/// `AgentInfo` as `wire.md` lays it out: the three strings, the address
+/// `AgentInfo` as `docs/wire.md` lays it out: the three strings, the address
 /// (variant, raw octets, varint port), then the status variant.
 fn agent_info_layout(info: &AgentInfo) -> Vec<u8> {
     let mut out = string_layout(&info.app_name);
@@ -210,7 +210,7 @@ proptest! {
         );
     }
 
-    /// The handshake frame has exactly the layout of `wire.md` for any
+    /// The handshake frame has exactly the layout of `docs/wire.md` for any
     /// strings and any IPv4 or IPv6 address, decodes back, and a whole-message
     /// decode refuses trailing bytes while a prefix decode ignores them.
     #[test]
@@ -406,7 +406,7 @@ struct ModelStream {
     end: ModelEnd,
 }
 
-/// Splits `bytes` into frames as `wire.md` describes, up to the first frame
+/// Splits `bytes` into frames as `docs/wire.md` describes, up to the first frame
 /// that cannot be served.
 fn model_stream(bytes: &[u8], max_len: u32) -> ModelStream {
     let mut frames = Vec::new();

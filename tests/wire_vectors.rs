@@ -1,5 +1,5 @@
 //! Every vector in `tests/data/vectors.json` (bytes from the reference
-//! implementation, copied from the project's shared folder) both ways: our
+//! implementation; `docs/wire.md` describes the format) both ways: our
 //! encoding equals the bytes, and decoding the bytes gives the value.
 
 use std::net::SocketAddr;

@@ -6,7 +6,7 @@
 //! does for code 106. Besides "no panic", the reader's own promises are
 //! checked (a payload never exceeds the limit; `TooLarge` only for a header
 //! above it, having consumed the header alone; no read waits on a slice), and
-//! the body decoder is checked against the varint rule of `wire.md`.
+//! the body decoder is checked against the varint rule of `docs/wire.md`.
 //!
 //! Every payload is also decoded as the two handshake messages
 //! (`AgentInfo`, `HandshakeReply`): this target found that they once
