@@ -273,7 +273,10 @@ impl AgentSession {
     /// Sends one request as a review-protocol 0.19 Manager sends an
     /// immediate power request: writes the frame, finishes its send side and
     /// drops its receive side at once without reading (quinn then sends
-    /// `STOP_SENDING` with code 0). Returns once the request is queued.
+    /// `STOP_SENDING` with code 0). Returns once the agent acknowledged the
+    /// request, or the stream or connection ended, so that a caller that
+    /// closes the connection next does not discard the request in flight;
+    /// the wait changes nothing on the wire.
     ///
     /// # Errors
     ///
@@ -285,6 +288,7 @@ impl AgentSession {
             .map_err(transport)?;
         send.finish().map_err(transport)?;
         drop(recv);
+        let _ = send.stopped().await;
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use std::{
 use nix::sys::signal::Signal;
 use roxyd::{
     lab::{Direction, Lab, LabOptions, UdpRelay},
-    manager::AgentSession,
+    manager::{AgentSession, Generation},
     pki::PkiFiles,
     platform::{ImmediateOp, PowerBackend, linux::LinuxBackend},
     reply::{self, WireForm},
@@ -492,6 +492,91 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
     );
     assert!(output.contains("releasing power operation"), "{output}");
     pending.abort();
+}
+
+/// A review-protocol 0.19 Manager sends the immediate request fire-and-forget
+/// and declines the reply: the real binary carries it out all the same.
+#[rstest]
+#[case::reboot(NodePowerRequest::Reboot, Signal::SIGHUP)]
+#[case::shutdown(NodePowerRequest::Shutdown, Signal::SIGINT)]
+#[tokio::test]
+async fn real_binary_carries_out_a_fire_and_forget_request(
+    #[case] request: NodePowerRequest,
+    #[case] expected: Signal,
+) {
+    if skip() {
+        return;
+    }
+    let Some(binary) = real_binary() else { return };
+    let setup = setup(LabOptions::default());
+    let addr = setup.lab.manager.local_addr().unwrap();
+    let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &[]).await;
+    let session = accept(&setup.lab).await;
+    assert_eq!(
+        session.unit_request(RequestCode::ECHO).await.unwrap(),
+        Ok(())
+    );
+    let sent = tokio::time::timeout(HANG, session.node_power_as(Generation::V0_19, request))
+        .await
+        .expect("the request is sent");
+    assert_eq!(sent.unwrap(), None);
+    let (status, output) = roxyd.exit().await;
+    assert_eq!(
+        status.signal(),
+        Some(expected as i32),
+        "namespace should end by {expected}: {status}\n{output}"
+    );
+    assert!(output.contains("releasing power operation"), "{output}");
+}
+
+/// Repeats the real immediate reboot from a 0.19 Manager (fire-and-forget)
+/// and counts the tries whose namespace died by `reboot(2)`. Run it with
+/// `scripts/test --run-ignored only --no-capture -E 'test(stress)'`;
+/// `ROXYD_STRESS_RUNS` sets the number of tries (200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stress run: scripts/test --run-ignored only --no-capture -E 'test(stress)'"]
+async fn stress_fire_and_forget_is_carried_out() {
+    if skip() {
+        return;
+    }
+    let Some(binary) = real_binary() else { return };
+    let runs: usize = std::env::var("ROXYD_STRESS_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let env = [("RUST_LOG", "roxyd=info")];
+    let setup = setup(LabOptions::default());
+    let addr = setup.lab.manager.local_addr().unwrap();
+    let (mut carried_out, mut declined) = (0, 0);
+    for _ in 0..runs {
+        let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
+        let session = accept(&setup.lab).await;
+        tokio::time::timeout(
+            HANG,
+            session.node_power_as(Generation::V0_19, NodePowerRequest::Reboot),
+        )
+        .await
+        .expect("the request is sent")
+        .unwrap();
+        // roxyd answers within milliseconds either way; one that is still up
+        // after the longest wait the decline rule allows (1 s for the FIN)
+        // and a margin has dropped the request. Dropping `roxyd` kills it.
+        match tokio::time::timeout(Duration::from_secs(3), roxyd.exit()).await {
+            Ok((status, output)) if status.signal() == Some(Signal::SIGHUP as i32) => {
+                carried_out += 1;
+                if output.contains("Manager declined the reply") {
+                    declined += 1;
+                }
+            }
+            Ok((status, output)) => println!("not carried out: {status}\n{output}"),
+            Err(_) => println!("not carried out: roxyd still up after 3 s"),
+        }
+        session.connection().close(0u32.into(), b"next run");
+    }
+    println!(
+        "stress: 0.19 Manager (fire-and-forget): carried out in {carried_out}/{runs} tries ({declined} after a declined reply, the rest after the reply was written)"
+    );
+    assert_eq!(carried_out, runs, "fire-and-forget requests dropped");
 }
 
 // ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use roxyd::{
-    manager::{AgentSession, Manager, server_config},
+    manager::{AgentSession, Generation, Manager, server_config},
     pki::ThrowawayPki,
     tls,
     wire::{NodePowerRequest, RequestCode},
@@ -53,9 +53,34 @@ enum Command {
         /// Seconds to wait for the agent and its reply.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Which Manager generation to act as: 0.18 reads every reply; 0.19
+        /// sends an immediate reboot or shutdown fire-and-forget (finishes
+        /// its side, declines the reply, reads nothing).
+        #[arg(long, value_enum, default_value_t = Gen::V0_18)]
+        generation: Gen,
         /// The request.
         request: Request,
     },
+}
+
+/// A Manager generation, as named on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Gen {
+    /// review-protocol 0.18.
+    #[value(name = "0.18")]
+    V0_18,
+    /// review-protocol 0.19.
+    #[value(name = "0.19")]
+    V0_19,
+}
+
+impl From<Gen> for Generation {
+    fn from(generation: Gen) -> Self {
+        match generation {
+            Gen::V0_18 => Self::V0_18,
+            Gen::V0_19 => Self::V0_19,
+        }
+    }
 }
 
 /// A request roxyctl can send.
@@ -78,14 +103,20 @@ enum Request {
 }
 
 impl Request {
-    /// Sends it and returns the reply as text and whether it was `Ok`.
-    async fn send(self, session: &AgentSession) -> Result<(String, bool), String> {
+    /// Sends it as a Manager of `generation` does and returns the reply as
+    /// text and whether it was `Ok` (a request sent fire-and-forget counts
+    /// as `Ok` once sent).
+    async fn send(
+        self,
+        session: &AgentSession,
+        generation: Generation,
+    ) -> Result<(String, bool), String> {
         let grouped = |request| async move {
-            session
-                .node_power(request)
-                .await
-                .map(|reply| (format!("{reply:?}"), reply.is_ok()))
-                .map_err(|e| e.to_string())
+            match session.node_power_as(generation, request).await {
+                Ok(Some(reply)) => Ok((format!("{reply:?}"), reply.is_ok())),
+                Ok(None) => Ok(("sent fire-and-forget; no reply read".to_owned(), true)),
+                Err(e) => Err(e.to_string()),
+            }
         };
         let unit = |code| async move {
             session
@@ -121,6 +152,7 @@ fn main() -> ExitCode {
             key,
             ca_certs,
             timeout,
+            generation,
             request,
         } => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -153,7 +185,7 @@ fn main() -> ExitCode {
                         agent.protocol_version,
                         session.connection().remote_address()
                     );
-                    let reply = request.send(&session).await;
+                    let reply = request.send(&session, generation.into()).await;
                     session.connection().close(0u32.into(), b"roxyctl done");
                     manager.endpoint().wait_idle().await;
                     reply
