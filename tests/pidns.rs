@@ -171,7 +171,7 @@ impl Namespaced {
         roxyd
             .wait_for_line(&[
                 "roxyd starting",
-                "backend=\"roxyd::platform::linux::LinuxBackend\"",
+                "backend=\"linux\"",
             ])
             .await;
         let namespaced = Self { roxyd };
