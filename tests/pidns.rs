@@ -468,7 +468,8 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
     let relay = UdpRelay::start(setup.lab.manager.local_addr().unwrap(), 1)
         .await
         .unwrap();
-    let env = [("ROXYD_DELIVERY_TIMEOUT_MS", "3600000")];
+    // The longest delivery wait roxyd allows: the SIGTERM must cut it short.
+    let env = [("ROXYD_DELIVERY_TIMEOUT_MS", "10000")];
     let mut roxyd =
         Namespaced::start(&binary, &setup.files, relay.addr(), Privileges::Full, &env).await;
     let session = accept(&setup.lab).await;
@@ -483,6 +484,7 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
         .wait_for_line(&["reply written; awaiting its delivery"])
         .await;
 
+    let signalled = std::time::Instant::now();
     roxyd.signal(Signal::SIGTERM);
     let (status, output) = roxyd.exit().await;
     assert_eq!(
@@ -491,6 +493,11 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
         "{status}\n{output}"
     );
     assert!(output.contains("releasing power operation"), "{output}");
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "released {took:?} after SIGTERM: the delivery wait was not cut short\n{output}"
+    );
     pending.abort();
 }
 
