@@ -16,7 +16,9 @@ mod support;
 use std::{
     ffi::OsString,
     os::unix::process::ExitStatusExt,
+    path::Path,
     process::{Command, ExitStatus},
+    sync::Arc,
     time::Duration,
 };
 
@@ -96,14 +98,46 @@ fn linux_backend_ends_its_pid_namespace(#[case] op: &str, #[case] expected: Sign
     );
 }
 
-/// Runs only as [`linux_backend_ends_its_pid_namespace`]'s child, as PID 1 of
+/// A `sync(2)` that never returns (a hung mount or disk) still ends in the
+/// real `reboot(2)`, once the sync timeout has passed.
+#[rstest]
+#[case::reboot("reboot-after-hung-sync", Signal::SIGHUP)]
+#[case::power_off("power-off-after-hung-sync", Signal::SIGINT)]
+#[tokio::test]
+async fn a_sync_that_never_returns_still_ends_in_reboot(#[case] op: &str, #[case] expected: Signal) {
+    if skip() {
+        return;
+    }
+    let mut child = tokio::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "pid_namespace_child", "--ignored", "--nocapture"])
+        .env(CHILD_OP, op)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(HANG, child.wait())
+        .await
+        .expect("reboot(2) was never reached: the hung sync held it")
+        .unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(expected as i32),
+        "the namespace should end by {expected}: {status}"
+    );
+}
+
+/// Runs only as [`linux_backend_ends_its_pid_namespace`]'s (or
+/// [`a_sync_that_never_returns_still_ends_in_reboot`]'s) child, as PID 1 of
 /// a fresh PID namespace; anywhere else it refuses before the syscall.
 #[test]
 #[ignore = "run by linux_backend_ends_its_pid_namespace as PID 1 of a fresh PID namespace"]
 fn pid_namespace_child() {
-    let op = match std::env::var(CHILD_OP).as_deref() {
-        Ok("reboot") => ImmediateOp::Reboot,
-        Ok("power-off") => ImmediateOp::PowerOff,
+    let (op, hung_sync) = match std::env::var(CHILD_OP).as_deref() {
+        Ok("reboot") => (ImmediateOp::Reboot, false),
+        Ok("power-off") => (ImmediateOp::PowerOff, false),
+        Ok("reboot-after-hung-sync") => (ImmediateOp::Reboot, true),
+        Ok("power-off-after-hung-sync") => (ImmediateOp::PowerOff, true),
         other => panic!("{CHILD_OP} is {other:?}; this test only runs as another test's child"),
     };
     assert_eq!(
@@ -111,7 +145,17 @@ fn pid_namespace_child() {
         1,
         "refusing to call reboot(2): not PID 1 of a fresh PID namespace"
     );
-    let backend = LinuxBackend::new();
+    let mut backend = LinuxBackend::new();
+    if hung_sync {
+        // A sync step that never returns; reboot(2) must follow the bound.
+        backend = backend
+            .with_sync_step(Arc::new(|| {
+                loop {
+                    std::thread::park();
+                }
+            }))
+            .with_sync_timeout(Duration::from_millis(200));
+    }
     backend.prepare(op).expect("CAP_SYS_BOOT in the namespace");
     let error = backend
         .perform(op)
@@ -124,6 +168,17 @@ fn pid_namespace_child() {
 
 /// A shell that refuses unless it is PID 1, then becomes the command.
 const PID_ONE_GUARD: &str = r#"[ "$$" = 1 ] || { echo "refusing: not PID 1 of a fresh PID namespace" >&2; exit 99; }; exec "$@""#;
+
+/// As [`PID_ONE_GUARD`], and then, in the namespace's own mount namespace
+/// (private: nothing propagates to the host), a tmpfs over `/usr/sbin`, the
+/// first directory roxyd looks graceful commands up in, holding `reboot` and
+/// `poweroff` stand-ins (the script named by `$1`): the host's own commands
+/// are never found.
+const PID_ONE_STAND_INS: &str = r#"[ "$$" = 1 ] || { echo "refusing: not PID 1 of a fresh PID namespace" >&2; exit 99; }
+stand_in=$1; shift
+mount -t tmpfs roxyd-stand-ins /usr/sbin || exit 98
+for c in reboot poweroff; do ln -s "$stand_in" "/usr/sbin/$c" || exit 97; done
+exec "$@""#;
 
 /// How to start the namespaced roxyd.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -148,19 +203,37 @@ impl Namespaced {
         privileges: Privileges,
         env: &[(&str, &str)],
     ) -> Self {
-        let mut args: Vec<OsString> = [
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--",
-            "sh",
-            "-c",
-            PID_ONE_GUARD,
-            "sh",
-        ]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
+        Self::start_with(binary, files, manager, privileges, env, None).await
+    }
+
+    /// As [`Self::start`], with `reboot` and `poweroff` stand-ins (the
+    /// fixture script `stand_in`) in place of the system's own.
+    async fn start_with(
+        binary: &OsString,
+        files: &PkiFiles,
+        manager: std::net::SocketAddr,
+        privileges: Privileges,
+        env: &[(&str, &str)],
+        stand_in: Option<&str>,
+    ) -> Self {
+        let mut args: Vec<OsString> = ["--pid", "--fork", "--kill-child"]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        if stand_in.is_some() {
+            args.push("--mount".into());
+        }
+        args.extend(["--", "sh", "-c"].map(OsString::from));
+        args.push(if stand_in.is_some() { PID_ONE_STAND_INS } else { PID_ONE_GUARD }.into());
+        args.push("sh".into());
+        if let Some(script) = stand_in {
+            args.push(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures")
+                    .join(script)
+                    .into(),
+            );
+        }
         if privileges == Privileges::WithoutSysBoot {
             args.extend(["setpriv", "--bounding-set", "-sys_boot", "--"].map(OsString::from));
         }
@@ -168,15 +241,30 @@ impl Namespaced {
         args.extend(support::lab_args(files, manager));
         let mut roxyd = Roxyd::spawn_program("unshare".as_ref(), &args, env);
         // The real backend, not the recorder.
-        roxyd
-            .wait_for_line(&[
-                "roxyd starting",
-                "backend=\"linux\"",
-            ])
-            .await;
+        let line = roxyd.wait_for_line(&["roxyd starting", "linux"]).await;
+        assert!(!line.contains("recorder"), "{line}");
         let namespaced = Self { roxyd };
         namespaced.assert_pid_one();
+        if stand_in.is_some() {
+            namespaced.assert_stand_ins();
+        }
         namespaced
+    }
+
+    /// Checks, before any graceful request, that roxyd sees the stand-ins'
+    /// tmpfs over `/usr/sbin`, not the host's commands.
+    fn assert_stand_ins(&self) {
+        let pid = self.host_pid();
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap();
+        assert!(
+            mounts.contains("roxyd-stand-ins /usr/sbin tmpfs"),
+            "no stand-ins over /usr/sbin:\n{mounts}"
+        );
+        let host = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(
+            !host.contains("roxyd-stand-ins"),
+            "the stand-ins leaked to the host"
+        );
     }
 
     /// roxyd's PID as this test sees it: the child of `unshare`.
@@ -499,6 +587,98 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
         "released {took:?} after SIGTERM: the delivery wait was not cut short\n{output}"
     );
     pending.abort();
+}
+
+/// The immediate path is the way out of a graceful shutdown that hangs, and a
+/// graceful command that exited 0 while the host stayed up blocks nothing:
+/// either way an immediate reboot that follows is answered `Initiated` and
+/// ends the namespace. The graceful command is a stand-in.
+#[rstest]
+#[case::graceful_hangs("fake-command-hang", None)]
+#[case::graceful_exited_0_host_stayed_up("fake-command-ok", Some("graceful command finished"))]
+#[tokio::test]
+async fn real_binary_after_a_graceful_request_carries_out_an_immediate_one(
+    #[case] stand_in: &str,
+    #[case] graceful_end: Option<&str>,
+) {
+    if skip() {
+        return;
+    }
+    let Some(binary) = real_binary() else { return };
+    let setup = setup(LabOptions::default());
+    let addr = setup.lab.manager.local_addr().unwrap();
+    let mut roxyd = Namespaced::start_with(
+        &binary,
+        &setup.files,
+        addr,
+        Privileges::Full,
+        &[],
+        Some(stand_in),
+    )
+    .await;
+    let session = accept(&setup.lab).await;
+    let graceful = session
+        .request_raw(
+            RequestCode::NODE_POWER,
+            &wire::encode(&NodePowerRequest::GracefulReboot),
+        )
+        .await
+        .expect("a reply");
+    assert_eq!(graceful, reply::initiated_payload(WireForm::Grouped));
+    roxyd
+        .wait_for_line(&["graceful command started", "/usr/sbin/reboot"])
+        .await;
+    if let Some(end) = graceful_end {
+        roxyd.wait_for_line(&[end]).await;
+    }
+
+    let reply = Immediate::GroupedReboot.send(&session).await;
+    assert_eq!(
+        reply,
+        reply::initiated_payload(WireForm::Grouped),
+        "the immediate reboot was refused"
+    );
+    let (status, output) = roxyd.exit().await;
+    assert_eq!(
+        status.signal(),
+        Some(Signal::SIGHUP as i32),
+        "{status}\n{output}"
+    );
+}
+
+/// A build without `test-backend` refuses the recorder in one line, before
+/// it connects anywhere.
+#[tokio::test]
+async fn real_binary_refuses_the_recorder_in_one_line() {
+    let Some(binary) = real_binary() else { return };
+    let output = tokio::time::timeout(
+        HANG,
+        tokio::process::Command::new(&binary)
+            .args(["--backend", "recorder", "--cert", "c", "--key", "k"])
+            .args(["--ca-certs", "ca", "m@127.0.0.1:9"])
+            .env_remove("ROXYD_BACKEND")
+            .output(),
+    )
+    .await
+    .expect("roxyd exits")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "roxyd: --backend recorder: this roxyd was built without the test-backend feature and cannot record; it carries power requests out"
+    );
+    let version = std::process::Command::new(&binary)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!(
+            "roxyd {} (backend: linux; this build cannot record)",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
 }
 
 // ---------------------------------------------------------------------------
