@@ -40,7 +40,7 @@ pub struct Cli {
     pub ca_certs: Vec<PathBuf>,
 
     /// Connect once, run the handshake, report, and exit: 0 when the Manager
-    /// accepted roxyd, 1 otherwise.
+    /// accepted roxyd, 1 otherwise; within `handshake_timeout_secs`.
     #[arg(long)]
     pub check: bool,
 

@@ -144,12 +144,32 @@ const KEYS: [(&str, Kind); 12] = [
 type Range = (&'static str, fn(&Config) -> u64, u64, u64);
 const RANGES: [Range; 9] = [
     ("max_frame_len", |c| u64::from(c.max_frame_len), 1, 1 << 32),
-    ("max_concurrent_streams", |c| u64::from(c.max_concurrent_streams), 1, 10_000),
-    ("handshake_timeout_secs", |c| c.handshake_timeout_secs, 1, 300),
-    ("stream_idle_timeout_secs", |c| c.stream_idle_timeout_secs, 1, 86_400),
+    (
+        "max_concurrent_streams",
+        |c| u64::from(c.max_concurrent_streams),
+        1,
+        10_000,
+    ),
+    (
+        "handshake_timeout_secs",
+        |c| c.handshake_timeout_secs,
+        1,
+        300,
+    ),
+    (
+        "stream_idle_timeout_secs",
+        |c| c.stream_idle_timeout_secs,
+        1,
+        86_400,
+    ),
     ("reply_timeout_secs", |c| c.reply_timeout_secs, 1, 3600),
     ("delivery_timeout_ms", |c| c.delivery_timeout_ms, 0, 10_000),
-    ("reconnect_initial_ms", |c| c.reconnect_initial_ms, 1, 3_600_000),
+    (
+        "reconnect_initial_ms",
+        |c| c.reconnect_initial_ms,
+        1,
+        3_600_000,
+    ),
     ("reconnect_max_ms", |c| c.reconnect_max_ms, 1, 3_600_000),
     ("sync_timeout_ms", |c| c.sync_timeout_ms, 1, 60_000),
 ];

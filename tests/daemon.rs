@@ -142,7 +142,10 @@ async fn all_features_build_runs_the_real_backend_unless_told_otherwise() {
     let setup = setup();
     let (_socket, silent) = silent_address();
     let args = setup.with_manager(&format!("m@{silent}"));
-    for (choice, expected) in [("system", "backend=\"linux\""), ("recorder", "backend=\"recorder\"")] {
+    for (choice, expected) in [
+        ("system", "backend=\"linux\""),
+        ("recorder", "backend=\"recorder\""),
+    ] {
         let mut roxyd = Roxyd::spawn(&args, &[("ROXYD_BACKEND", choice)]);
         roxyd
             .wait_for_line(&["roxyd starting", expected, "can_record=true"])

@@ -104,7 +104,10 @@ fn linux_backend_ends_its_pid_namespace(#[case] op: &str, #[case] expected: Sign
 #[case::reboot("reboot-after-hung-sync", Signal::SIGHUP)]
 #[case::power_off("power-off-after-hung-sync", Signal::SIGINT)]
 #[tokio::test]
-async fn a_sync_that_never_returns_still_ends_in_reboot(#[case] op: &str, #[case] expected: Signal) {
+async fn a_sync_that_never_returns_still_ends_in_reboot(
+    #[case] op: &str,
+    #[case] expected: Signal,
+) {
     if skip() {
         return;
     }
@@ -224,7 +227,14 @@ impl Namespaced {
             args.push("--mount".into());
         }
         args.extend(["--", "sh", "-c"].map(OsString::from));
-        args.push(if stand_in.is_some() { PID_ONE_STAND_INS } else { PID_ONE_GUARD }.into());
+        args.push(
+            if stand_in.is_some() {
+                PID_ONE_STAND_INS
+            } else {
+                PID_ONE_GUARD
+            }
+            .into(),
+        );
         args.push("sh".into());
         if let Some(script) = stand_in {
             args.push(
@@ -590,12 +600,17 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
 }
 
 /// The immediate path is the way out of a graceful shutdown that hangs, and a
-/// graceful command that exited 0 while the host stayed up blocks nothing:
-/// either way an immediate reboot that follows is answered `Initiated` and
-/// ends the namespace. The graceful command is a stand-in.
+/// graceful command that exited 0 while the host stayed up blocks nothing,
+/// even when a child it left behind still holds its output (it is reaped
+/// at once): each time an immediate reboot that follows is answered
+/// `Initiated` and ends the namespace. The graceful command is a stand-in.
 #[rstest]
 #[case::graceful_hangs("fake-command-hang", None)]
 #[case::graceful_exited_0_host_stayed_up("fake-command-ok", Some("graceful command finished"))]
+#[case::graceful_exited_0_leaving_a_child_on_its_output(
+    "fake-command-leaves-child",
+    Some("graceful command finished")
+)]
 #[tokio::test]
 async fn real_binary_after_a_graceful_request_carries_out_an_immediate_one(
     #[case] stand_in: &str,

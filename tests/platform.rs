@@ -238,7 +238,11 @@ mod linux {
         assert!(!again.finished().await);
         assert_eq!(
             calls(dir.path()),
-            vec!["reboot ".to_owned(), "poweroff ".to_owned(), "reboot ".to_owned()]
+            vec![
+                "reboot ".to_owned(),
+                "poweroff ".to_owned(),
+                "reboot ".to_owned()
+            ]
         );
     }
 

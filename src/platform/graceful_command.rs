@@ -268,7 +268,9 @@ impl KeptOutput {
     /// Adds `piece`, keeping at most [`OUTPUT_KEPT`] bytes in all and
     /// counting the rest as discarded.
     pub fn push(&mut self, piece: &[u8]) {
-        let room = OUTPUT_KEPT.saturating_sub(self.bytes.len()).min(piece.len());
+        let room = OUTPUT_KEPT
+            .saturating_sub(self.bytes.len())
+            .min(piece.len());
         self.bytes.extend_from_slice(&piece[..room]);
         self.discarded += (piece.len() - room) as u64;
     }
