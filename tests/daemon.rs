@@ -1,4 +1,5 @@
-//! The real `roxyd` binary (built with the recording backend) against the
+//! The real `roxyd` binary (the `--all-features` build, run with
+//! `--backend recorder` unless a test says otherwise) against the
 //! Manager built in this repository: bad command lines and config files,
 //! connecting, serving, reconnecting, stopping in every phase, and refusals.
 #![cfg(all(unix, feature = "test-backend", feature = "manager"))]

@@ -6,9 +6,11 @@
 //! machine: the kernel kills the namespace's init, and its parent sees it die
 //! by SIGHUP (restart) or SIGINT (power-off). Every test here checks that the
 //! process about to reach the syscall is PID 1 of a namespace of its own, and
-//! skips, saying why, where it cannot make one (not root, say). Only
-//! immediate requests and echo are ever sent to the real binary: a graceful
-//! one would run the host's own `reboot` command, which no namespace stops.
+//! skips, saying why, where it cannot make one (not root, say). A graceful
+//! request reaches the real binary only when it runs in a private mount
+//! namespace whose `/usr/sbin` is a tmpfs of stand-in commands
+//! ([`Namespaced::start_with`]): the host's own `reboot` would not be
+//! stopped by any namespace.
 #![cfg(all(target_os = "linux", feature = "manager"))]
 
 mod support;

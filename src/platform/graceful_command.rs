@@ -190,8 +190,9 @@ pub enum CommandOutcome {
 }
 
 impl CommandOutcome {
-    /// Whether the host is now on its way down, so that no other power
-    /// operation may start.
+    /// Whether the command exited with status 0. The host is then probably
+    /// on its way down, but not surely (a cancelled systemd job, an
+    /// inhibitor or a chroot leave it up), so nothing is blocked on it.
     #[must_use]
     pub fn host_going_down(&self) -> bool {
         matches!(self, Self::Exited(status) if status.success())

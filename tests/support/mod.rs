@@ -20,7 +20,8 @@ use tokio::{
 /// turns a hang into a failure with the log, not a time the tests rely on.
 pub const HANG: Duration = Duration::from_secs(60);
 
-/// The `roxyd` binary built for this test run (with the recording backend).
+/// The `roxyd` binary built for this test run (it has the recorder, which
+/// [`Roxyd::spawn`] chooses).
 pub fn roxyd_binary() -> &'static str {
     env!("CARGO_BIN_EXE_roxyd")
 }
