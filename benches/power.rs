@@ -74,7 +74,7 @@ const REQUEST_FRAME: [u8; 9] = [0, 0, 0, 5, 106, 0, 0, 0, 2];
 /// The reply frame `Ok(Initiated)`: length 2, `Ok`, `Initiated`.
 const REPLY_FRAME: [u8; 6] = [0, 0, 0, 2, 0, 0];
 /// The startup line of a roxyd built with the recorder.
-const RECORDER_BACKEND: &str = r#"backend="roxyd::platform::recorder::RecordingBackend""#;
+const RECORDER_BACKEND: &str = r#"backend="recorder""#;
 /// Part of what roxyd logs when it closes waiting streams to make room for
 /// new ones.
 const EVICTION_WARNING: &str = "closing those that waited longest";
@@ -668,7 +668,9 @@ impl RoxydProcess {
     /// `RUST_LOG` of this process's environment are cleared, so it runs with
     /// its defaults, except for `RUST_LOG` (see [`DEFAULT_RUST_LOG`]).
     fn spawn(files: &PkiFiles, manager: SocketAddr) -> BenchResult<Self> {
-        let args: [OsString; 7] = [
+        let args: [OsString; 9] = [
+            "--backend".into(),
+            "recorder".into(),
             "--cert".into(),
             files.agent_cert.clone().into(),
             "--key".into(),

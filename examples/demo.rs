@@ -25,7 +25,7 @@ use roxyd::{
     lab::{Lab, SERVER_NAME},
     manager::{AgentSession, Generation},
     platform::{
-        GracefulOp, ImmediateOp,
+        GracefulOp, ImmediateOp, Settlement,
         recorder::{Entry, Journal, RecordingBackend},
     },
     reply::Delivery,
@@ -157,8 +157,9 @@ fn describe(entry: &Entry) -> Option<String> {
         Entry::Dispatch(DispatchEvent::DeliveryConfirmed(d)) => {
             format!("roxyd: reply delivery not confirmed: {d:?}")
         }
-        Entry::Dispatch(DispatchEvent::Released(op)) => format!("roxyd released the {op}"),
-        Entry::Dispatch(DispatchEvent::Cancelled(op)) => format!("roxyd cancelled the {op}"),
+        // The pending operation's own mark, noted at the moment it happened.
+        Entry::Settled(op, Settlement::Released) => format!("roxyd released the {op}"),
+        Entry::Settled(op, Settlement::Cancelled) => format!("roxyd cancelled the {op}"),
         Entry::Dispatch(DispatchEvent::ReplyFailed { .. }) => {
             "roxyd could not write the reply".into()
         }
@@ -167,7 +168,8 @@ fn describe(entry: &Entry) -> Option<String> {
         }
         Entry::Perform(op) => format!("backend: perform {op} (recorded, nothing done)"),
         Entry::StartGraceful(op) => format!("backend: start {op} command (recorded, nothing done)"),
-        Entry::Prepare(_) | Entry::Settled(..) => return None,
+        Entry::Prepare(_)
+        | Entry::Dispatch(DispatchEvent::Released(_) | DispatchEvent::Cancelled(_)) => return None,
     })
 }
 
@@ -219,7 +221,7 @@ fn check(step: &Step, reply: &str, entries: &[Entry]) -> Vec<String> {
     problems
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     match run().await {
         Ok(true) => ExitCode::SUCCESS,

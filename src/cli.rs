@@ -2,7 +2,9 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::platform::{self, BackendChoice};
 
 /// roxyd's exit statuses. `--help` ([`EXIT_STATUS_HELP`]), the README and
 /// the systemd unit's `RestartPreventExitStatus` state the same table; a test
@@ -62,14 +64,38 @@ pub struct Cli {
     )]
     pub ca_certs: Vec<PathBuf>,
 
-    /// Connect once, run the handshake, report, and exit with a status below:
-    /// 0 when the Manager accepted roxyd.
+    /// Connect once, run the handshake, report, and exit with a status below
+    /// (0 when the Manager accepted roxyd), within `handshake_timeout_secs`.
     #[arg(long)]
     pub check: bool,
+
+    /// Which backend carries power requests out: `system` (this platform's
+    /// own), or `recorder`, which only notes them in the log; the recorder
+    /// exists only in builds with the `test-backend` feature, for tests and
+    /// labs.
+    #[arg(
+        long,
+        value_name = "system|recorder",
+        default_value_t = BackendChoice::System,
+        env = "ROXYD_BACKEND"
+    )]
+    pub backend: BackendChoice,
 
     /// The Manager: its TLS server name, `@`, and its address.
     #[arg(value_name = "NAME@IP:PORT")]
     pub manager: ManagerAddress,
+}
+
+impl Cli {
+    /// Parses the process's arguments, with a `--version` line that names
+    /// the backend and whether this build can record; exits on a bad
+    /// command line, as [`Parser::parse`] does.
+    #[must_use]
+    pub fn parse_args() -> Self {
+        let version: &'static str = Box::leak(platform::version_text().into_boxed_str());
+        let matches = Self::command().version(version).get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
 }
 
 /// `NAME@IP:PORT`: the name the Manager's certificate must be valid for, and

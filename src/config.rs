@@ -48,6 +48,10 @@ pub struct Config {
     pub reconnect_initial_ms: u64,
     /// Ceiling of every reconnect delay, in milliseconds.
     pub reconnect_max_ms: u64,
+    /// Milliseconds `sync(2)` may take before an immediate operation's
+    /// `reboot(2)` goes ahead anyway: a hung disk or mount must not keep the
+    /// node up after `Initiated`.
+    pub sync_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             delivery_timeout_ms: millis(dispatch.delivery_timeout),
             reconnect_initial_ms: millis(backoff.initial),
             reconnect_max_ms: millis(backoff.max),
+            sync_timeout_ms: 5000,
         }
     }
 }
@@ -127,7 +132,7 @@ enum Kind {
 }
 
 /// Every key, for the environment overrides.
-const KEYS: [(&str, Kind); 11] = [
+const KEYS: [(&str, Kind); 12] = [
     ("log_file", Kind::Text),
     ("app_name", Kind::Text),
     ("protocol_version", Kind::Text),
@@ -139,6 +144,45 @@ const KEYS: [(&str, Kind); 11] = [
     ("delivery_timeout_ms", Kind::Number),
     ("reconnect_initial_ms", Kind::Number),
     ("reconnect_max_ms", Kind::Number),
+    ("sync_timeout_ms", Kind::Number),
+];
+
+/// Each number's allowed range, inclusive (the lower bound is 0 or 1).
+/// Zero would mean "never" or "at once" for most; the upper bounds stop a typo from turning a bounded
+/// wait into one that never ends. `delivery_timeout_ms` may be 0 (do not
+/// wait: for measurements) but at most 10 s, as the wait holds a node that
+/// was told to go down.
+type Range = (&'static str, fn(&Config) -> u64, u64, u64);
+const RANGES: [Range; 9] = [
+    ("max_frame_len", |c| u64::from(c.max_frame_len), 1, 1 << 32),
+    (
+        "max_concurrent_streams",
+        |c| u64::from(c.max_concurrent_streams),
+        1,
+        10_000,
+    ),
+    (
+        "handshake_timeout_secs",
+        |c| c.handshake_timeout_secs,
+        1,
+        300,
+    ),
+    (
+        "stream_idle_timeout_secs",
+        |c| c.stream_idle_timeout_secs,
+        1,
+        86_400,
+    ),
+    ("reply_timeout_secs", |c| c.reply_timeout_secs, 1, 3600),
+    ("delivery_timeout_ms", |c| c.delivery_timeout_ms, 0, 10_000),
+    (
+        "reconnect_initial_ms",
+        |c| c.reconnect_initial_ms,
+        1,
+        3_600_000,
+    ),
+    ("reconnect_max_ms", |c| c.reconnect_max_ms, 1, 3_600_000),
+    ("sync_timeout_ms", |c| c.sync_timeout_ms, 1, 60_000),
 ];
 
 /// Checks that every variable among `names` that starts with `ROXYD_` is
@@ -238,19 +282,14 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
-        let positive = [
-            ("max_frame_len", u64::from(self.max_frame_len)),
-            (
-                "max_concurrent_streams",
-                u64::from(self.max_concurrent_streams),
-            ),
-            ("stream_idle_timeout_secs", self.stream_idle_timeout_secs),
-            ("reply_timeout_secs", self.reply_timeout_secs),
-            ("reconnect_initial_ms", self.reconnect_initial_ms),
-            ("reconnect_max_ms", self.reconnect_max_ms),
-        ];
-        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(format!("{key} must be greater than 0"));
+        for (key, value, low, high) in RANGES {
+            let value = value(self);
+            if value < low {
+                return Err(format!("{key} must be greater than 0"));
+            }
+            if value > high {
+                return Err(format!("{key} is {value}; it must be at most {high}"));
+            }
         }
         if self.reconnect_initial_ms > self.reconnect_max_ms {
             return Err("reconnect_initial_ms must not exceed reconnect_max_ms".to_owned());
@@ -287,6 +326,12 @@ impl Config {
     #[must_use]
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// How long `sync(2)` may take before `reboot(2)` goes ahead.
+    #[must_use]
+    pub fn sync_timeout(&self) -> Duration {
+        Duration::from_millis(self.sync_timeout_ms)
     }
 
     /// The reconnect bounds.

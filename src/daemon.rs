@@ -10,7 +10,9 @@
 //!   cannot help until roxyd or its configuration changes.
 //! - On a stop, the connection is closed, every stream's work finishes, and
 //!   an operation released before the stop is waited for (on a real system
-//!   it does not return).
+//!   it does not return). A stop while connecting, waiting for the
+//!   handshake or waiting to reconnect ends roxyd at once: no Manager is
+//!   being served, so there is nothing to wait for.
 
 use std::{sync::Arc, time::Duration};
 
@@ -94,8 +96,24 @@ impl DaemonError {
     }
 }
 
-/// How long closing the endpoint may take before roxyd exits anyway.
+/// How long closing the endpoint may take before roxyd exits anyway, when a
+/// Manager was being served and should learn that roxyd is going.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the endpoint gets to send its close when no Manager was being
+/// served (a stop while connecting or waiting for the handshake, or a
+/// `--check`): enough to send one packet, far below the 100 ms a stop
+/// may take.
+const UNSERVED_CLOSE_GRACE: Duration = Duration::from_millis(10);
+
+/// Whether a Manager was being served when the daemon's loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    /// A connection was being served: it gets [`CLOSE_GRACE`].
+    Served,
+    /// None was: [`UNSERVED_CLOSE_GRACE`].
+    Unserved,
+}
 
 /// Runs until `shutdown` resolves, or the Manager refuses roxyd's version,
 /// or, with [`Settings::check`], after one attempt.
@@ -109,11 +127,15 @@ pub async fn run<B: PowerBackend>(
     dispatcher: Arc<Dispatcher<B>>,
     mut shutdown: Shutdown,
 ) -> Result<Outcome, DaemonError> {
-    let result = serve_until_stopped(settings, endpoint, &dispatcher, &mut shutdown).await;
+    let (result, peer) = serve_until_stopped(settings, endpoint, &dispatcher, &mut shutdown).await;
     // An operation released before the stop is carried out before roxyd exits.
     dispatcher.power().wait_performed().await;
     endpoint.close(0u32.into(), b"roxyd stopping");
-    let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+    let grace = match peer {
+        Peer::Served => CLOSE_GRACE,
+        Peer::Unserved => UNSERVED_CLOSE_GRACE,
+    };
+    let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
     if matches!(result, Ok(Outcome::Stopped)) {
         tracing::info!("stopped");
     }
@@ -125,7 +147,7 @@ async fn serve_until_stopped<B: PowerBackend>(
     endpoint: &quinn::Endpoint,
     dispatcher: &Arc<Dispatcher<B>>,
     shutdown: &mut Shutdown,
-) -> Result<Outcome, DaemonError> {
+) -> (Result<Outcome, DaemonError>, Peer) {
     let manager = &settings.manager;
     let mut backoff = Backoff::new(settings.backoff);
     loop {
@@ -139,13 +161,13 @@ async fn serve_until_stopped<B: PowerBackend>(
                 settings.max_frame_len,
                 settings.handshake_timeout,
             ) => attempt,
-            () = shutdown.requested() => return Ok(Outcome::Stopped),
+            () = shutdown.requested() => return (Ok(Outcome::Stopped), Peer::Unserved),
         };
         match attempt {
             Ok((connection, manager_protocol)) => {
                 if settings.check {
                     connection.close(0u32.into(), b"roxyd check done");
-                    return Ok(Outcome::Checked { manager_protocol });
+                    return (Ok(Outcome::Checked { manager_protocol }), Peer::Unserved);
                 }
                 backoff.reset();
                 let end = agent::serve_connection(
@@ -156,7 +178,7 @@ async fn serve_until_stopped<B: PowerBackend>(
                 )
                 .await;
                 match end {
-                    ConnectionEnd::Stopped => return Ok(Outcome::Stopped),
+                    ConnectionEnd::Stopped => return (Ok(Outcome::Stopped), Peer::Served),
                     ConnectionEnd::Lost(e) => {
                         tracing::warn!(%manager, reason = %e, "connection to the Manager ended");
                     }
@@ -164,16 +186,18 @@ async fn serve_until_stopped<B: PowerBackend>(
             }
             Err(SessionError::Handshake(refused @ HandshakeError::VersionRefused { .. })) => {
                 tracing::error!(%manager, "{refused}");
-                return Err(DaemonError::VersionRefused(refused));
+                return (Err(DaemonError::VersionRefused(refused)), Peer::Unserved);
             }
-            Err(e) if settings.check => return Err(DaemonError::CheckFailed(e.to_string())),
+            Err(e) if settings.check => {
+                return (Err(DaemonError::CheckFailed(e.to_string())), Peer::Unserved);
+            }
             Err(e) => tracing::error!(%manager, "{e}"),
         }
         let delay = backoff.next_delay();
         tracing::info!(delay_ms = delay.as_millis(), "reconnecting after a delay");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shutdown.requested() => return Ok(Outcome::Stopped),
+            () = shutdown.requested() => return (Ok(Outcome::Stopped), Peer::Unserved),
         }
     }
 }

@@ -5,14 +5,14 @@
 
 use std::{fs::OpenOptions, path::Path, process::ExitCode, sync::Arc};
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use roxyd::{
     agent,
     cli::{Cli, exit_status},
     config::{self, Config},
     daemon::{self, Outcome, Settings},
     dispatch::Dispatcher,
-    platform::{self, SystemBackend},
+    platform::{self, BackendOptions},
     shutdown::Shutdown,
     tls,
 };
@@ -29,12 +29,14 @@ enum StartupError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Session(#[from] agent::SessionError),
+    #[error(transparent)]
+    Backend(#[from] platform::NoRecorder),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     match start(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -54,6 +56,12 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
     config::check_env_names(std::env::vars_os().map(|(name, _)| name), &options)?;
     let config = Config::load(cli.config.as_deref(), |var| std::env::var(var).ok())?;
     init_logging(&config)?;
+    let backend = platform::daemon_backend(
+        cli.backend,
+        BackendOptions {
+            sync_timeout: config.sync_timeout(),
+        },
+    )?;
     let chain = tls::load_certs(&cli.cert)?;
     let key = tls::load_private_key(&cli.key)?;
     warn_if_key_exposed(&cli.key);
@@ -69,12 +77,18 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
     runtime.block_on(async {
         let shutdown = Shutdown::on_signals()?;
         let endpoint = agent::client_endpoint(settings.manager.addr, client)?;
-        let dispatcher = Arc::new(Dispatcher::new(platform::system_backend(), config.dispatch()));
+        let backend_name = backend.name();
+        let records = backend.records();
+        let dispatcher = Arc::new(Dispatcher::new(backend, config.dispatch()));
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            backend = std::any::type_name::<SystemBackend>(),
+            backend = backend_name,
+            can_record = platform::CAN_RECORD,
             "roxyd starting"
         );
+        if records {
+            tracing::warn!("recording backend chosen: power requests are answered and logged, never carried out");
+        }
         Ok(match daemon::run(&settings, &endpoint, dispatcher, shutdown).await {
             Ok(Outcome::Stopped) => ExitCode::SUCCESS,
             Ok(Outcome::Checked { manager_protocol }) => {

@@ -7,13 +7,19 @@
 //!   Manager declined it; dropping a [`PendingPowerOp`] cancels it. Either
 //!   way the backend hears of it at that moment
 //!   ([`PowerBackend::pending_settled`]).
-//! - At most one power operation is under way at a time. A second request
-//!   while one is pending, running, or has taken the host down is refused:
-//!   `invalid command` for an immediate one, `fail` for a graceful one. The
-//!   latch is freed when a pending operation is cancelled, when `reboot(2)`
-//!   returns (it only returns on failure, or with the recorder), and when a
-//!   graceful command fails; it stays taken once a graceful command
-//!   succeeded, because the host is then on its way down.
+//! - At most one immediate operation is under way at a time: a second
+//!   immediate request while one is pending or running gets
+//!   `invalid command`, so two requests never lead to two operations. Its
+//!   latch is freed when the pending operation is cancelled, or when
+//!   `reboot(2)` returns (it only returns on failure, or with the recorder).
+//! - A running graceful command never blocks an immediate request: the
+//!   immediate path is the operator's way out when a graceful shutdown
+//!   hangs. A graceful request while an immediate operation is under way, or
+//!   while another graceful command still runs, gets `fail`: one system
+//!   command at a time, and a hung one still leaves the immediate path.
+//! - A graceful command that has exited, with any status, blocks nothing:
+//!   exit status 0 does not mean the host goes down (a cancelled systemd
+//!   job, an inhibitor or a chroot all leave it up).
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -33,9 +39,8 @@ use crate::{
 #[derive(Debug)]
 pub struct PowerHandler<B> {
     backend: Arc<B>,
-    /// `true` while a power operation is pending, running or has taken the
-    /// host down.
-    busy: Arc<watch::Sender<bool>>,
+    /// What is under way: an immediate operation, a graceful command, both.
+    busy: Arc<watch::Sender<Busy>>,
     /// `true` from a release until the backend's `perform` returned.
     performing: Arc<watch::Sender<bool>>,
 }
@@ -45,7 +50,7 @@ impl<B: PowerBackend> PowerHandler<B> {
     pub fn new(backend: B) -> Self {
         Self {
             backend: Arc::new(backend),
-            busy: Arc::new(watch::Sender::new(false)),
+            busy: Arc::new(watch::Sender::new(Busy::default())),
             performing: Arc::new(watch::Sender::new(false)),
         }
     }
@@ -53,7 +58,7 @@ impl<B: PowerBackend> PowerHandler<B> {
     /// Whether a power operation is under way.
     #[must_use]
     pub fn is_busy(&self) -> bool {
-        *self.busy.borrow()
+        self.busy.borrow().any()
     }
 
     /// Resolves once no power operation is under way: an explicit signal for
@@ -62,7 +67,7 @@ impl<B: PowerBackend> PowerHandler<B> {
     pub async fn wait_idle(&self) {
         let mut rx = self.busy.subscribe();
         // The sender lives in `self`, so the channel cannot close.
-        let _ = rx.wait_for(|busy| !*busy).await;
+        let _ = rx.wait_for(|busy| !busy.any()).await;
     }
 
     /// The backend.
@@ -83,10 +88,12 @@ impl<B: PowerBackend> PowerHandler<B> {
     ///
     /// # Errors
     ///
-    /// [`PrepareError::InProgress`] when another power operation is under
-    /// way, or the backend's reason; the Manager is told `invalid command`.
+    /// [`PrepareError::InProgress`] when another immediate operation is
+    /// pending or running (a graceful command does not count), or the
+    /// backend's reason; the Manager is told `invalid command`.
     pub fn prepare(&self, op: ImmediateOp) -> Result<PendingPowerOp<B>, PrepareError> {
-        let latch = PowerLatch::acquire(&self.busy).ok_or(PrepareError::InProgress)?;
+        let latch =
+            PowerLatch::acquire(&self.busy, Kind::Immediate).ok_or(PrepareError::InProgress)?;
         self.backend.prepare(op)?;
         Ok(PendingPowerOp {
             op,
@@ -101,10 +108,12 @@ impl<B: PowerBackend> PowerHandler<B> {
     ///
     /// # Errors
     ///
-    /// [`StartError::InProgress`] when another power operation is under way,
-    /// or the backend's reason; the Manager is told `fail`.
+    /// [`StartError::InProgress`] when an immediate operation is pending or
+    /// running or another graceful command still runs, or the backend's
+    /// reason; the Manager is told `fail`.
     pub fn start_graceful(&self, op: GracefulOp) -> Result<GracefulRun, StartError> {
-        let latch = PowerLatch::acquire(&self.busy).ok_or(StartError::InProgress)?;
+        let latch =
+            PowerLatch::acquire(&self.busy, Kind::Graceful).ok_or(StartError::InProgress)?;
         let started = self.backend.start_graceful(op)?;
         let (done, finished) = oneshot::channel();
         if let GracefulStart::Simulated = started {
@@ -116,11 +125,8 @@ impl<B: PowerBackend> PowerHandler<B> {
         run_detached("roxyd-reaper", move || {
             let outcome = started.wait();
             let going_down = outcome.host_going_down();
-            if going_down {
-                latch.hold_forever();
-            } else {
-                drop(latch);
-            }
+            // Exited, with any status: it no longer blocks anything.
+            drop(latch);
             // Nobody may be waiting; the outcome was logged either way.
             let _ = done.send(going_down);
         });
@@ -136,8 +142,8 @@ pub struct GracefulRun {
 }
 
 impl GracefulRun {
-    /// Resolves when the command has ended and the latch has been settled,
-    /// with whether the host is now going down.
+    /// Resolves when the command has ended and its latch was freed, with
+    /// whether it exited with status 0 (the host may still stay up).
     pub async fn finished(self) -> bool {
         self.finished.await.unwrap_or(false)
     }
@@ -209,27 +215,67 @@ impl<B: PowerBackend> Drop for PendingPowerOp<B> {
     }
 }
 
-/// The "one power operation at a time" latch; dropping it frees it.
-#[derive(Debug)]
-struct PowerLatch(Option<Arc<watch::Sender<bool>>>);
+/// What is under way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Busy {
+    /// An immediate operation is pending or being performed.
+    immediate: bool,
+    /// A graceful command is running.
+    graceful: bool,
+}
 
-impl PowerLatch {
-    fn acquire(busy: &Arc<watch::Sender<bool>>) -> Option<Self> {
-        let acquired = busy.send_if_modified(|taken| !std::mem::replace(taken, true));
-        acquired.then(|| Self(Some(Arc::clone(busy))))
+impl Busy {
+    fn any(self) -> bool {
+        self.immediate || self.graceful
     }
 
-    /// Keeps the latch taken for the rest of the process's life.
-    fn hold_forever(mut self) {
-        self.0 = None;
+    fn bit(&mut self, kind: Kind) -> &mut bool {
+        match kind {
+            Kind::Immediate => &mut self.immediate,
+            Kind::Graceful => &mut self.graceful,
+        }
+    }
+}
+
+/// Which latch a [`PowerLatch`] holds.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Immediate,
+    Graceful,
+}
+
+/// One of the two latches (see the module docs); dropping it frees it.
+#[derive(Debug)]
+struct PowerLatch {
+    busy: Arc<watch::Sender<Busy>>,
+    kind: Kind,
+}
+
+impl PowerLatch {
+    /// Takes the `kind` latch if the rules allow: an immediate operation
+    /// waits for no graceful command; a graceful one waits for both.
+    fn acquire(busy: &Arc<watch::Sender<Busy>>, kind: Kind) -> Option<Self> {
+        let acquired = busy.send_if_modified(|state| {
+            let free = match kind {
+                Kind::Immediate => !state.immediate,
+                Kind::Graceful => !state.any(),
+            };
+            if free {
+                *state.bit(kind) = true;
+            }
+            free
+        });
+        acquired.then(|| Self {
+            busy: Arc::clone(busy),
+            kind,
+        })
     }
 }
 
 impl Drop for PowerLatch {
     fn drop(&mut self) {
-        if let Some(busy) = self.0.take() {
-            busy.send_replace(false);
-        }
+        let kind = self.kind;
+        self.busy.send_modify(|state| *state.bit(kind) = false);
     }
 }
 

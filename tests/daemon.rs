@@ -1,11 +1,16 @@
-//! The real `roxyd` binary (built with the recording backend) against the
+//! The real `roxyd` binary (the `--all-features` build, run with
+//! `--backend recorder` unless a test says otherwise) against the
 //! Manager built in this repository: bad command lines and config files,
 //! connecting, serving, reconnecting, stopping in every phase, and refusals.
 #![cfg(all(unix, feature = "test-backend", feature = "manager"))]
 
 mod support;
 
-use std::{ffi::OsString, path::Path};
+use std::{
+    ffi::OsString,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use nix::sys::signal::Signal;
 use roxyd::{
@@ -90,10 +95,16 @@ fn only(args: Vec<OsString>) -> (Vec<OsString>, Vec<(&'static str, String)>) {
 #[case::config_unknown_key(|s: &Setup| only(s.with_config("log_flie = \"/tmp/x\"\n")), "unknown field `log_flie`", 2)]
 #[case::config_wrong_type(|s: &Setup| only(s.with_config("max_frame_len = \"big\"\n")), "roxyd: invalid config file", 2)]
 #[case::config_zero_limit(|s: &Setup| only(s.with_config("max_frame_len = 0\n")), "max_frame_len must be greater than 0", 2)]
+#[case::config_zero_handshake_timeout(|s: &Setup| only(s.with_config("handshake_timeout_secs = 0\n")), "handshake_timeout_secs must be greater than 0", 2)]
+#[case::config_zero_sync_timeout(|s: &Setup| only(s.with_config("sync_timeout_ms = 0\n")), "sync_timeout_ms must be greater than 0", 2)]
+#[case::config_delivery_wait_beyond_10s(|s: &Setup| only(s.with_config("delivery_timeout_ms = 10001\n")), "delivery_timeout_ms is 10001; it must be at most 10000", 2)]
+#[case::env_absurd_reply_timeout(|s: &Setup| (s.args(), vec![("ROXYD_REPLY_TIMEOUT_SECS", "99999999".into())]), "reply_timeout_secs is 99999999; it must be at most 3600", 2)]
+#[case::env_absurd_handshake_timeout(|s: &Setup| (s.args(), vec![("ROXYD_HANDSHAKE_TIMEOUT_SECS", "86400".into())]), "handshake_timeout_secs is 86400; it must be at most 300", 2)]
+#[case::unknown_backend(|s: &Setup| { let mut a: Vec<OsString> = vec!["--backend".into(), "real".into()]; a.extend(s.args()); only(a) }, "invalid value 'real' for '--backend <system|recorder>'", 2)]
 #[case::config_backoff_inverted(|s: &Setup| only(s.with_config("reconnect_initial_ms = 5000\nreconnect_max_ms = 10\n")), "reconnect_initial_ms must not exceed reconnect_max_ms", 2)]
 #[case::env_not_a_number(|s: &Setup| (s.args(), vec![("ROXYD_MAX_FRAME_LEN", "lots".into())]), "roxyd: invalid ROXYD_MAX_FRAME_LEN: expected a whole number, got \"lots\"", 2)]
 #[case::env_overrides_a_good_file(|s: &Setup| (s.with_config("max_concurrent_streams = 8\n"), vec![("ROXYD_MAX_CONCURRENT_STREAMS", "0".into())]), "max_concurrent_streams must be greater than 0", 2)]
-#[case::env_unknown(|s: &Setup| (s.args(), vec![("ROXYD_LOG_FLIE", "/tmp/roxyd.log".into())]), "roxyd: unknown environment variable ROXYD_LOG_FLIE: roxyd reads ROXYD_CONFIG, ROXYD_CERT, ROXYD_KEY, ROXYD_CA_CERTS and ROXYD_ + a configuration key in capitals", 2)]
+#[case::env_unknown(|s: &Setup| (s.args(), vec![("ROXYD_LOG_FLIE", "/tmp/roxyd.log".into())]), "roxyd: unknown environment variable ROXYD_LOG_FLIE: roxyd reads ROXYD_CONFIG, ROXYD_CERT, ROXYD_KEY, ROXYD_CA_CERTS, ROXYD_BACKEND and ROXYD_ + a configuration key in capitals", 2)]
 #[case::log_file_unwritable(|s: &Setup| (s.args(), vec![("ROXYD_LOG_FILE", "/nonexistent/dir/roxyd.log".into())]), "roxyd: cannot open log file /nonexistent/dir/roxyd.log", 2)]
 #[tokio::test]
 async fn bad_invocation_fails_with_one_clear_line(
@@ -115,6 +126,44 @@ async fn bad_invocation_fails_with_one_clear_line(
 }
 
 #[tokio::test]
+async fn version_names_the_backend_and_whether_this_build_can_record() {
+    let (exit, output) = run_to_exit(&["--version".into()], &[]).await;
+    assert_eq!(exit.code(), Some(0), "{output}");
+    assert!(
+        output.contains("backend: linux")
+            && output.contains("can also record instead, with --backend recorder"),
+        "{output}"
+    );
+}
+
+/// A `--all-features` build carries power requests out unless the recorder
+/// is chosen: its start-up line names the real backend. Nothing is sent to
+/// it: the Manager's address is silent.
+#[tokio::test]
+async fn all_features_build_runs_the_real_backend_unless_told_otherwise() {
+    let setup = setup();
+    let (_socket, silent) = silent_address();
+    let args = setup.with_manager(&format!("m@{silent}"));
+    for (choice, expected) in [
+        ("system", "backend=\"linux\""),
+        ("recorder", "backend=\"recorder\""),
+    ] {
+        let mut roxyd = Roxyd::spawn(&args, &[("ROXYD_BACKEND", choice)]);
+        roxyd
+            .wait_for_line(&["roxyd starting", expected, "can_record=true"])
+            .await;
+        roxyd.signal(Signal::SIGTERM);
+        let (exit, output) = roxyd.exit().await;
+        assert_eq!(exit.code(), Some(0), "{output}");
+        assert_eq!(
+            output.contains("recording backend chosen"),
+            choice == "recorder",
+            "{output}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn help_shows_the_command_line_shape() {
     let (exit, output) = run_to_exit(&["--help".into()], &[]).await;
     assert_eq!(exit.code(), Some(0));
@@ -125,6 +174,7 @@ async fn help_shows_the_command_line_shape() {
         "--ca-certs",
         "--config",
         "--check",
+        "--backend",
     ] {
         assert!(output.contains(needle), "{needle} missing from:\n{output}");
     }
@@ -245,6 +295,58 @@ async fn reconnects_after_the_manager_closes_the_connection() {
     roxyd.wait_for_line(&["reconnecting after a delay"]).await;
 }
 
+/// The limit a stop with no Manager served must end within: generous
+/// against a busy machine (roxyd takes milliseconds), and well below the
+/// 2 s grace a served connection gets to learn of the stop.
+const PROMPT_STOP: Duration = Duration::from_secs(1);
+
+fn assert_ended_promptly(signalled: Instant, output: &str) {
+    let took = signalled.elapsed();
+    assert!(
+        took < PROMPT_STOP,
+        "roxyd took {took:?} to stop, more than {PROMPT_STOP:?}:\n{output}"
+    );
+}
+
+#[tokio::test]
+async fn stops_at_once_while_waiting_for_the_handshake() {
+    let setup = setup();
+    let env = [("ROXYD_HANDSHAKE_TIMEOUT_SECS", "300")];
+    let roxyd = Roxyd::spawn(&setup.args(), &env);
+    // The Manager reads roxyd's hello and never answers.
+    let connection = setup.lab.manager.accept_connection().await.unwrap();
+    let (_send, mut recv) = connection.accept_bi().await.unwrap();
+    roxyd::wire::read_frame(&mut recv, 1024)
+        .await
+        .unwrap()
+        .unwrap();
+    let signalled = Instant::now();
+    roxyd.signal(Signal::SIGTERM);
+    let (exit, output) = roxyd.exit().await;
+    assert_ended_promptly(signalled, &output);
+    assert_eq!(exit.code(), Some(0), "{output}");
+    assert!(output.contains("stopped"), "{output}");
+}
+
+/// `--check` states how long it waited ("within 1 s"); it must not take
+/// noticeably longer than that.
+#[tokio::test]
+async fn check_against_a_silent_manager_ends_within_the_time_it_states() {
+    let setup = setup();
+    let (_socket, silent) = silent_address();
+    let mut args = setup.with_manager(&format!("m@{silent}"));
+    args.insert(0, "--check".into());
+    let started = Instant::now();
+    let (exit, output) = run_to_exit(&args, &[("ROXYD_HANDSHAKE_TIMEOUT_SECS", "1")]).await;
+    let took = started.elapsed();
+    assert_eq!(exit.code(), Some(1), "{output}");
+    assert!(output.contains("within 1 s"), "{output}");
+    assert!(
+        took < Duration::from_secs(1) + PROMPT_STOP,
+        "--check took {took:?} for a stated 1s:\n{output}"
+    );
+}
+
 /// A UDP port where nothing answers: QUIC's connect waits there.
 fn silent_address() -> (std::net::UdpSocket, std::net::SocketAddr) {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -261,8 +363,10 @@ async fn stops_cleanly_while_connecting(#[case] signal: Signal, #[case] name: &s
     let (_socket, silent) = silent_address();
     let mut roxyd = Roxyd::spawn(&setup.with_manager(&format!("m@{silent}")), &[]);
     roxyd.wait_for_line(&["connecting to the Manager"]).await;
+    let signalled = Instant::now();
     roxyd.signal(signal);
     let (exit, output) = roxyd.exit().await;
+    assert_ended_promptly(signalled, &output);
     assert_eq!(exit.code(), Some(0), "{output}");
     assert!(
         output.contains(&format!("stopping signal=\"{name}\"")),

@@ -6,9 +6,11 @@
 //! machine: the kernel kills the namespace's init, and its parent sees it die
 //! by SIGHUP (restart) or SIGINT (power-off). Every test here checks that the
 //! process about to reach the syscall is PID 1 of a namespace of its own, and
-//! skips, saying why, where it cannot make one (not root, say). Only
-//! immediate requests and echo are ever sent to the real binary: a graceful
-//! one would run the host's own `reboot` command, which no namespace stops.
+//! skips, saying why, where it cannot make one (not root, say). A graceful
+//! request reaches the real binary only when it runs in a private mount
+//! namespace whose `/usr/sbin` is a tmpfs of stand-in commands
+//! ([`Namespaced::start_with`]): the host's own `reboot` would not be
+//! stopped by any namespace.
 #![cfg(all(target_os = "linux", feature = "manager"))]
 
 mod support;
@@ -16,7 +18,9 @@ mod support;
 use std::{
     ffi::OsString,
     os::unix::process::ExitStatusExt,
+    path::Path,
     process::{Command, ExitStatus},
+    sync::Arc,
     time::Duration,
 };
 
@@ -96,14 +100,49 @@ fn linux_backend_ends_its_pid_namespace(#[case] op: &str, #[case] expected: Sign
     );
 }
 
-/// Runs only as [`linux_backend_ends_its_pid_namespace`]'s child, as PID 1 of
+/// A `sync(2)` that never returns (a hung mount or disk) still ends in the
+/// real `reboot(2)`, once the sync timeout has passed.
+#[rstest]
+#[case::reboot("reboot-after-hung-sync", Signal::SIGHUP)]
+#[case::power_off("power-off-after-hung-sync", Signal::SIGINT)]
+#[tokio::test]
+async fn a_sync_that_never_returns_still_ends_in_reboot(
+    #[case] op: &str,
+    #[case] expected: Signal,
+) {
+    if skip() {
+        return;
+    }
+    let mut child = tokio::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "pid_namespace_child", "--ignored", "--nocapture"])
+        .env(CHILD_OP, op)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(HANG, child.wait())
+        .await
+        .expect("reboot(2) was never reached: the hung sync held it")
+        .unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(expected as i32),
+        "the namespace should end by {expected}: {status}"
+    );
+}
+
+/// Runs only as [`linux_backend_ends_its_pid_namespace`]'s (or
+/// [`a_sync_that_never_returns_still_ends_in_reboot`]'s) child, as PID 1 of
 /// a fresh PID namespace; anywhere else it refuses before the syscall.
 #[test]
 #[ignore = "run by linux_backend_ends_its_pid_namespace as PID 1 of a fresh PID namespace"]
 fn pid_namespace_child() {
-    let op = match std::env::var(CHILD_OP).as_deref() {
-        Ok("reboot") => ImmediateOp::Reboot,
-        Ok("power-off") => ImmediateOp::PowerOff,
+    let (op, hung_sync) = match std::env::var(CHILD_OP).as_deref() {
+        Ok("reboot") => (ImmediateOp::Reboot, false),
+        Ok("power-off") => (ImmediateOp::PowerOff, false),
+        Ok("reboot-after-hung-sync") => (ImmediateOp::Reboot, true),
+        Ok("power-off-after-hung-sync") => (ImmediateOp::PowerOff, true),
         other => panic!("{CHILD_OP} is {other:?}; this test only runs as another test's child"),
     };
     assert_eq!(
@@ -111,7 +150,17 @@ fn pid_namespace_child() {
         1,
         "refusing to call reboot(2): not PID 1 of a fresh PID namespace"
     );
-    let backend = LinuxBackend::new();
+    let mut backend = LinuxBackend::new();
+    if hung_sync {
+        // A sync step that never returns; reboot(2) must follow the bound.
+        backend = backend
+            .with_sync_step(Arc::new(|| {
+                loop {
+                    std::thread::park();
+                }
+            }))
+            .with_sync_timeout(Duration::from_millis(200));
+    }
     backend.prepare(op).expect("CAP_SYS_BOOT in the namespace");
     let error = backend
         .perform(op)
@@ -124,6 +173,17 @@ fn pid_namespace_child() {
 
 /// A shell that refuses unless it is PID 1, then becomes the command.
 const PID_ONE_GUARD: &str = r#"[ "$$" = 1 ] || { echo "refusing: not PID 1 of a fresh PID namespace" >&2; exit 99; }; exec "$@""#;
+
+/// As [`PID_ONE_GUARD`], and then, in the namespace's own mount namespace
+/// (private: nothing propagates to the host), a tmpfs over `/usr/sbin`, the
+/// first directory roxyd looks graceful commands up in, holding `reboot` and
+/// `poweroff` stand-ins (the script named by `$1`): the host's own commands
+/// are never found.
+const PID_ONE_STAND_INS: &str = r#"[ "$$" = 1 ] || { echo "refusing: not PID 1 of a fresh PID namespace" >&2; exit 99; }
+stand_in=$1; shift
+mount -t tmpfs roxyd-stand-ins /usr/sbin || exit 98
+for c in reboot poweroff; do ln -s "$stand_in" "/usr/sbin/$c" || exit 97; done
+exec "$@""#;
 
 /// How to start the namespaced roxyd.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -148,19 +208,44 @@ impl Namespaced {
         privileges: Privileges,
         env: &[(&str, &str)],
     ) -> Self {
-        let mut args: Vec<OsString> = [
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--",
-            "sh",
-            "-c",
-            PID_ONE_GUARD,
-            "sh",
-        ]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
+        Self::start_with(binary, files, manager, privileges, env, None).await
+    }
+
+    /// As [`Self::start`], with `reboot` and `poweroff` stand-ins (the
+    /// fixture script `stand_in`) in place of the system's own.
+    async fn start_with(
+        binary: &OsString,
+        files: &PkiFiles,
+        manager: std::net::SocketAddr,
+        privileges: Privileges,
+        env: &[(&str, &str)],
+        stand_in: Option<&str>,
+    ) -> Self {
+        let mut args: Vec<OsString> = ["--pid", "--fork", "--kill-child"]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        if stand_in.is_some() {
+            args.push("--mount".into());
+        }
+        args.extend(["--", "sh", "-c"].map(OsString::from));
+        args.push(
+            if stand_in.is_some() {
+                PID_ONE_STAND_INS
+            } else {
+                PID_ONE_GUARD
+            }
+            .into(),
+        );
+        args.push("sh".into());
+        if let Some(script) = stand_in {
+            args.push(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures")
+                    .join(script)
+                    .into(),
+            );
+        }
         if privileges == Privileges::WithoutSysBoot {
             args.extend(["setpriv", "--bounding-set", "-sys_boot", "--"].map(OsString::from));
         }
@@ -168,15 +253,30 @@ impl Namespaced {
         args.extend(support::lab_args(files, manager));
         let mut roxyd = Roxyd::spawn_program("unshare".as_ref(), &args, env);
         // The real backend, not the recorder.
-        roxyd
-            .wait_for_line(&[
-                "roxyd starting",
-                "backend=\"roxyd::platform::linux::LinuxBackend\"",
-            ])
-            .await;
+        let line = roxyd.wait_for_line(&["roxyd starting", "linux"]).await;
+        assert!(!line.contains("recorder"), "{line}");
         let namespaced = Self { roxyd };
         namespaced.assert_pid_one();
+        if stand_in.is_some() {
+            namespaced.assert_stand_ins();
+        }
         namespaced
+    }
+
+    /// Checks, before any graceful request, that roxyd sees the stand-ins'
+    /// tmpfs over `/usr/sbin`, not the host's commands.
+    fn assert_stand_ins(&self) {
+        let pid = self.host_pid();
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap();
+        assert!(
+            mounts.contains("roxyd-stand-ins /usr/sbin tmpfs"),
+            "no stand-ins over /usr/sbin:\n{mounts}"
+        );
+        let host = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(
+            !host.contains("roxyd-stand-ins"),
+            "the stand-ins leaked to the host"
+        );
     }
 
     /// roxyd's PID as this test sees it: the child of `unshare`.
@@ -468,7 +568,8 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
     let relay = UdpRelay::start(setup.lab.manager.local_addr().unwrap(), 1)
         .await
         .unwrap();
-    let env = [("ROXYD_DELIVERY_TIMEOUT_MS", "3600000")];
+    // The longest delivery wait roxyd allows: the SIGTERM must cut it short.
+    let env = [("ROXYD_DELIVERY_TIMEOUT_MS", "10000")];
     let mut roxyd =
         Namespaced::start(&binary, &setup.files, relay.addr(), Privileges::Full, &env).await;
     let session = accept(&setup.lab).await;
@@ -483,6 +584,7 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
         .wait_for_line(&["reply written; awaiting its delivery"])
         .await;
 
+    let signalled = std::time::Instant::now();
     roxyd.signal(Signal::SIGTERM);
     let (status, output) = roxyd.exit().await;
     assert_eq!(
@@ -491,7 +593,112 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
         "{status}\n{output}"
     );
     assert!(output.contains("releasing power operation"), "{output}");
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "released {took:?} after SIGTERM: the delivery wait was not cut short\n{output}"
+    );
     pending.abort();
+}
+
+/// The immediate path is the way out of a graceful shutdown that hangs, and a
+/// graceful command that exited 0 while the host stayed up blocks nothing,
+/// even when a child it left behind still holds its output (it is reaped
+/// at once): each time an immediate reboot that follows is answered
+/// `Initiated` and ends the namespace. The graceful command is a stand-in.
+#[rstest]
+#[case::graceful_hangs("fake-command-hang", None)]
+#[case::graceful_exited_0_host_stayed_up("fake-command-ok", Some(&["graceful command finished"][..]))]
+#[case::graceful_exited_0_leaving_a_child_on_its_output(
+    "fake-command-leaves-child",
+    Some(&["graceful command finished", "left a sleeper behind", "output_still_open=true"][..])
+)]
+#[tokio::test]
+async fn real_binary_after_a_graceful_request_carries_out_an_immediate_one(
+    #[case] stand_in: &str,
+    #[case] graceful_end: Option<&[&str]>,
+) {
+    if skip() {
+        return;
+    }
+    let Some(binary) = real_binary() else { return };
+    let setup = setup(LabOptions::default());
+    let addr = setup.lab.manager.local_addr().unwrap();
+    let mut roxyd = Namespaced::start_with(
+        &binary,
+        &setup.files,
+        addr,
+        Privileges::Full,
+        &[],
+        Some(stand_in),
+    )
+    .await;
+    let session = accept(&setup.lab).await;
+    let graceful = session
+        .request_raw(
+            RequestCode::NODE_POWER,
+            &wire::encode(&NodePowerRequest::GracefulReboot),
+        )
+        .await
+        .expect("a reply");
+    assert_eq!(graceful, reply::initiated_payload(WireForm::Grouped));
+    roxyd
+        .wait_for_line(&["graceful command started", "/usr/sbin/reboot"])
+        .await;
+    if let Some(end) = graceful_end {
+        roxyd.wait_for_line(end).await;
+    }
+
+    let reply = Immediate::GroupedReboot.send(&session).await;
+    assert_eq!(
+        reply,
+        reply::initiated_payload(WireForm::Grouped),
+        "the immediate reboot was refused"
+    );
+    let (status, output) = roxyd.exit().await;
+    assert_eq!(
+        status.signal(),
+        Some(Signal::SIGHUP as i32),
+        "{status}\n{output}"
+    );
+}
+
+/// A build without `test-backend` refuses the recorder in one line, before
+/// it connects anywhere.
+#[tokio::test]
+async fn real_binary_refuses_the_recorder_in_one_line() {
+    let Some(binary) = real_binary() else { return };
+    let mut command = tokio::process::Command::new(&binary);
+    command
+        .args(["--backend", "recorder", "--cert", "c", "--key", "k"])
+        .args(["--ca-certs", "ca", "m@127.0.0.1:9"]);
+    // roxyd refuses unknown ROXYD_ variables, ROXYD_REAL_BINARY among them.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ROXYD_") {
+            command.env_remove(key);
+        }
+    }
+    let output = tokio::time::timeout(HANG, command.output())
+        .await
+        .expect("roxyd exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "roxyd: --backend recorder: this roxyd was built without the test-backend feature and cannot record; it carries power requests out"
+    );
+    let version = std::process::Command::new(&binary)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!(
+            "roxyd {} (backend: linux; this build cannot record)",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
 }
 
 /// A review-protocol 0.19 Manager sends the immediate request fire-and-forget

@@ -5,11 +5,23 @@
 //! started command is waited for by its own reaper thread, so no zombie is
 //! left, and what it did afterwards is logged, not reported: the Manager was
 //! already told `Initiated`.
+//!
+//! The reaper waits for the command's process itself, not for the end of its
+//! output: a command may exit at once but leave a child behind that holds
+//! its standard output open for as long as it likes. The output is read by
+//! threads of their own, which keep at most [`OUTPUT_KEPT`] bytes of each
+//! stream and discard the rest.
 
 use std::{
-    io,
+    io::{self, Read},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex, PoisonError,
+        mpsc::{self, RecvTimeoutError},
+    },
+    thread,
+    time::{Duration, Instant},
 };
 
 use super::GracefulOp;
@@ -178,8 +190,9 @@ pub enum CommandOutcome {
 }
 
 impl CommandOutcome {
-    /// Whether the host is now on its way down, so that no other power
-    /// operation may start.
+    /// Whether the command exited with status 0. The host is then probably
+    /// on its way down, but not surely (a cancelled systemd job, an
+    /// inhibitor or a chroot leave it up), so nothing is blocked on it.
     #[must_use]
     pub fn host_going_down(&self) -> bool {
         matches!(self, Self::Exited(status) if status.success())
@@ -187,29 +200,147 @@ impl CommandOutcome {
 }
 
 impl GracefulStart {
-    /// Waits for the command to end, logging its exit status and output.
-    /// Blocks; run it on a thread of its own.
+    /// Waits for the command's process to exit, then logs its exit status
+    /// and the start of its output. Blocks; run it on a thread of its own.
+    ///
+    /// Returns once the process has exited and been reaped, even while a
+    /// child it left behind still holds its output open: the output is
+    /// awaited for at most [`OUTPUT_GRACE`] more.
     #[must_use]
     pub fn wait(self) -> CommandOutcome {
-        let Self::Spawned(child) = self else {
+        let Self::Spawned(mut child) = self else {
             return CommandOutcome::Simulated;
         };
         let pid = child.id();
-        match child.wait_with_output() {
-            Ok(output) => {
-                let stderr = String::from_utf8_lossy(&output.stderr);
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                if output.status.success() {
-                    tracing::info!(pid, status = %output.status, stdout = %stdout.trim(), stderr = %stderr.trim(), "graceful command finished");
+        let stdout = child.stdout.take().map(OutputReader::start);
+        let stderr = child.stderr.take().map(OutputReader::start);
+        let status = child.wait();
+        let deadline = Instant::now() + OUTPUT_GRACE;
+        let stdout = stdout.map(|r| r.collect(deadline)).unwrap_or_default();
+        let stderr = stderr.map(|r| r.collect(deadline)).unwrap_or_default();
+        match status {
+            Ok(status) => {
+                let (out, err) = (stdout.text(), stderr.text());
+                let (out_cut, err_cut) = (stdout.discarded, stderr.discarded);
+                let held = stdout.still_open || stderr.still_open;
+                if status.success() {
+                    tracing::info!(pid, %status, stdout = %out, stderr = %err, stdout_discarded = out_cut, stderr_discarded = err_cut, output_still_open = held, "graceful command finished");
                 } else {
-                    tracing::error!(pid, status = %output.status, stdout = %stdout.trim(), stderr = %stderr.trim(), "graceful command failed");
+                    tracing::error!(pid, %status, stdout = %out, stderr = %err, stdout_discarded = out_cut, stderr_discarded = err_cut, output_still_open = held, "graceful command failed");
                 }
-                CommandOutcome::Exited(output.status)
+                CommandOutcome::Exited(status)
             }
             Err(e) => {
                 tracing::error!(pid, error = %e, "cannot wait for the graceful command");
                 CommandOutcome::WaitFailed(e)
             }
         }
+    }
+}
+
+/// Most bytes of each of a graceful command's output streams kept for the
+/// log; the rest is read and discarded, so that the command never blocks on
+/// a full pipe.
+pub const OUTPUT_KEPT: usize = 4096;
+
+/// How long the reaper waits, once the command exited, for its output to
+/// end before it logs what it has.
+pub const OUTPUT_GRACE: Duration = Duration::from_millis(200);
+
+/// What was kept of one output stream.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeptOutput {
+    /// The first [`OUTPUT_KEPT`] bytes at most.
+    pub bytes: Vec<u8>,
+    /// How many bytes after those were read and discarded.
+    pub discarded: u64,
+    /// Whether the stream was still open when collected: a child the
+    /// command left behind holds it.
+    pub still_open: bool,
+}
+
+impl KeptOutput {
+    /// The kept bytes as text, for the log.
+    #[must_use]
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).trim().to_owned()
+    }
+
+    /// Adds `piece`, keeping at most [`OUTPUT_KEPT`] bytes in all and
+    /// counting the rest as discarded.
+    pub fn push(&mut self, piece: &[u8]) {
+        let room = OUTPUT_KEPT
+            .saturating_sub(self.bytes.len())
+            .min(piece.len());
+        self.bytes.extend_from_slice(&piece[..room]);
+        self.discarded += (piece.len() - room) as u64;
+    }
+}
+
+/// One output stream being read on a thread of its own.
+struct OutputReader {
+    kept: Arc<Mutex<KeptOutput>>,
+    ended: mpsc::Receiver<()>,
+}
+
+impl OutputReader {
+    fn start(pipe: impl Read + Send + 'static) -> Self {
+        let kept = Arc::new(Mutex::new(KeptOutput::default()));
+        let (done, ended) = mpsc::channel();
+        let theirs = Arc::clone(&kept);
+        let spawned = thread::Builder::new()
+            .name("roxyd-output".to_owned())
+            .spawn(move || {
+                let mut pipe = pipe;
+                let mut buf = [0u8; 8192];
+                loop {
+                    match pipe.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => theirs
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(&buf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = done.send(());
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread to read the graceful command's output; it is not kept");
+        }
+        Self { kept, ended }
+    }
+
+    /// What was kept, once the stream ended or at `deadline`.
+    fn collect(self, deadline: Instant) -> KeptOutput {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let still_open = matches!(
+            self.ended.recv_timeout(timeout),
+            Err(RecvTimeoutError::Timeout)
+        );
+        let mut kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        kept.still_open = still_open;
+        kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_kept_is_bounded_and_the_rest_counted() {
+        let mut kept = KeptOutput::default();
+        kept.push(&[b'a'; 3000]);
+        kept.push(&[b'b'; 3000]);
+        kept.push(b"more");
+        assert_eq!(kept.bytes.len(), OUTPUT_KEPT);
+        assert_eq!(kept.bytes[OUTPUT_KEPT - 1], b'b');
+        assert_eq!(kept.discarded, 6004 - OUTPUT_KEPT as u64);
     }
 }

@@ -9,8 +9,17 @@
 //! Inside a PID namespace other than the first, the kernel kills that
 //! namespace's init (SIGHUP for restart, SIGINT for power-off) instead: that
 //! is how this backend is tested without taking the machine down.
+//!
+//! `sync(2)` runs before `reboot(2)`, on a thread of its own and for at most
+//! the configured time: on a hung mount or a dead disk it may never return,
+//! and the node must still go down after `Initiated`.
 
-use std::io;
+use std::{
+    fmt, io,
+    sync::{Arc, mpsc},
+    thread,
+    time::Duration,
+};
 
 use nix::sys::reboot::{RebootMode, reboot};
 
@@ -19,10 +28,27 @@ use super::{
     StartError, graceful_command::CommandLine,
 };
 
+/// How long `sync(2)` may take by default before `reboot(2)` goes ahead.
+pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The step run before `reboot(2)`: `sync(2)`, or a stand-in in tests.
+pub type SyncStep = Arc<dyn Fn() + Send + Sync>;
+
 /// The Linux backend.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LinuxBackend {
     commands: GracefulCommands,
+    sync_step: SyncStep,
+    sync_timeout: Duration,
+}
+
+impl fmt::Debug for LinuxBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinuxBackend")
+            .field("commands", &self.commands)
+            .field("sync_timeout", &self.sync_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LinuxBackend {
@@ -47,7 +73,49 @@ impl LinuxBackend {
     /// at a temporary directory.
     #[must_use]
     pub fn with_commands(commands: GracefulCommands) -> Self {
-        Self { commands }
+        Self {
+            commands,
+            sync_step: Arc::new(nix::unistd::sync),
+            sync_timeout: DEFAULT_SYNC_TIMEOUT,
+        }
+    }
+
+    /// Lets `sync(2)` take at most `timeout` before `reboot(2)` goes ahead.
+    #[must_use]
+    pub fn with_sync_timeout(mut self, timeout: Duration) -> Self {
+        self.sync_timeout = timeout;
+        self
+    }
+
+    /// Runs `step` instead of `sync(2)`: tests use one that never returns.
+    #[must_use]
+    pub fn with_sync_step(mut self, step: SyncStep) -> Self {
+        self.sync_step = step;
+        self
+    }
+
+    /// Runs the sync step on a thread of its own and waits for it at most
+    /// the sync timeout. A step still running is left behind: `reboot(2)`
+    /// follows at once.
+    fn bounded_sync(&self) {
+        let (done, finished) = mpsc::channel();
+        let step = Arc::clone(&self.sync_step);
+        let spawned = thread::Builder::new()
+            .name("roxyd-sync".to_owned())
+            .spawn(move || {
+                step();
+                let _ = done.send(());
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a thread for sync(2); going ahead without it");
+            return;
+        }
+        if finished.recv_timeout(self.sync_timeout).is_err() {
+            tracing::error!(
+                timeout_ms = self.sync_timeout.as_millis(),
+                "sync(2) did not finish in time; going ahead without it"
+            );
+        }
     }
 }
 
@@ -72,14 +140,14 @@ impl PowerBackend for LinuxBackend {
         }
     }
 
-    /// Flushes file systems with `sync(2)`, then calls `reboot(2)`. Returns
-    /// only when the kernel refused.
+    /// Flushes file systems with `sync(2)`, waiting at most the sync
+    /// timeout, then calls `reboot(2)`. Returns only when the kernel refused.
     fn perform(&self, op: ImmediateOp) -> io::Result<()> {
         let mode = match op {
             ImmediateOp::Reboot => RebootMode::RB_AUTOBOOT,
             ImmediateOp::PowerOff => RebootMode::RB_POWER_OFF,
         };
-        nix::unistd::sync();
+        self.bounded_sync();
         match reboot(mode) {
             Ok(never) => match never {},
             Err(errno) => Err(io::Error::from(errno)),

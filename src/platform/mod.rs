@@ -11,12 +11,15 @@
 //!   power-off command and returns once it has been spawned. Its failure
 //!   becomes `fail`.
 //!
-//! The backend is chosen at compile time by one `cfg_if!` below, in priority
-//! order: the `test-backend` feature's recorder, then Linux, then macOS, then
-//! a fallback that supports nothing. Backends whose code is portable are
-//! compiled everywhere so that their logic is tested on every host.
+//! The daemon's backend is chosen in [`daemon_backend`]: first the run-time
+//! choice, where only an explicit `--backend recorder` gives the recorder
+//! (and only in a build with the `test-backend` feature, which adds it
+//! without replacing anything); then, at compile time, by one `cfg_if!`
+//! below: Linux, then macOS, then a fallback that supports nothing. Backends
+//! whose code is portable are compiled everywhere so that their logic is
+//! tested on every host.
 
-use std::{fmt, io};
+use std::{fmt, io, str::FromStr, time::Duration};
 
 use crate::wire::NodePowerRequest;
 
@@ -30,40 +33,178 @@ pub mod unsupported;
 
 pub use graceful_command::{CommandOutcome, GracefulCommands, GracefulStart, StartError};
 
+/// Settings the daemon's backend takes from the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// How long `sync(2)` may take before `reboot(2)` goes ahead anyway.
+    pub sync_timeout: Duration,
+}
+
 cfg_if::cfg_if! {
-    if #[cfg(feature = "test-backend")] {
-        /// The backend this build uses: the recorder (`test-backend` feature).
-        pub type SystemBackend = recorder::RecordingBackend;
-        /// The backend the daemon runs on.
-        #[must_use]
-        pub fn system_backend() -> SystemBackend {
-            recorder::RecordingBackend::for_daemon()
-        }
-    } else if #[cfg(target_os = "linux")] {
-        /// The backend this build uses: Linux.
+    if #[cfg(target_os = "linux")] {
+        /// This platform's own backend: Linux.
         pub type SystemBackend = linux::LinuxBackend;
-        /// The backend the daemon runs on.
+        /// This platform's own backend, as named in logs and `--version`.
+        pub const SYSTEM_BACKEND_NAME: &str = "linux";
+        /// This platform's own backend, which carries power requests out.
         #[must_use]
-        pub fn system_backend() -> SystemBackend {
-            linux::LinuxBackend::new()
+        pub fn system_backend(options: BackendOptions) -> SystemBackend {
+            linux::LinuxBackend::new().with_sync_timeout(options.sync_timeout)
         }
     } else if #[cfg(target_os = "macos")] {
-        /// The backend this build uses: macOS.
+        /// This platform's own backend: macOS.
         pub type SystemBackend = macos::MacosBackend;
-        /// The backend the daemon runs on.
+        /// This platform's own backend, as named in logs and `--version`.
+        pub const SYSTEM_BACKEND_NAME: &str = "macos";
+        /// This platform's own backend, which carries power requests out.
         #[must_use]
-        pub fn system_backend() -> SystemBackend {
+        pub fn system_backend(_options: BackendOptions) -> SystemBackend {
             macos::MacosBackend::new()
         }
     } else {
-        /// The backend this build uses: none of the power family is available.
+        /// This platform's own backend: none of the power family is available.
         pub type SystemBackend = unsupported::UnsupportedBackend;
-        /// The backend the daemon runs on.
+        /// This platform's own backend, as named in logs and `--version`.
+        pub const SYSTEM_BACKEND_NAME: &str = "unsupported";
+        /// This platform's own backend, which refuses every power request.
         #[must_use]
-        pub fn system_backend() -> SystemBackend {
+        pub fn system_backend(_options: BackendOptions) -> SystemBackend {
             unsupported::UnsupportedBackend
         }
     }
+}
+
+/// Whether this build has the recorder (the `test-backend` feature).
+pub const CAN_RECORD: bool = cfg!(feature = "test-backend");
+
+/// The backend asked for at run time (`--backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// This platform's own backend, which carries power requests out.
+    #[default]
+    System,
+    /// The recorder, which notes power requests and carries nothing out.
+    Recorder,
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "system" => Ok(Self::System),
+            "recorder" => Ok(Self::Recorder),
+            _ => Err("expected system or recorder".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::System => "system",
+            Self::Recorder => "recorder",
+        })
+    }
+}
+
+/// The recorder was asked for in a build that does not have it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--backend recorder: this roxyd was built without the test-backend feature and cannot record; it carries power requests out"
+)]
+pub struct NoRecorder;
+
+/// The backend the daemon runs on: the one chosen at run time.
+#[derive(Debug)]
+pub enum DaemonBackend {
+    /// This platform's own backend.
+    System(SystemBackend),
+    /// The recorder, chosen explicitly.
+    #[cfg(feature = "test-backend")]
+    Recorder(recorder::RecordingBackend),
+}
+
+/// The daemon's backend for `choice`: the run-time choice first, then this
+/// platform's own backend.
+///
+/// # Errors
+///
+/// [`NoRecorder`] when the recorder is asked for in a build without it.
+pub fn daemon_backend(
+    choice: BackendChoice,
+    options: BackendOptions,
+) -> Result<DaemonBackend, NoRecorder> {
+    match choice {
+        #[cfg(feature = "test-backend")]
+        BackendChoice::Recorder => Ok(DaemonBackend::Recorder(
+            recorder::RecordingBackend::for_daemon(),
+        )),
+        #[cfg(not(feature = "test-backend"))]
+        BackendChoice::Recorder => Err(NoRecorder),
+        BackendChoice::System => Ok(DaemonBackend::System(system_backend(options))),
+    }
+}
+
+impl DaemonBackend {
+    /// The backend's name, for logs: `recorder` or the platform's.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::System(_) => SYSTEM_BACKEND_NAME,
+            #[cfg(feature = "test-backend")]
+            Self::Recorder(_) => "recorder",
+        }
+    }
+}
+
+impl DaemonBackend {
+    /// Whether this is the recorder, which carries nothing out.
+    #[must_use]
+    pub fn records(&self) -> bool {
+        !matches!(self, Self::System(_))
+    }
+}
+
+impl PowerBackend for DaemonBackend {
+    fn prepare(&self, op: ImmediateOp) -> Result<(), PrepareError> {
+        match self {
+            Self::System(b) => b.prepare(op),
+            #[cfg(feature = "test-backend")]
+            Self::Recorder(b) => b.prepare(op),
+        }
+    }
+
+    fn perform(&self, op: ImmediateOp) -> io::Result<()> {
+        match self {
+            Self::System(b) => b.perform(op),
+            #[cfg(feature = "test-backend")]
+            Self::Recorder(b) => b.perform(op),
+        }
+    }
+
+    fn start_graceful(&self, op: GracefulOp) -> Result<GracefulStart, StartError> {
+        match self {
+            Self::System(b) => b.start_graceful(op),
+            #[cfg(feature = "test-backend")]
+            Self::Recorder(b) => b.start_graceful(op),
+        }
+    }
+}
+
+/// The version line: the version, this platform's backend, and whether this
+/// build can record instead.
+#[must_use]
+pub fn version_text() -> String {
+    let record = if CAN_RECORD {
+        "this build can also record instead, with --backend recorder"
+    } else {
+        "this build cannot record"
+    };
+    format!(
+        "{} (backend: {SYSTEM_BACKEND_NAME}; {record})",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// An operation that takes the host down at once, without an orderly shutdown.

@@ -20,7 +20,8 @@ use tokio::{
 /// turns a hang into a failure with the log, not a time the tests rely on.
 pub const HANG: Duration = Duration::from_secs(60);
 
-/// The `roxyd` binary built for this test run (with the recording backend).
+/// The `roxyd` binary built for this test run (it has the recorder, which
+/// [`Roxyd::spawn`] chooses).
 pub fn roxyd_binary() -> &'static str {
     env!("CARGO_BIN_EXE_roxyd")
 }
@@ -48,8 +49,14 @@ pub struct Roxyd {
 impl Roxyd {
     /// Starts roxyd with `args` and extra environment `env`; `RUST_LOG` and
     /// every `ROXYD_` variable of the test's own environment are cleared.
+    /// It runs on the recorder, chosen explicitly (`ROXYD_BACKEND`), unless
+    /// `env` chooses otherwise.
     pub fn spawn(args: &[OsString], env: &[(&str, &str)]) -> Self {
-        Self::spawn_program(roxyd_binary().as_ref(), args, env)
+        let mut env = env.to_vec();
+        if !env.iter().any(|(key, _)| *key == "ROXYD_BACKEND") {
+            env.insert(0, ("ROXYD_BACKEND", "recorder"));
+        }
+        Self::spawn_program(roxyd_binary().as_ref(), args, &env)
     }
 
     /// As [`Self::spawn`], but runs `program` (a wrapper that ends by
