@@ -1,15 +1,16 @@
 //! The dispatch layer, shared by every platform: serves one request stream
 //! from the Manager.
 //!
-//! This is the only place that orders "write the reply, then release". Rules
-//! a reader must not break:
+//! It reads frames, decodes requests and routes them: echo and the requests
+//! roxyd does not serve are answered here, power requests go to
+//! [`crate::power`], whose [`immediate::serve`] orders "write the reply,
+//! then release" for every platform. Rules a reader must not break:
 //! - An immediate power operation is released only after its success reply
-//!   was written ([`reply::write_initiated`] returned `Ok`), or after the
-//!   write failed because the Manager declined the reply, as a
-//!   review-protocol 0.19 Manager does ([`reply::recognise_decline`]). On
-//!   any other failure (lost connection, reset, a stop with an error code, a
-//!   stop after the reply was held up, a timeout) the pending operation is
-//!   dropped and nothing happens.
+//!   was written, or after the write failed because the Manager declined
+//!   the reply, as a review-protocol 0.19 Manager does. On any other failure
+//!   (lost connection, reset, a stop with an error code, a stop after the
+//!   reply was held up, a timeout) the pending operation is dropped and
+//!   nothing happens.
 //! - After a successful write, the send side is finished and the peer's
 //!   acknowledgement awaited for at most
 //!   [`DispatchConfig::delivery_timeout`], so that the reply has left the
@@ -33,8 +34,11 @@ use tokio::{
 
 use crate::{
     platform::{GracefulOp, ImmediateOp, PowerBackend, PowerOp},
-    power::PowerHandler,
-    reply::{self, DeclineRule, Delivery, ReplySink, WireForm},
+    power::{
+        PowerHandler,
+        immediate::{self, DeclineRule, Step},
+    },
+    reply::{self, Delivery, ReplySink, WireForm},
     wire::{self, FrameError, NodePowerRequest, Request, RequestCode, reply_text},
 };
 
@@ -378,7 +382,9 @@ impl<B: PowerBackend> Dispatcher<B> {
                 Ok(_run) => {
                     self.emit(&DispatchEvent::GracefulStarted(op));
                     // A graceful operation has nothing to release.
-                    let written = self.write_bounded(reply::write_initiated(send, form)).await;
+                    let written = self
+                        .write_bounded(immediate::write_initiated(send, form))
+                        .await;
                     self.after_write(code, true, written.map(drop))
                 }
                 Err(e) => {
@@ -390,8 +396,8 @@ impl<B: PowerBackend> Dispatcher<B> {
         }
     }
 
-    /// Prepare, write the reply, then release; or drop. The one place where
-    /// an immediate operation's fate is decided.
+    /// Prepares `op`, then hands it to [`immediate::serve`], which orders
+    /// write, confirm or decline, release.
     async fn serve_immediate<R, W>(
         &self,
         code: u32,
@@ -413,65 +419,22 @@ impl<B: PowerBackend> Dispatcher<B> {
                     .await;
             }
         };
-        // The reply is pending from here: a Manager's STOP_SENDING long after
-        // this is a Manager that gave up, not one that declined.
-        let pending_since = tokio::time::Instant::now();
-        self.emit(&DispatchEvent::Prepared(op));
-        if self.observer.hold_reply_until_stopped(op) {
-            let _ = tokio::time::timeout(self.config.reply_timeout, send.peer_stop()).await;
-        }
-        tracing::info!(%op, "prepared; writing the reply");
-        let error = match self.write_bounded(reply::write_initiated(send, form)).await {
-            Ok(written) => {
-                self.emit(&DispatchEvent::ReplyWritten { code, ok: true });
-                tracing::info!(%op, "reply written; awaiting its delivery");
-                let delivery = self.confirm_delivery(send).await;
-                tracing::info!(%op, ?delivery, "reply delivery settled");
-                self.emit(&DispatchEvent::DeliveryConfirmed(delivery));
-                pending.release(written);
-                self.emit(&DispatchEvent::Released(op));
-                return Some(StreamEnd::Released(op));
-            }
-            Err(error) => error,
+        let limits = immediate::Limits {
+            reply_timeout: self.config.reply_timeout,
+            delivery_timeout: self.config.delivery_timeout,
+            decline: self.config.decline,
         };
-        self.emit(&DispatchEvent::ReplyFailed { code });
-        let rule = self.config.decline;
-        match reply::recognise_decline(recv, send, pending_since, &error, rule).await {
-            Ok(declined) => {
-                tracing::info!(
-                    %op,
-                    "Manager declined the reply (fire-and-forget); carrying out"
-                );
-                self.emit(&DispatchEvent::ReplyDeclined(op));
-                pending.release(declined);
-                self.emit(&DispatchEvent::Released(op));
-                Some(StreamEnd::Released(op))
-            }
-            Err(reason) => {
-                tracing::warn!(
-                    %op,
-                    error = %error,
-                    %reason,
-                    "reply not written; cancelling"
-                );
-                drop(pending);
-                self.emit(&DispatchEvent::Cancelled(op));
-                Some(StreamEnd::WriteFailed(format!("{error}; {reason}")))
-            }
-        }
-    }
-
-    /// Finishes the stream and waits, at most
-    /// [`DispatchConfig::delivery_timeout`], for the Manager to acknowledge
-    /// the reply. A zero timeout releases at once, as roxyd did before it
-    /// waited; it is there to measure what the wait buys.
-    async fn confirm_delivery<W: ReplySink + ?Sized>(&self, send: &mut W) -> Delivery {
-        if self.config.delivery_timeout.is_zero() {
-            return Delivery::TimedOut;
-        }
-        tokio::time::timeout(self.config.delivery_timeout, send.finish_and_confirm())
-            .await
-            .unwrap_or(Delivery::TimedOut)
+        let steps = Reported {
+            observer: &*self.observer,
+            code,
+            op,
+        };
+        Some(
+            match immediate::serve(pending, form, recv, send, &limits, &steps).await {
+                immediate::Outcome::Released => StreamEnd::Released(op),
+                immediate::Outcome::Dropped(why) => StreamEnd::WriteFailed(why),
+            },
+        )
     }
 
     async fn answer_error<W: ReplySink + ?Sized>(
@@ -511,5 +474,31 @@ impl<B: PowerBackend> Dispatcher<B> {
                     "reply write timed out",
                 ))
             })
+    }
+}
+
+/// The immediate ordering's steps, reported as [`DispatchEvent`]s.
+struct Reported<'a> {
+    observer: &'a dyn DispatchObserver,
+    code: u32,
+    op: ImmediateOp,
+}
+
+impl immediate::Steps for Reported<'_> {
+    fn step(&self, step: Step) {
+        let (code, op) = (self.code, self.op);
+        self.observer.on_event(&match step {
+            Step::Prepared => DispatchEvent::Prepared(op),
+            Step::ReplyWritten => DispatchEvent::ReplyWritten { code, ok: true },
+            Step::DeliveryConfirmed(delivery) => DispatchEvent::DeliveryConfirmed(delivery),
+            Step::ReplyFailed => DispatchEvent::ReplyFailed { code },
+            Step::ReplyDeclined => DispatchEvent::ReplyDeclined(op),
+            Step::Released => DispatchEvent::Released(op),
+            Step::Cancelled => DispatchEvent::Cancelled(op),
+        });
+    }
+
+    fn hold_reply_until_stopped(&self) -> bool {
+        self.observer.hold_reply_until_stopped(self.op)
     }
 }

@@ -1,26 +1,15 @@
-//! Writing replies on a request's stream, confirming their delivery, and
-//! recognising a Manager that declined them.
+//! Replies on a request's stream: their payloads, the send half they are
+//! written to ([`ReplySink`]), and how far a written reply is known to have
+//! got ([`Delivery`]).
 //!
-//! [`crate::power::PendingPowerOp::release`] demands a [`ReleaseProof`], and
-//! there are exactly two ways to obtain one: [`write_initiated`] makes a
-//! [`ReplyWritten`] (review-protocol 0.18 Managers read the reply), and
-//! [`recognise_decline`] makes a [`ReplyDeclined`] (0.19 Managers send an
-//! immediate request fire-and-forget and decline any reply). A reply is one
-//! frame holding `Result<T, String>`; an error reply encodes the same for
-//! every `T`.
+//! A reply is one frame holding `Result<T, String>`; an error reply encodes
+//! the same for every `T`. The success reply of a power request is written
+//! by [`crate::power::immediate::write_initiated`], the only maker of the
+//! proof a release needs.
 
-use std::{
-    future::Future,
-    io,
-    pin::pin,
-    task::{Context, Poll, Waker},
-    time::Duration,
-};
+use std::{future::Future, io};
 
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    time::Instant,
-};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::wire::{self, NodePowerResponse};
 
@@ -31,44 +20,6 @@ pub enum WireForm {
     Grouped,
     /// Codes 4 and 21: success is `Ok(())`.
     Flat,
-}
-
-/// Proof that a success reply for a power request was written on the
-/// request's stream. Only [`write_initiated`] makes one.
-#[derive(Debug)]
-pub struct ReplyWritten {
-    _private: (),
-}
-
-/// Proof that the Manager declined the success reply of an immediate power
-/// request, as a review-protocol 0.19 Manager does: it stopped roxyd's send
-/// side with `STOP_SENDING` code 0 promptly, and finished its own send side
-/// right after the request. Only [`recognise_decline`] makes one.
-#[derive(Debug)]
-pub struct ReplyDeclined {
-    _private: (),
-}
-
-/// What entitles a pending immediate operation to run: either the Manager
-/// was given the reply, or it declined it. Nothing else converts into this.
-#[derive(Debug)]
-pub enum ReleaseProof {
-    /// The success reply was written on the request's stream.
-    Written(ReplyWritten),
-    /// The Manager declined the reply (fire-and-forget).
-    Declined(ReplyDeclined),
-}
-
-impl From<ReplyWritten> for ReleaseProof {
-    fn from(proof: ReplyWritten) -> Self {
-        Self::Written(proof)
-    }
-}
-
-impl From<ReplyDeclined> for ReleaseProof {
-    fn from(proof: ReplyDeclined) -> Self {
-        Self::Declined(proof)
-    }
 }
 
 /// How far a written reply is known to have got.
@@ -170,19 +121,6 @@ pub fn error_payload(text: &str) -> Vec<u8> {
     wire::encode(&Err::<(), &str>(text))
 }
 
-/// Writes the success reply of a power request and returns the proof.
-///
-/// # Errors
-///
-/// When the transport fails; no proof is made then.
-pub async fn write_initiated<W: ReplySink + ?Sized>(
-    sink: &mut W,
-    form: WireForm,
-) -> io::Result<ReplyWritten> {
-    wire::write_frame(sink, &initiated_payload(form)).await?;
-    Ok(ReplyWritten { _private: () })
-}
-
 /// Writes `Ok(())`.
 ///
 /// # Errors
@@ -199,114 +137,4 @@ pub async fn write_unit<W: ReplySink + ?Sized>(sink: &mut W) -> io::Result<()> {
 /// When the transport fails.
 pub async fn write_error<W: ReplySink + ?Sized>(sink: &mut W, text: &str) -> io::Result<()> {
     wire::write_frame(sink, &error_payload(text)).await
-}
-
-/// When a failed reply write counts as declined by the Manager (see
-/// [`recognise_decline`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DeclineRule {
-    /// The longest a reply may have been pending when the Manager's
-    /// `STOP_SENDING` ends it. A 0.19 Manager's arrives within one round trip
-    /// of its request; a 0.18 Manager that stops a reply held up longer than
-    /// this has given up waiting, which is not a decline.
-    pub window: Duration,
-    /// How long to wait for the Manager's FIN after its `STOP_SENDING`: on a
-    /// lossy path the FIN may come a retransmission later.
-    pub fin_wait: Duration,
-}
-
-impl Default for DeclineRule {
-    /// 500 ms and 1 s.
-    fn default() -> Self {
-        Self {
-            window: Duration::from_millis(500),
-            fin_wait: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Why a failed reply write was not a decline: the pending operation is
-/// dropped.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum NotDeclined {
-    /// The Manager had not stopped the stream: the connection was lost, the
-    /// stream ended otherwise, or the write timed out.
-    #[error("the Manager did not stop the stream ({0})")]
-    NotStopped(String),
-    /// The Manager stopped the stream with an error code.
-    #[error("the Manager stopped the stream with error code {0}")]
-    StopCode(u64),
-    /// The `STOP_SENDING` came after the reply had been pending too long: a
-    /// Manager that gave up waiting.
-    #[error("the Manager stopped the stream after the reply was held up for {0:?}")]
-    GaveUp(Duration),
-    /// The Manager's send side did not finish within the wait.
-    #[error("the Manager's side of the stream stayed open")]
-    SendSideOpen,
-    /// The Manager sent more data after its request instead of finishing.
-    #[error("the Manager sent more data instead of finishing its side")]
-    MoreData,
-    /// Reading the Manager's side failed (it reset the stream, say).
-    #[error("reading the Manager's side failed: {0}")]
-    ReadFailed(String),
-}
-
-/// Decides, after the success reply of an immediate request could not be
-/// written, whether the Manager declined it, and makes the proof if so.
-///
-/// The Manager declined the reply when all of these hold, whatever order
-/// their packets came in:
-/// - it stopped roxyd's send side with `STOP_SENDING` code 0 (already known
-///   when the write failed: this does not wait for it);
-/// - no later than `rule.window` after `pending_since`, the moment the
-///   reply was ready to be written;
-/// - its own send side ends cleanly (FIN) right after the request, within
-///   `rule.fin_wait`.
-///
-/// `recv` must be positioned right after the request frame. `pending_since`
-/// is a Tokio instant, so that tests on paused time see the same rule.
-///
-/// # Errors
-///
-/// Which condition failed; the caller drops the operation.
-pub async fn recognise_decline<R, W>(
-    recv: &mut R,
-    send: &mut W,
-    pending_since: Instant,
-    write_error: &io::Error,
-    rule: DeclineRule,
-) -> Result<ReplyDeclined, NotDeclined>
-where
-    R: AsyncRead + Unpin + ?Sized,
-    W: ReplySink + ?Sized,
-{
-    let Some(code) = ready_now(send.peer_stop()).flatten() else {
-        return Err(NotDeclined::NotStopped(write_error.to_string()));
-    };
-    if code != 0 {
-        return Err(NotDeclined::StopCode(code));
-    }
-    let held = pending_since.elapsed();
-    if held > rule.window {
-        return Err(NotDeclined::GaveUp(held));
-    }
-    let mut probe = [0_u8; 1];
-    match tokio::time::timeout(rule.fin_wait, recv.read(&mut probe)).await {
-        Ok(Ok(0)) => Ok(ReplyDeclined { _private: () }),
-        Ok(Ok(_)) => Err(NotDeclined::MoreData),
-        Ok(Err(e)) => Err(NotDeclined::ReadFailed(e.to_string())),
-        Err(_) => Err(NotDeclined::SendSideOpen),
-    }
-}
-
-/// Polls `future` once: its output if it is ready now, without waiting.
-fn ready_now<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
 }

@@ -15,7 +15,7 @@ use roxyd::{
         ImmediateOp, Settlement,
         recorder::{Entry, Journal, RecordingBackend},
     },
-    reply::DeclineRule,
+    power::immediate::DeclineRule,
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode},
 };
 use rstest::rstest;

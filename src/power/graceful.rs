@@ -1,0 +1,46 @@
+//! The graceful start's second half: the reaper that waits for the started
+//! command and frees its latch the moment it exits, with any status.
+//!
+//! Rules a reader must not break: a command that has exited blocks nothing
+//! (exit status 0 does not mean the host goes down); what it did is logged,
+//! never reported, since the Manager was already told `Initiated`.
+
+use tokio::sync::oneshot;
+
+use super::{latch::PowerLatch, pending::run_detached};
+use crate::platform::GracefulStart;
+
+/// Waits for `started` on a thread of its own, then frees `latch`.
+pub(super) fn reap(started: GracefulStart, latch: PowerLatch) -> GracefulRun {
+    let (done, finished) = oneshot::channel();
+    if let GracefulStart::Simulated = started {
+        // Nothing runs: settle the latch now, before the reply is sent.
+        drop(latch);
+        let _ = done.send(false);
+        return GracefulRun { finished };
+    }
+    run_detached("roxyd-reaper", move || {
+        let outcome = started.wait();
+        let going_down = outcome.host_going_down();
+        // Exited, with any status: it no longer blocks anything.
+        drop(latch);
+        // Nobody may be waiting; the outcome was logged either way.
+        let _ = done.send(going_down);
+    });
+    GracefulRun { finished }
+}
+
+/// A started graceful command. Dropping it changes nothing: the command's end
+/// is still awaited and logged.
+#[derive(Debug)]
+pub struct GracefulRun {
+    finished: oneshot::Receiver<bool>,
+}
+
+impl GracefulRun {
+    /// Resolves when the command has ended and its latch was freed, with
+    /// whether it exited with status 0 (the host may still stay up).
+    pub async fn finished(self) -> bool {
+        self.finished.await.unwrap_or(false)
+    }
+}
