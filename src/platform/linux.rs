@@ -52,16 +52,10 @@ impl fmt::Debug for LinuxBackend {
 }
 
 impl LinuxBackend {
-    /// `reboot` and `poweroff`, each without arguments.
-    pub const REBOOT: CommandLine = CommandLine {
-        program: "reboot",
-        args: &[],
-    };
-    /// See [`Self::REBOOT`].
-    pub const POWER_OFF: CommandLine = CommandLine {
-        program: "poweroff",
-        args: &[],
-    };
+    /// `reboot`, without arguments.
+    pub const REBOOT: CommandLine = super::linux_commands::REBOOT;
+    /// `poweroff`, without arguments.
+    pub const POWER_OFF: CommandLine = super::linux_commands::POWER_OFF;
 
     /// The backend with commands looked up in the system directories.
     #[must_use]

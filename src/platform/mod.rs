@@ -24,14 +24,35 @@ use std::{fmt, io, str::FromStr, time::Duration};
 use crate::wire::NodePowerRequest;
 
 pub mod graceful_command;
-#[cfg(target_os = "linux")]
+#[cfg(immediate_power)]
 pub mod linux;
 pub mod macos;
 #[cfg(any(test, feature = "test-backend"))]
 pub mod recorder;
 pub mod unsupported;
 
-pub use graceful_command::{CommandOutcome, GracefulCommands, GracefulStart, StartError};
+pub use graceful_command::{
+    CommandLine, CommandOutcome, GracefulCommands, GracefulStart, StartError,
+};
+
+/// A boxed backend is a backend: [`Platform::backend`] gives one.
+impl<T: PowerBackend + ?Sized> PowerBackend for Box<T> {
+    fn prepare(&self, op: ImmediateOp) -> Result<(), PrepareError> {
+        (**self).prepare(op)
+    }
+
+    fn perform(&self, op: ImmediateOp) -> io::Result<()> {
+        (**self).perform(op)
+    }
+
+    fn pending_settled(&self, op: ImmediateOp, how: Settlement) {
+        (**self).pending_settled(op, how);
+    }
+
+    fn start_graceful(&self, op: GracefulOp) -> Result<GracefulStart, StartError> {
+        (**self).start_graceful(op)
+    }
+}
 
 /// Settings the daemon's backend takes from the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,12 +61,108 @@ pub struct BackendOptions {
     pub sync_timeout: Duration,
 }
 
+/// An operating system as roxyd sees it, and the backend it gets. The
+/// selection is plain code, so that a test on any host can check every arm;
+/// the `cfg_if!` below only picks the type this build runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Platform {
+    /// Linux: immediate operations by `reboot(2)`, graceful by commands.
+    Linux,
+    /// macOS: graceful operations by commands only.
+    Macos,
+    /// Any other system: nothing of the power family.
+    Other,
+}
+
+impl Platform {
+    /// The platform of an operating system named as `std::env::consts::OS`
+    /// names it.
+    #[must_use]
+    pub const fn from_os(os: &str) -> Self {
+        match os.as_bytes() {
+            b"linux" => Self::Linux,
+            b"macos" => Self::Macos,
+            _ => Self::Other,
+        }
+    }
+
+    /// The platform this build runs on.
+    #[must_use]
+    pub const fn current() -> Self {
+        Self::from_os(std::env::consts::OS)
+    }
+
+    /// The name of its backend, as logs and `--version` show it.
+    #[must_use]
+    pub const fn backend_name(self) -> &'static str {
+        match self {
+            Self::Linux => "linux",
+            Self::Macos => "macos",
+            Self::Other => "unsupported",
+        }
+    }
+
+    /// Its graceful reboot and power-off commands, if it has any.
+    #[must_use]
+    pub fn graceful_commands(self) -> Option<(CommandLine, CommandLine)> {
+        match self {
+            Self::Linux => Some((linux_commands::REBOOT, linux_commands::POWER_OFF)),
+            Self::Macos => Some((macos::MacosBackend::REBOOT, macos::MacosBackend::POWER_OFF)),
+            Self::Other => None,
+        }
+    }
+
+    /// Whether it has immediate operations (`reboot(2)`).
+    #[must_use]
+    pub fn has_immediate(self) -> bool {
+        self == Self::Linux
+    }
+
+    /// Its backend, boxed, for code that must handle any platform: tests of
+    /// the non-native arms. Linux's needs `reboot(2)` and is only built
+    /// there, so elsewhere this gives the fallback for it.
+    #[must_use]
+    pub fn backend(self, options: BackendOptions) -> Box<dyn PowerBackend> {
+        match self {
+            #[cfg(immediate_power)]
+            Self::Linux => {
+                Box::new(linux::LinuxBackend::new().with_sync_timeout(options.sync_timeout))
+            }
+            Self::Macos => Box::new(macos::MacosBackend::new()),
+            _ => {
+                let _ = options;
+                Box::new(unsupported::UnsupportedBackend)
+            }
+        }
+    }
+}
+
+/// The Linux command table, kept beside the others so that every platform's
+/// table is compiled (and tested) on every host.
+mod linux_commands {
+    use super::CommandLine;
+
+    /// `reboot`, without arguments.
+    pub const REBOOT: CommandLine = CommandLine {
+        program: "reboot",
+        args: &[],
+    };
+    /// `poweroff`, without arguments.
+    pub const POWER_OFF: CommandLine = CommandLine {
+        program: "poweroff",
+        args: &[],
+    };
+}
+
+/// This platform's own backend, as named in logs and `--version`.
+pub const SYSTEM_BACKEND_NAME: &str = Platform::current().backend_name();
+
+// The one place a backend type is picked for this build; `immediate_power`
+// (from build.rs) means `reboot(2)` is there.
 cfg_if::cfg_if! {
-    if #[cfg(target_os = "linux")] {
+    if #[cfg(immediate_power)] {
         /// This platform's own backend: Linux.
         pub type SystemBackend = linux::LinuxBackend;
-        /// This platform's own backend, as named in logs and `--version`.
-        pub const SYSTEM_BACKEND_NAME: &str = "linux";
         /// This platform's own backend, which carries power requests out.
         #[must_use]
         pub fn system_backend(options: BackendOptions) -> SystemBackend {
@@ -54,8 +171,6 @@ cfg_if::cfg_if! {
     } else if #[cfg(target_os = "macos")] {
         /// This platform's own backend: macOS.
         pub type SystemBackend = macos::MacosBackend;
-        /// This platform's own backend, as named in logs and `--version`.
-        pub const SYSTEM_BACKEND_NAME: &str = "macos";
         /// This platform's own backend, which carries power requests out.
         #[must_use]
         pub fn system_backend(_options: BackendOptions) -> SystemBackend {
@@ -64,8 +179,6 @@ cfg_if::cfg_if! {
     } else {
         /// This platform's own backend: none of the power family is available.
         pub type SystemBackend = unsupported::UnsupportedBackend;
-        /// This platform's own backend, as named in logs and `--version`.
-        pub const SYSTEM_BACKEND_NAME: &str = "unsupported";
         /// This platform's own backend, which refuses every power request.
         #[must_use]
         pub fn system_backend(_options: BackendOptions) -> SystemBackend {
