@@ -44,12 +44,9 @@ use std::{
 };
 
 use roxyd::{
-    agent,
     config::Config,
+    connection,
     dispatch::{DispatchEvent, Dispatcher},
-    lab::{Lab, SERVER_NAME},
-    manager::{AgentSession, ManagerError, server_config},
-    pki::PkiFiles,
     platform::{
         ImmediateOp,
         recorder::{Entry, RecordingBackend},
@@ -58,6 +55,17 @@ use roxyd::{
     tls,
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode},
 };
+use roxyd_lab::{
+    Lab, SERVER_NAME,
+    manager::{AgentSession, ManagerError, server_config},
+    pki::PkiFiles,
+};
+
+/// The agent's tests' glue for connecting an in-process agent to the lab.
+#[path = "../tests/support/lab_agent.rs"]
+#[allow(dead_code)]
+mod lab_agent;
+use lab_agent::LabAgents;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -349,7 +357,7 @@ async fn accept_echo(server: &quinn::Endpoint) -> BenchResult<quinn::Connection>
 /// Connects an in-process echo agent with roxyd's client set-up.
 async fn in_process_echo(lab: &Lab, server: &quinn::Endpoint) -> BenchResult<quinn::Connection> {
     let addr = server.local_addr()?;
-    let endpoint = agent::client_endpoint(addr, lab.client_config()?)?;
+    let endpoint = connection::client_endpoint(addr, lab.client_config()?)?;
     let connecting = endpoint.connect(addr, SERVER_NAME)?;
     let (agent_side, manager_side) = tokio::join!(connecting, accept_echo(server));
     let agent_side = agent_side?;
@@ -371,7 +379,7 @@ async fn echo_agent_process(manager: String) -> BenchResult<()> {
         tls::load_roots(&[var(ECHO_CA_ENV)?])?,
         Config::default().max_concurrent_streams,
     )?;
-    let endpoint = agent::client_endpoint(manager, client)?;
+    let endpoint = connection::client_endpoint(manager, client)?;
     let connection = endpoint.connect(manager, SERVER_NAME)?.await?;
     serve_echo(connection).await;
     Ok(())

@@ -17,20 +17,22 @@ use std::{
 };
 
 use roxyd::{
-    agent,
     cli::ManagerAddress,
     config::Config,
+    connection,
     daemon::{self, Settings},
     dispatch::{DispatchEvent, Dispatcher},
-    lab::{Lab, SERVER_NAME},
-    manager::{AgentSession, Generation},
     platform::{
         GracefulOp, ImmediateOp, Settlement,
         recorder::{Entry, Journal, RecordingBackend},
     },
     reply::Delivery,
-    shutdown, tls,
+    stop, tls,
     wire::{NodePowerRequest, RequestCode, reply_text},
+};
+use roxyd_lab::{
+    Lab, SERVER_NAME,
+    manager::{AgentSession, Generation},
 };
 
 /// One step of the demo: what is sent and what the contract says happens.
@@ -260,8 +262,8 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         addr,
     };
     let settings = Settings::from_config(&config, manager, false);
-    let (stop, stopped) = shutdown::channel();
-    let endpoint = agent::client_endpoint(addr, client)?;
+    let (stop, stopped) = stop::channel();
+    let endpoint = connection::client_endpoint(addr, client)?;
     let roxyd = {
         let dispatcher = Arc::clone(&dispatcher);
         tokio::spawn(async move { daemon::run(&settings, &endpoint, dispatcher, stopped).await })

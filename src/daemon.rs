@@ -17,14 +17,14 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    agent::{self, ConnectionEnd, SessionError},
     cli::{ManagerAddress, exit_status},
     config::Config,
+    connection::{self, ConnectionEnd, SessionError},
     dispatch::Dispatcher,
     handshake::{HandshakeError, Identity},
     platform::PowerBackend,
     reconnect::{Backoff, BackoffConfig},
-    shutdown::Shutdown,
+    stop::Stop,
 };
 
 /// What the daemon needs besides its dispatcher and endpoint.
@@ -115,7 +115,7 @@ enum Peer {
     Unserved,
 }
 
-/// Runs until `shutdown` resolves, or the Manager refuses roxyd's version,
+/// Runs until `stop` resolves, or the Manager refuses roxyd's version,
 /// or, with [`Settings::check`], after one attempt.
 ///
 /// # Errors
@@ -125,9 +125,9 @@ pub async fn run<B: PowerBackend>(
     settings: &Settings,
     endpoint: &quinn::Endpoint,
     dispatcher: Arc<Dispatcher<B>>,
-    mut shutdown: Shutdown,
+    mut stop: Stop,
 ) -> Result<Outcome, DaemonError> {
-    let (result, peer) = serve_until_stopped(settings, endpoint, &dispatcher, &mut shutdown).await;
+    let (result, peer) = serve_until_stopped(settings, endpoint, &dispatcher, &mut stop).await;
     // An operation released before the stop is carried out before roxyd exits.
     dispatcher.power().wait_performed().await;
     endpoint.close(0u32.into(), b"roxyd stopping");
@@ -146,14 +146,14 @@ async fn serve_until_stopped<B: PowerBackend>(
     settings: &Settings,
     endpoint: &quinn::Endpoint,
     dispatcher: &Arc<Dispatcher<B>>,
-    shutdown: &mut Shutdown,
+    stop: &mut Stop,
 ) -> (Result<Outcome, DaemonError>, Peer) {
     let manager = &settings.manager;
     let mut backoff = Backoff::new(settings.backoff);
     loop {
         tracing::info!(%manager, "connecting to the Manager");
         let attempt = tokio::select! {
-            attempt = agent::establish(
+            attempt = connection::establish(
                 endpoint,
                 manager.addr,
                 &manager.server_name,
@@ -161,7 +161,7 @@ async fn serve_until_stopped<B: PowerBackend>(
                 settings.max_frame_len,
                 settings.handshake_timeout,
             ) => attempt,
-            () = shutdown.requested() => return (Ok(Outcome::Stopped), Peer::Unserved),
+            () = stop.requested() => return (Ok(Outcome::Stopped), Peer::Unserved),
         };
         match attempt {
             Ok((connection, manager_protocol)) => {
@@ -170,11 +170,11 @@ async fn serve_until_stopped<B: PowerBackend>(
                     return (Ok(Outcome::Checked { manager_protocol }), Peer::Unserved);
                 }
                 backoff.reset();
-                let end = agent::serve_connection(
+                let end = connection::serve_connection(
                     connection,
                     Arc::clone(dispatcher),
                     settings.max_streams,
-                    shutdown.clone().requested_owned(),
+                    stop.clone().requested_owned(),
                 )
                 .await;
                 match end {
@@ -197,7 +197,7 @@ async fn serve_until_stopped<B: PowerBackend>(
         tracing::info!(delay_ms = delay.as_millis(), "reconnecting after a delay");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shutdown.requested() => return (Ok(Outcome::Stopped), Peer::Unserved),
+            () = stop.requested() => return (Ok(Outcome::Stopped), Peer::Unserved),
         }
     }
 }

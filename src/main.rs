@@ -7,13 +7,13 @@ use std::{fs::OpenOptions, path::Path, process::ExitCode, sync::Arc};
 
 use clap::CommandFactory;
 use roxyd::{
-    agent,
     cli::{Cli, exit_status},
     config::{self, Config},
+    connection,
     daemon::{self, Outcome, Settings},
     dispatch::Dispatcher,
     platform::{self, BackendOptions},
-    shutdown::Shutdown,
+    stop::Stop,
     tls,
 };
 use tracing_subscriber::EnvFilter;
@@ -28,7 +28,7 @@ enum StartupError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
-    Session(#[from] agent::SessionError),
+    Session(#[from] connection::SessionError),
     #[error(transparent)]
     Backend(#[from] platform::NoRecorder),
     #[error("cannot start: {0}")]
@@ -75,8 +75,8 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let shutdown = Shutdown::on_signals()?;
-        let endpoint = agent::client_endpoint(settings.manager.addr, client)?;
+        let stop = Stop::on_signals()?;
+        let endpoint = connection::client_endpoint(settings.manager.addr, client)?;
         let backend_name = backend.name();
         let records = backend.records();
         let dispatcher = Arc::new(Dispatcher::new(backend, config.dispatch()));
@@ -89,7 +89,7 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         if records {
             tracing::warn!("recording backend chosen: power requests are answered and logged, never carried out");
         }
-        Ok(match daemon::run(&settings, &endpoint, dispatcher, shutdown).await {
+        Ok(match daemon::run(&settings, &endpoint, dispatcher, stop).await {
             Ok(Outcome::Stopped) => ExitCode::SUCCESS,
             Ok(Outcome::Checked { manager_protocol }) => {
                 println!(

@@ -1,14 +1,14 @@
-//! Mutual TLS for QUIC: loading PEM files and building the agent's client
-//! configuration.
+//! Mutual TLS for QUIC: the agent's client configuration. Loading PEM files
+//! is shared with the lab's Manager ([`roxyd_proto::tls`], re-exported here).
 //!
 //! roxyd trusts only the CA certificates it is given, checks the Manager's
 //! certificate against the server name, presents its own chain (leaf first),
 //! and speaks TLS 1.3 only, as QUIC requires. No ALPN is set.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use rustls::{RootCertStore, crypto::CryptoProvider};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The QUIC keep-alive interval of the reference client.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -22,102 +22,7 @@ pub const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
 /// Unacknowledged bytes roxyd keeps for sending.
 pub const SEND_WINDOW: u64 = 256 * 1024;
 
-/// A certificate, key or TLS set-up problem, naming the file at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A file could not be read or is not PEM.
-    #[error("cannot read {path}: {reason}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// A certificate file holds no certificate.
-    #[error("no certificate found in {0}")]
-    NoCertificate(String),
-    /// A CA certificate was rejected.
-    #[error("invalid CA certificate in {path}: {reason}")]
-    BadCa {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// rustls or quinn refused the configuration (a key that does not match
-    /// the certificate, for example).
-    #[error("TLS configuration: {0}")]
-    Config(String),
-}
-
-/// The crypto provider roxyd uses everywhere.
-#[must_use]
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn read_error(path: &Path, e: &rustls_pki_types::pem::Error) -> TlsError {
-    let reason = match e {
-        // The OS error alone reads best: "No such file or directory".
-        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
-        e => e.to_string(),
-    };
-    TlsError::Read {
-        path: path.display().to_string(),
-        reason,
-    }
-}
-
-/// Loads every certificate in a PEM file, in file order.
-///
-/// # Errors
-///
-/// When the file cannot be read, is not PEM, or holds no certificate.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| read_error(path, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| read_error(path, &e))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate(path.display().to_string()));
-    }
-    Ok(certs)
-}
-
-/// Loads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
-///
-/// # Errors
-///
-/// When the file cannot be read or holds no key.
-pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => TlsError::Read {
-            path: path.display().to_string(),
-            reason: "no private key found".to_owned(),
-        },
-        e => read_error(path, &e),
-    })
-}
-
-/// Loads CA certificates from PEM files into a trust store.
-///
-/// # Errors
-///
-/// When a file cannot be read, holds no certificate, or holds one that is
-/// not a usable trust anchor.
-pub fn load_roots<P: AsRef<Path>>(paths: &[P]) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for path in paths {
-        let path = path.as_ref();
-        for cert in load_certs(path)? {
-            roots.add(cert).map_err(|e| TlsError::BadCa {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        }
-    }
-    Ok(roots)
-}
+pub use roxyd_proto::tls::{TlsError, load_certs, load_private_key, load_roots, provider};
 
 /// The agent's QUIC client configuration: mutual TLS 1.3, the reference
 /// keep-alive, and at most `max_concurrent_streams` request streams open at

@@ -2,7 +2,7 @@
 //! `--backend recorder` unless a test says otherwise) against the
 //! Manager built in this repository: bad command lines and config files,
 //! connecting, serving, reconnecting, stopping in every phase, and refusals.
-#![cfg(all(unix, feature = "test-backend", feature = "manager"))]
+#![cfg(all(unix, feature = "test-backend"))]
 
 mod support;
 
@@ -13,11 +13,11 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use roxyd::{
-    lab::{Lab, SERVER_NAME},
+use roxyd::wire::{NodePowerRequest, NodePowerResponse, RequestCode};
+use roxyd_lab::{
+    Lab, SERVER_NAME,
     manager::{Manager, VersionPolicy},
     pki::{PemPair, PkiError, PkiFiles, ThrowawayPki},
-    wire::{NodePowerRequest, NodePowerResponse, RequestCode},
 };
 use rstest::rstest;
 use support::{Roxyd, lab_args, run_to_exit, write_file};

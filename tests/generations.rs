@@ -3,14 +3,14 @@
 //! it fire-and-forget and declines the reply. Each packet order the contract
 //! names is forced with explicit signals (the dispatch layer's hold before
 //! the reply, the recorder's journal), never left to timing.
-#![cfg(all(feature = "test-backend", feature = "manager"))]
+#![cfg(feature = "test-backend")]
+
+mod support;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher},
-    lab::{Lab, LabAgent, LabOptions},
-    manager::{AgentSession, Generation},
     platform::{
         ImmediateOp, Settlement,
         recorder::{Entry, Journal, RecordingBackend},
@@ -18,7 +18,12 @@ use roxyd::{
     power::immediate::DeclineRule,
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode},
 };
+use roxyd_lab::{
+    Lab, LabOptions,
+    manager::{AgentSession, Generation},
+};
 use rstest::rstest;
+use support::lab_agent::{LabAgent, LabAgents};
 
 /// Fails the test if one step takes longer than any step here can.
 async fn within<F: Future>(future: F) -> F::Output {

@@ -2,16 +2,16 @@
 //! QUIC on loopback with the recording backend: after each, roxyd still
 //! serves a power request on the same connection, and the recorder shows no
 //! power operation the contract does not call for.
-#![cfg(all(feature = "test-backend", feature = "manager"))]
+#![cfg(feature = "test-backend")]
+
+mod support;
 
 use std::{sync::Arc, time::Duration};
 
 use roxyd::{
-    agent,
+    connection,
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher},
     handshake::Identity,
-    lab::{Direction, Lab, LabOptions, SERVER_NAME, UdpRelay},
-    manager::AgentSession,
     platform::{
         GracefulOp, ImmediateOp,
         recorder::{Entry, RecordingBackend},
@@ -19,7 +19,9 @@ use roxyd::{
     reply::{self, WireForm},
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode, reply_text},
 };
+use roxyd_lab::{Direction, Lab, LabOptions, SERVER_NAME, UdpRelay, manager::AgentSession};
 use rstest::rstest;
+use support::lab_agent::LabAgents;
 
 /// The safety net for every wait: a hang fails the test with a message
 /// instead of blocking the run; nothing relies on it as a delay.
@@ -30,7 +32,7 @@ struct Rig {
     session: AgentSession,
     recorder: RecordingBackend,
     dispatcher: Arc<Dispatcher<RecordingBackend>>,
-    _serving: tokio::task::JoinHandle<agent::ConnectionEnd>,
+    _serving: tokio::task::JoinHandle<connection::ConnectionEnd>,
 }
 
 fn dispatcher(
@@ -312,14 +314,14 @@ async fn with_packet_loss_every_reply_arrives_before_its_release() {
         ..DispatchConfig::default()
     };
     let dispatcher = dispatcher(&recorder, config);
-    let endpoint = agent::client_endpoint(relay.addr(), lab.client_config().unwrap()).unwrap();
+    let endpoint = connection::client_endpoint(relay.addr(), lab.client_config().unwrap()).unwrap();
     // A fifth of all packets are lost, both ways, from the handshake on.
     relay.set_loss(Direction::ToManager, 200);
     relay.set_loss(Direction::ToAgent, 200);
     let identity = Identity::default();
     let (session, connection) = tokio::join!(
         lab.manager.accept(),
-        agent::establish(
+        connection::establish(
             &endpoint,
             relay.addr(),
             SERVER_NAME,
@@ -329,7 +331,7 @@ async fn with_packet_loss_every_reply_arrives_before_its_release() {
         )
     );
     let (session, (connection, _)) = (session.unwrap(), connection.unwrap());
-    tokio::spawn(agent::serve_connection(
+    tokio::spawn(connection::serve_connection(
         connection,
         Arc::clone(&dispatcher),
         64,

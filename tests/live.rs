@@ -1,21 +1,23 @@
 //! Live tests: a real QUIC connection with mutual TLS on loopback between the
 //! Manager built in this repository and an in-process agent serving with the
 //! recording backend.
-#![cfg(all(feature = "test-backend", feature = "manager"))]
+#![cfg(feature = "test-backend")]
+
+mod support;
 
 use std::sync::Arc;
 
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher, StreamEnd},
-    lab::{Lab, LabAgent},
-    manager::AgentSession,
     platform::{
         GracefulOp, ImmediateOp,
         recorder::{Entry, RecordingBackend},
     },
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode, reply_text},
 };
+use roxyd_lab::{Lab, manager::AgentSession};
 use rstest::rstest;
+use support::lab_agent::{LabAgent, LabAgents};
 
 struct Rig {
     _lab: Lab,
@@ -221,7 +223,7 @@ async fn manager_stopping_the_stream_before_the_reply_cancels(
     assert_eq!(recorder.journal().power_operations(), vec![]);
 
     // The connection keeps serving.
-    tokio::spawn(roxyd::agent::serve_connection(
+    tokio::spawn(roxyd::connection::serve_connection(
         connection,
         Arc::clone(&dispatcher),
         64,

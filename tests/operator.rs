@@ -1,53 +1,18 @@
-//! The operator's side of the real binaries: private keys that `roxyctl`
-//! writes are readable by their owner only, roxyd warns at start-up about a
-//! key others can read, every `ROXYD_` variable roxyd documents is accepted
+//! The operator's side of the real binary: roxyd warns at start-up about a
+//! key others can read (keys `roxyctl` writes are tested with the lab), every `ROXYD_` variable roxyd documents is accepted
 //! (an unknown one is refused: `daemon::bad_invocation_...`), and a Manager
 //! address where nothing answers is reported as such.
-#![cfg(all(unix, feature = "test-backend", feature = "manager"))]
+#![cfg(all(unix, feature = "test-backend"))]
 
 mod support;
 
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
+use std::{os::unix::fs::PermissionsExt, path::Path};
 
 use nix::sys::signal::Signal;
-use roxyd::lab::Lab;
+use roxyd_lab::Lab;
 use rstest::rstest;
 use support::{Roxyd, lab_args, write_file};
 use tempfile::TempDir;
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
-}
-
-#[rstest]
-#[case::fresh_directory(false)]
-#[case::over_world_readable_keys(true)]
-fn roxyctl_certs_writes_private_keys_for_their_owner_only(#[case] keys_existed: bool) {
-    let dir = TempDir::new().unwrap();
-    let keys = ["manager.key", "agent.key"];
-    if keys_existed {
-        for key in keys {
-            let path = write_file(dir.path(), key, "old key\n");
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        }
-    }
-    let out = Command::new(env!("CARGO_BIN_EXE_roxyctl"))
-        .arg("certs")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "roxyctl certs: {out:?}");
-    for key in keys {
-        let path = dir.path().join(key);
-        assert_eq!(mode(&path), 0o600, "{key}");
-        assert!(
-            std::fs::read_to_string(&path)
-                .unwrap()
-                .starts_with("-----BEGIN PRIVATE KEY-----"),
-            "{key} holds the new key"
-        );
-    }
-}
 
 /// Starts roxyd with `env` (and arguments `args`), waits until it is
 /// connecting, stops it, and returns everything it printed.

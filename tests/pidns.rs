@@ -11,7 +11,7 @@
 //! namespace whose `/usr/sbin` is a tmpfs of stand-in commands
 //! ([`Namespaced::start_with`]): the host's own `reboot` would not be
 //! stopped by any namespace.
-#![cfg(all(target_os = "linux", feature = "manager"))]
+#![cfg(target_os = "linux")]
 
 mod support;
 
@@ -26,12 +26,14 @@ use std::{
 
 use nix::sys::signal::Signal;
 use roxyd::{
-    lab::{Direction, Lab, LabOptions, UdpRelay},
-    manager::{AgentSession, Generation},
-    pki::PkiFiles,
     platform::{ImmediateOp, PowerBackend, linux::LinuxBackend},
     reply::{self, WireForm},
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode, reply_text},
+};
+use roxyd_lab::{
+    Direction, Lab, LabOptions, UdpRelay,
+    manager::{AgentSession, Generation},
+    pki::PkiFiles,
 };
 use rstest::rstest;
 use support::{HANG, Roxyd, signal_pid};

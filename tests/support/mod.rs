@@ -2,6 +2,8 @@
 //! reads its log lines so tests wait on what it says, not on time.
 #![allow(dead_code)]
 
+pub mod lab_agent;
+
 use std::{
     ffi::OsString,
     path::Path,
@@ -9,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use roxyd::{lab::SERVER_NAME, pki::PkiFiles};
+use roxyd_lab::{SERVER_NAME, pki::PkiFiles};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},

@@ -8,9 +8,11 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use roxyd::{
+use roxyd_lab::{
     manager::{AgentSession, Generation, Manager, server_config},
     pki::ThrowawayPki,
+};
+use roxyd_proto::{
     tls,
     wire::{NodePowerRequest, RequestCode},
 };

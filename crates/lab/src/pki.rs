@@ -7,11 +7,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::tls::TlsError;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use roxyd_proto::tls::TlsError;
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 

@@ -1,7 +1,14 @@
-//! An in-process lab on loopback: throwaway certificates, a [`Manager`], and
-//! agents connected to it over real QUIC with mutual TLS. Live tests, the
-//! demo and the benchmarks all start here.
+//! The Manager side of roxyd's protocol, for tests, benchmarks, the demo and
+//! operators' labs; nothing here ships on a node.
+//!
+//! [`manager`] is a QUIC server that speaks to agents as the Manager does
+//! (both generations), [`pki`] makes throwaway certificates, [`UdpRelay`]
+//! shapes traffic on loopback, and [`Lab`] puts a Manager on loopback with
+//! fresh certificates. It depends on the shared wire crate, never on the
+//! agent: the agent's tests connect their own agent to a [`Lab`].
 
+pub mod manager;
+pub mod pki;
 mod relay;
 
 pub use relay::{Direction, UdpRelay};
@@ -11,17 +18,11 @@ use std::{
     sync::Arc,
 };
 
-use tokio::task::JoinHandle;
+use roxyd_proto::tls::TlsError;
 
 use crate::{
-    agent::{self, ConnectionEnd, SessionError},
-    config::Config,
-    dispatch::Dispatcher,
-    handshake::Identity,
-    manager::{AgentSession, Manager, ManagerError, server_config},
+    manager::{Manager, ManagerError, server_config},
     pki::{PemPair, PkiError, ThrowawayPki},
-    platform::PowerBackend,
-    tls::{self, TlsError},
 };
 
 /// The server name the lab's Manager certificate is issued for.
@@ -65,9 +66,6 @@ pub enum LabError {
     /// A socket could not be bound.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The agent could not connect.
-    #[error(transparent)]
-    Session(#[from] SessionError),
     /// The Manager side failed.
     #[error(transparent)]
     Manager(#[from] ManagerError),
@@ -81,17 +79,6 @@ pub struct Lab {
     /// The Manager.
     pub manager: Manager,
     options: LabOptions,
-}
-
-/// An agent connected to the lab's Manager, serving in a task.
-#[derive(Debug)]
-pub struct LabAgent {
-    /// The agent's side of the connection.
-    pub connection: quinn::Connection,
-    /// The serving task; it ends with the connection.
-    pub serving: JoinHandle<ConnectionEnd>,
-    /// Held so that the agent's socket lives as long as the agent.
-    _endpoint: quinn::Endpoint,
 }
 
 impl Lab {
@@ -180,74 +167,5 @@ impl Lab {
             }
         };
         Ok(())
-    }
-
-    /// The agent's client configuration for this lab.
-    ///
-    /// # Errors
-    ///
-    /// See [`LabError`].
-    pub fn client_config(&self) -> Result<quinn::ClientConfig, LabError> {
-        Ok(tls::client_config(
-            self.pki.agent.chain(),
-            self.pki.agent.key(),
-            self.pki.roots()?,
-            Config::default().max_concurrent_streams,
-        )?)
-    }
-
-    /// Connects an in-process agent and runs the handshake, without serving:
-    /// for tests that accept the Manager's streams by hand.
-    ///
-    /// # Errors
-    ///
-    /// See [`LabError`].
-    pub async fn establish(
-        &self,
-        max_frame_len: u32,
-    ) -> Result<(AgentSession, quinn::Connection, quinn::Endpoint), LabError> {
-        let addr = self.manager.local_addr()?;
-        let endpoint = agent::client_endpoint(addr, self.client_config()?)?;
-        let identity = Identity::default();
-        let (session, connection) = tokio::join!(
-            self.manager.accept(),
-            agent::establish(
-                &endpoint,
-                addr,
-                SERVER_NAME,
-                &identity,
-                max_frame_len,
-                Config::default().handshake_timeout(),
-            )
-        );
-        Ok((session?, connection?.0, endpoint))
-    }
-
-    /// Connects an in-process agent serving with `dispatcher`, and returns
-    /// the Manager's session with it and the agent.
-    ///
-    /// # Errors
-    ///
-    /// See [`LabError`].
-    pub async fn connect<B: PowerBackend>(
-        &self,
-        dispatcher: Arc<Dispatcher<B>>,
-    ) -> Result<(AgentSession, LabAgent), LabError> {
-        let (session, connection, endpoint) =
-            self.establish(dispatcher.config().max_frame_len).await?;
-        let serving = tokio::spawn(agent::serve_connection(
-            connection.clone(),
-            dispatcher,
-            Config::default().max_concurrent_streams,
-            std::future::pending(),
-        ));
-        Ok((
-            session,
-            LabAgent {
-                connection,
-                serving,
-                _endpoint: endpoint,
-            },
-        ))
     }
 }

@@ -1,32 +1,32 @@
 //! The stop signal: SIGINT or SIGTERM, or a trigger held by the demo and the
 //! tests. Every waiting phase of the daemon (connecting, serving, waiting to
-//! reconnect) races its work against [`Shutdown::requested`].
+//! reconnect) races its work against [`Stop::requested`].
 
 use tokio::sync::watch;
 
 /// Resolves once a stop was asked for. Clones share the signal.
 #[derive(Clone, Debug)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub struct Stop(watch::Receiver<bool>);
 
-/// Asks every [`Shutdown`] made with it to stop.
+/// Asks every [`Stop`] made with it to stop.
 #[derive(Debug)]
-pub struct ShutdownTrigger(watch::Sender<bool>);
+pub struct StopTrigger(watch::Sender<bool>);
 
 /// A trigger and the signal it controls.
 #[must_use]
-pub fn channel() -> (ShutdownTrigger, Shutdown) {
+pub fn channel() -> (StopTrigger, Stop) {
     let (tx, rx) = watch::channel(false);
-    (ShutdownTrigger(tx), Shutdown(rx))
+    (StopTrigger(tx), Stop(rx))
 }
 
-impl ShutdownTrigger {
+impl StopTrigger {
     /// Asks for the stop.
     pub fn trigger(&self) {
         self.0.send_replace(true);
     }
 }
 
-impl Shutdown {
+impl Stop {
     /// Resolves once a stop was asked for; never, if the trigger is dropped
     /// without asking.
     pub async fn requested(&mut self) {
@@ -51,7 +51,7 @@ impl Shutdown {
         use tokio::signal::unix::{SignalKind, signal};
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        let (trigger, shutdown) = channel();
+        let (trigger, stop) = channel();
         tokio::spawn(async move {
             let name = tokio::select! {
                 _ = interrupt.recv() => "SIGINT",
@@ -60,7 +60,7 @@ impl Shutdown {
             tracing::info!(signal = name, "stopping");
             trigger.trigger();
         });
-        Ok(shutdown)
+        Ok(stop)
     }
 
     /// A signal raised by Ctrl-C, where there are no Unix signals.
@@ -70,13 +70,13 @@ impl Shutdown {
     /// Never; the signature matches the Unix one.
     #[cfg(not(unix))]
     pub fn on_signals() -> std::io::Result<Self> {
-        let (trigger, shutdown) = channel();
+        let (trigger, stop) = channel();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 tracing::info!(signal = "Ctrl-C", "stopping");
                 trigger.trigger();
             }
         });
-        Ok(shutdown)
+        Ok(stop)
     }
 }

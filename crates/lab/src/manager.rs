@@ -12,7 +12,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncWriteExt;
 
-use crate::{
+use roxyd_proto::{
     tls::{self, TlsError},
     wire::{self, AgentInfo, HandshakeReply, NodePowerRequest, NodePowerResponse, RequestCode},
 };
