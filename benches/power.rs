@@ -21,7 +21,7 @@
 //! Rules this file must not break: every roxyd process it starts is the
 //! `test-backend` build (the recorder); its startup line is checked for the
 //! recorder before it is sent any power request, and the run aborts
-//! otherwise. The in-process agents use `RecordingBackend` by type.
+//! otherwise. The in-process agents use `Recorder` by type.
 //!
 //! Environment: `ROXYD_BENCH_IDLE_SECS` (default 60) is the idle window of
 //! (4); `ROXYD_BENCH_QUICK=1` divides every count by ten, for trying changes;
@@ -43,14 +43,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use roxyd::dispatch::journal::{Entry, Recorder};
 use roxyd::{
     config::Config,
     connection,
     dispatch::{DispatchEvent, Dispatcher},
-    platform::{
-        ImmediateOp,
-        recorder::{Entry, RecordingBackend},
-    },
+    platform::ImmediateOp,
     reply::{self, Delivery, WireForm},
     tls,
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode},
@@ -546,7 +544,7 @@ async fn rates(roxyd: &Target, floor: &Target, counts: &Counts) -> BenchResult<R
 async fn in_process(counts: &Counts, report: &mut Report) -> BenchResult<()> {
     let lab = Lab::new()?;
     let dispatcher = Arc::new(Dispatcher::new(
-        RecordingBackend::new(),
+        Recorder::new(),
         Config::default().dispatch(),
     ));
     let (session, _agent) = lab.connect(dispatcher).await?;
@@ -582,7 +580,7 @@ struct Timeline {
 
 async fn immediate_timeline(counts: &Counts) -> BenchResult<Timeline> {
     let lab = Lab::new()?;
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let journal = recorder.journal().clone();
     let dispatcher = Arc::new(recorder.dispatcher(Config::default().dispatch()));
     let (session, _agent) = lab.connect(Arc::clone(&dispatcher)).await?;

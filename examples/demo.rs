@@ -16,16 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use roxyd::dispatch::journal::{Entry, Journal, Recorder};
 use roxyd::{
     cli::ManagerAddress,
     config::Config,
     connection,
     daemon::{self, Settings},
     dispatch::{DispatchEvent, Dispatcher},
-    platform::{
-        GracefulOp, ImmediateOp, Settlement,
-        recorder::{Entry, Journal, RecordingBackend},
-    },
+    platform::{GracefulOp, ImmediateOp, Settlement},
     reply::Delivery,
     stop, tls,
     wire::{NodePowerRequest, RequestCode, reply_text},
@@ -254,7 +252,7 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         tls::load_roots(&[&files.ca_cert])?,
         config.max_concurrent_streams,
     )?;
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let journal = recorder.journal().clone();
     let dispatcher = Arc::new(recorder.dispatcher(config.dispatch()));
     let manager = ManagerAddress {
@@ -312,7 +310,7 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
 /// step went as the contract says.
 async fn run_steps(
     session: &AgentSession,
-    dispatcher: &Dispatcher<RecordingBackend>,
+    dispatcher: &Dispatcher<Recorder>,
     journal: &Journal,
 ) -> bool {
     let mut all_ok = true;

@@ -12,12 +12,10 @@ use std::{
     time::Duration,
 };
 
+use roxyd::dispatch::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher, StreamEnd},
-    platform::{
-        GracefulOp, ImmediateOp, PrepareError, Settlement, StartError,
-        recorder::{Entry, RecordingBackend},
-    },
+    platform::{GracefulOp, ImmediateOp, PrepareError, Settlement, StartError},
     reply::{self, Delivery, ReplySink, WireForm},
     wire::{self, NodePowerRequest, RequestCode, reply_text},
 };
@@ -30,21 +28,18 @@ use tokio::{
 
 /// One request stream between a test "Manager" and a dispatcher.
 struct Stream {
-    recorder: RecordingBackend,
-    dispatcher: Arc<Dispatcher<RecordingBackend>>,
+    recorder: Recorder,
+    dispatcher: Arc<Dispatcher<Recorder>>,
     manager: DuplexStream,
     serving: JoinHandle<StreamEnd>,
 }
 
-fn dispatcher(
-    recorder: &RecordingBackend,
-    config: DispatchConfig,
-) -> Arc<Dispatcher<RecordingBackend>> {
+fn dispatcher(recorder: &Recorder, config: DispatchConfig) -> Arc<Dispatcher<Recorder>> {
     Arc::new(recorder.dispatcher(config))
 }
 
 impl Stream {
-    fn open(recorder: RecordingBackend) -> Self {
+    fn open(recorder: Recorder) -> Self {
         let dispatcher = dispatcher(&recorder, DispatchConfig::default());
         let (manager, agent) = tokio::io::duplex(64 * 1024);
         let serving = {
@@ -126,7 +121,7 @@ async fn immediate_reply_is_written_before_release(
     #[case] form: WireForm,
     #[case] op: ImmediateOp,
 ) {
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     // The sink itself fails the test if the operation was released before
     // the reply reached it, and holds the acknowledgement until told.
     let (mut sink, gate) = ScriptedSink::new(&recorder, Write::Accept);
@@ -174,7 +169,7 @@ async fn graceful_command_is_started_then_answered(
     #[case] request: NodePowerRequest,
     #[case] op: GracefulOp,
 ) {
-    let mut stream = Stream::open(RecordingBackend::new());
+    let mut stream = Stream::open(Recorder::new());
     let reply = stream
         .request(RequestCode::NODE_POWER, &wire::encode(&request))
         .await;
@@ -228,7 +223,7 @@ struct Gate {
 /// first checks, from inside the write, that no operation was released yet:
 /// a release ahead of its reply fails the test on every run.
 struct ScriptedSink {
-    recorder: RecordingBackend,
+    recorder: Recorder,
     write: Write,
     written: Vec<u8>,
     held: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -236,7 +231,7 @@ struct ScriptedSink {
 }
 
 impl ScriptedSink {
-    fn new(recorder: &RecordingBackend, write: Write) -> (Self, Arc<Gate>) {
+    fn new(recorder: &Recorder, write: Write) -> (Self, Arc<Gate>) {
         let gate = Arc::new(Gate::default());
         let sink = Self {
             recorder: recorder.clone(),
@@ -314,7 +309,7 @@ impl ReplySink for ScriptedSink {
 
 /// The marks the pending operation left at the moment it was released or
 /// cancelled.
-fn settled(recorder: &RecordingBackend) -> Vec<Entry> {
+fn settled(recorder: &Recorder) -> Vec<Entry> {
     recorder
         .journal()
         .entries()
@@ -387,7 +382,7 @@ impl AsyncRead for ScriptedRecv {
 }
 
 async fn serve_one_request<W: ReplySink>(
-    recorder: &RecordingBackend,
+    recorder: &Recorder,
     code: u32,
     body: &[u8],
     sink: &mut W,
@@ -396,7 +391,7 @@ async fn serve_one_request<W: ReplySink>(
 }
 
 async fn serve_scripted<W: ReplySink>(
-    recorder: &RecordingBackend,
+    recorder: &Recorder,
     code: u32,
     body: &[u8],
     after: After,
@@ -414,7 +409,7 @@ async fn serve_scripted<W: ReplySink>(
 /// Checks that `op` was dropped: the pending operation itself says so, and
 /// no power operation ran. The serving ended before this is called, and a
 /// release would have left its mark synchronously.
-fn assert_dropped(recorder: &RecordingBackend, op: ImmediateOp) {
+fn assert_dropped(recorder: &Recorder, op: ImmediateOp) {
     assert_eq!(
         settled(recorder),
         vec![Entry::Settled(op, Settlement::Cancelled)]
@@ -438,7 +433,7 @@ async fn failed_reply_write_cancels(
     #[case] form: WireForm,
     #[case] op: ImmediateOp,
 ) {
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let (mut sink, _) = ScriptedSink::new(&recorder, Write::Lost);
     let (code, body) = power_request(request, form);
     let end = serve_one_request(&recorder, code, &body, &mut sink).await;
@@ -455,7 +450,7 @@ async fn reply_write_that_never_completes_cancels(
     #[case] form: WireForm,
     #[case] op: ImmediateOp,
 ) {
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let (mut sink, _) = ScriptedSink::new(&recorder, Write::Stalled);
     let (code, body) = power_request(request, form);
     // With time paused, the reply timeout fires as soon as nothing else can run.
@@ -482,7 +477,7 @@ async fn declined_reply_releases(
     )]
     write: Write,
 ) {
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let (mut sink, _) = ScriptedSink::new(&recorder, write);
     let (code, body) = power_request(request, form);
     let end = serve_scripted(&recorder, code, &body, After::Finished, &mut sink).await;
@@ -528,7 +523,7 @@ async fn failed_write_that_is_not_a_decline_drops(
     power: (NodePowerRequest, WireForm, ImmediateOp),
 ) {
     let (request, form, op) = power;
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let (mut sink, _) = ScriptedSink::new(&recorder, write);
     let (code, body) = power_request(request, form);
     let end = serve_scripted(&recorder, code, &body, after, &mut sink).await;
@@ -546,7 +541,7 @@ async fn refused_preparation_is_invalid_command(
     #[case] request: NodePowerRequest,
     #[case] form: WireForm,
 ) {
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     recorder.set_refuse_prepare(true);
     let mut stream = Stream::open(recorder);
     let (code, body) = power_request(request, form);
@@ -564,7 +559,7 @@ async fn refused_preparation_is_invalid_command(
 #[case::graceful_shutdown(NodePowerRequest::GracefulShutdown)]
 #[tokio::test]
 async fn failed_start_is_fail(#[case] request: NodePowerRequest) {
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     recorder.set_fail_start(true);
     let mut stream = Stream::open(recorder);
     let reply = stream
@@ -602,7 +597,7 @@ async fn bad_request_gets_a_reply_and_the_stream_keeps_serving(
     #[case] payload: Vec<u8>,
     #[case] expect: Expect,
 ) {
-    let mut stream = Stream::open(RecordingBackend::new());
+    let mut stream = Stream::open(Recorder::new());
     stream.send_payload(&payload).await;
     let reply = stream.reply().await;
     match expect {
@@ -627,7 +622,7 @@ async fn bad_request_gets_a_reply_and_the_stream_keeps_serving(
 
 #[tokio::test]
 async fn trailing_bytes_after_a_valid_body_are_ignored_as_the_reference_does() {
-    let mut stream = Stream::open(RecordingBackend::new());
+    let mut stream = Stream::open(Recorder::new());
     let reply = stream
         .request(RequestCode::NODE_POWER, &[3, 0xde, 0xad])
         .await;
@@ -640,14 +635,14 @@ async fn trailing_bytes_after_a_valid_body_are_ignored_as_the_reference_does() {
 
 #[tokio::test]
 async fn echo_answers_ok() {
-    let mut stream = Stream::open(RecordingBackend::new());
+    let mut stream = Stream::open(Recorder::new());
     assert_eq!(stream.request(RequestCode::ECHO, &[]).await, ok_unit());
     assert_eq!(stream.finish().await, StreamEnd::Finished);
 }
 
 #[tokio::test]
 async fn oversized_frame_is_refused_before_allocating_and_ends_the_stream() {
-    let mut stream = Stream::open(RecordingBackend::new());
+    let mut stream = Stream::open(Recorder::new());
     // Only the header: a 4 GiB claim, no body follows.
     tokio::io::AsyncWriteExt::write_all(&mut stream.manager, &u32::MAX.to_be_bytes())
         .await
@@ -664,7 +659,7 @@ async fn oversized_frame_is_refused_before_allocating_and_ends_the_stream() {
 
 #[tokio::test]
 async fn frame_cut_short_ends_the_stream_without_any_operation() {
-    let mut stream = Stream::open(RecordingBackend::new());
+    let mut stream = Stream::open(Recorder::new());
     let frame = {
         let mut out = Vec::new();
         let payload = wire::encode_request(RequestCode::NODE_POWER, &[0]);
@@ -682,7 +677,7 @@ async fn frame_cut_short_ends_the_stream_without_any_operation() {
 
 #[tokio::test]
 async fn a_second_power_request_is_refused_while_one_is_under_way() {
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let dispatcher = dispatcher(&recorder, DispatchConfig::default());
     let power = dispatcher.power();
 
@@ -705,7 +700,7 @@ async fn a_second_power_request_is_refused_while_one_is_under_way() {
 
 #[tokio::test]
 async fn a_power_request_during_a_running_operation_gets_its_error_reply() {
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     // The first operation does not return, like a real reboot(2).
     recorder.set_hold_perform(true);
     let mut first = Stream::open(recorder.clone());
@@ -764,7 +759,7 @@ async fn a_power_request_during_a_running_operation_gets_its_error_reply() {
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_stream_is_ended_after_the_idle_timeout() {
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let config = DispatchConfig {
         stream_idle_timeout: Duration::from_secs(5),
         ..DispatchConfig::default()

@@ -9,12 +9,10 @@ mod support;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use roxyd::dispatch::journal::{Entry, Journal, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher},
-    platform::{
-        ImmediateOp, Settlement,
-        recorder::{Entry, Journal, RecordingBackend},
-    },
+    platform::{ImmediateOp, Settlement},
     power::immediate::DeclineRule,
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode},
 };
@@ -92,7 +90,7 @@ struct Rig {
     _lab: Lab,
     session: AgentSession,
     _agent: LabAgent,
-    recorder: RecordingBackend,
+    recorder: Recorder,
 }
 
 impl Rig {
@@ -102,7 +100,7 @@ impl Rig {
 
     async fn with(hold: bool, config: DispatchConfig, options: LabOptions) -> Self {
         let lab = Lab::with_options(options).unwrap();
-        let recorder = RecordingBackend::new();
+        let recorder = Recorder::new();
         let observer = Observer {
             journal: recorder.journal().clone(),
             hold,

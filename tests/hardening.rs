@@ -8,14 +8,12 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
+use roxyd::dispatch::journal::{Entry, Recorder};
 use roxyd::{
     connection,
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher},
     handshake::Identity,
-    platform::{
-        GracefulOp, ImmediateOp,
-        recorder::{Entry, RecordingBackend},
-    },
+    platform::{GracefulOp, ImmediateOp},
     reply::{self, WireForm},
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode, reply_text},
 };
@@ -30,21 +28,18 @@ const HANG: Duration = Duration::from_secs(60);
 struct Rig {
     lab: Lab,
     session: AgentSession,
-    recorder: RecordingBackend,
-    dispatcher: Arc<Dispatcher<RecordingBackend>>,
+    recorder: Recorder,
+    dispatcher: Arc<Dispatcher<Recorder>>,
     _serving: tokio::task::JoinHandle<connection::ConnectionEnd>,
 }
 
-fn dispatcher(
-    recorder: &RecordingBackend,
-    config: DispatchConfig,
-) -> Arc<Dispatcher<RecordingBackend>> {
+fn dispatcher(recorder: &Recorder, config: DispatchConfig) -> Arc<Dispatcher<Recorder>> {
     Arc::new(recorder.dispatcher(config))
 }
 
 async fn rig_with(options: LabOptions, config: DispatchConfig) -> Rig {
     let lab = Lab::with_options(options).unwrap();
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let dispatcher = dispatcher(&recorder, config);
     let (session, agent) = lab.connect(Arc::clone(&dispatcher)).await.unwrap();
     Rig {
@@ -307,7 +302,7 @@ async fn with_packet_loss_every_reply_arrives_before_its_release() {
     let relay = UdpRelay::start(lab.manager.local_addr().unwrap(), 7)
         .await
         .unwrap();
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     // Wait as long as it takes: the test asserts delivery, not speed.
     let config = DispatchConfig {
         delivery_timeout: HANG,

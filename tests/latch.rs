@@ -11,13 +11,12 @@ use std::{
     time::Duration,
 };
 
+use roxyd::dispatch::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::Dispatcher,
     platform::{
         GracefulCommands, GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError,
-        StartError,
-        graceful_command::CommandLine,
-        recorder::{Entry, RecordingBackend},
+        StartError, graceful_command::CommandLine,
     },
     reply::{self, WireForm},
     wire::{self, NodePowerRequest, RequestCode, reply_text},
@@ -42,7 +41,7 @@ const POWER_OFF: CommandLine = CommandLine {
 #[derive(Clone)]
 struct Mixed {
     commands: GracefulCommands,
-    recorder: RecordingBackend,
+    recorder: Recorder,
     /// The PIDs of the graceful commands started, in order.
     started: Arc<Mutex<Vec<u32>>>,
 }
@@ -88,7 +87,7 @@ impl Rig {
         let backend = Mixed {
             commands: GracefulCommands::new(REBOOT, POWER_OFF)
                 .with_search_dirs(vec![dir.path().to_owned()]),
-            recorder: RecordingBackend::new(),
+            recorder: Recorder::new(),
             started: Arc::default(),
         };
         let dispatcher = Arc::new(Dispatcher::new(

@@ -7,12 +7,10 @@ mod support;
 
 use std::sync::Arc;
 
+use roxyd::dispatch::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher, StreamEnd},
-    platform::{
-        GracefulOp, ImmediateOp,
-        recorder::{Entry, RecordingBackend},
-    },
+    platform::{GracefulOp, ImmediateOp},
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode, reply_text},
 };
 use roxyd_lab::{Lab, manager::AgentSession};
@@ -23,17 +21,17 @@ struct Rig {
     _lab: Lab,
     session: AgentSession,
     agent: LabAgent,
-    recorder: RecordingBackend,
-    dispatcher: Arc<Dispatcher<RecordingBackend>>,
+    recorder: Recorder,
+    dispatcher: Arc<Dispatcher<Recorder>>,
 }
 
-fn dispatcher(recorder: &RecordingBackend) -> Arc<Dispatcher<RecordingBackend>> {
+fn dispatcher(recorder: &Recorder) -> Arc<Dispatcher<Recorder>> {
     Arc::new(recorder.dispatcher(DispatchConfig::default()))
 }
 
 async fn rig() -> Rig {
     let lab = Lab::new().unwrap();
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let dispatcher = dispatcher(&recorder);
     let (session, agent) = lab.connect(Arc::clone(&dispatcher)).await.unwrap();
     Rig {
@@ -191,7 +189,7 @@ async fn manager_stopping_the_stream_before_the_reply_cancels(
     #[case] op: ImmediateOp,
 ) {
     let lab = Lab::new().unwrap();
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let dispatcher = dispatcher(&recorder);
     let (session, connection, _endpoint) =
         lab.establish(wire::DEFAULT_MAX_FRAME_LEN).await.unwrap();
@@ -248,7 +246,7 @@ async fn manager_stopping_the_stream_before_the_reply_cancels(
 #[tokio::test]
 async fn connection_lost_before_the_reply_does_nothing(#[case] power: Power) {
     let lab = Lab::new().unwrap();
-    let recorder = RecordingBackend::new();
+    let recorder = Recorder::new();
     let dispatcher = dispatcher(&recorder);
     let (session, connection, _endpoint) =
         lab.establish(wire::DEFAULT_MAX_FRAME_LEN).await.unwrap();

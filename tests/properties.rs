@@ -15,12 +15,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use proptest::{prelude::*, sample::Index};
+use roxyd::dispatch::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, StreamEnd},
-    platform::{
-        GracefulOp, ImmediateOp,
-        recorder::{Entry, RecordingBackend},
-    },
+    platform::{GracefulOp, ImmediateOp},
     wire::{
         self, AgentInfo, FrameError, NodePowerRequest, NodePowerResponse, REQUEST_CODE_LEN,
         Request, RequestCode, Status,
@@ -549,7 +547,7 @@ struct Outcome {
 /// run.
 fn serve(bytes: &[u8]) -> Outcome {
     block_on(async {
-        let recorder = RecordingBackend::new();
+        let recorder = Recorder::new();
         let config = DispatchConfig {
             max_frame_len: LIMIT,
             ..DispatchConfig::default()

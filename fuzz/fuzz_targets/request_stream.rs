@@ -14,11 +14,11 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use roxyd::{
-    dispatch::{DispatchConfig, Dispatcher, StreamEnd},
-    platform::{
-        GracefulOp, ImmediateOp,
-        recorder::{Entry, RecordingBackend},
+    dispatch::{
+        DispatchConfig, Dispatcher, StreamEnd,
+        journal::{Entry, Recorder},
     },
+    platform::{GracefulOp, ImmediateOp},
     wire::NodePowerRequest,
 };
 use tokio::{io::AsyncReadExt, runtime::Runtime};
@@ -33,7 +33,7 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
 fuzz_target!(|data: &[u8]| {
     let config = DispatchConfig::default();
     let (end, operations) = RUNTIME.block_on(async {
-        let recorder = RecordingBackend::new();
+        let recorder = Recorder::new();
         let dispatcher = Dispatcher::new(recorder.clone(), config);
         let (mut agent, mut manager) = tokio::io::duplex(64 * 1024);
         let mut recv = data;

@@ -1,159 +1,59 @@
-//! The `test-backend` recorder: notes each call, in order, instead of acting.
+//! The `test-backend` recorder: a backend that notes each call, in order,
+//! instead of acting, and reports it to a [`CallLog`].
 //!
-//! Its [`Journal`] is also a [`DispatchObserver`], so one list holds both the
-//! dispatch layer's steps (reply written, released) and the backend calls, in
-//! the order they happened. Tests wait on it with [`Journal::wait_for`], an
-//! explicit signal, never a sleep.
+//! It knows nothing above `platform`: the journal that puts its calls beside
+//! the dispatch layer's steps (`roxyd::dispatch::journal`) is one
+//! [`CallLog`]; the daemon's recorder uses [`LogLines`], which keeps nothing
+//! (every call is logged as it happens).
 
 use std::{
-    io,
+    fmt, io,
     sync::{
         Arc, Condvar, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    time::Instant,
 };
-
-use tokio::sync::watch;
 
 use super::{
     GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, Settlement, StartError,
 };
-use crate::{
-    dispatch::{DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher},
-    reply::Delivery,
-};
 
-/// One thing the recorder saw.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Entry {
-    /// A step of the dispatch layer.
-    Dispatch(DispatchEvent),
-    /// [`PowerBackend::prepare`] was called.
+/// A call the recorder saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// [`PowerBackend::prepare`].
     Prepare(ImmediateOp),
-    /// A prepared operation was released or cancelled, noted by the pending
-    /// operation itself at that moment ([`PowerBackend::pending_settled`]).
-    Settled(ImmediateOp, Settlement),
-    /// [`PowerBackend::perform`] was called: on a real backend, the host
-    /// would now go down.
+    /// [`PowerBackend::perform`]: on a real backend, the host would now go
+    /// down.
     Perform(ImmediateOp),
-    /// [`PowerBackend::start_graceful`] was called and succeeded.
+    /// [`PowerBackend::pending_settled`]: a prepared operation was released
+    /// or cancelled.
+    Settled(ImmediateOp, Settlement),
+    /// [`PowerBackend::start_graceful`], which succeeded.
     StartGraceful(GracefulOp),
 }
 
-impl Entry {
-    /// Whether this entry is a power operation actually carried out.
-    #[must_use]
-    pub fn is_power_operation(&self) -> bool {
-        matches!(self, Self::Perform(_) | Self::StartGraceful(_))
-    }
+/// Where a [`RecordingBackend`] reports its calls.
+pub trait CallLog: Send + Sync + fmt::Debug {
+    /// Called once per call, in order, as it happens.
+    fn note(&self, call: Call);
+}
 
-    /// Whether this entry says a reply reached the Manager: acknowledged,
-    /// or the stream closed by the Manager with code 0 once it had read the
-    /// reply (the reference Manager drops its streams, so its `STOP_SENDING`
-    /// may overtake the acknowledgement).
-    #[must_use]
-    pub fn is_reply_delivered(&self) -> bool {
-        matches!(
-            self,
-            Self::Dispatch(DispatchEvent::DeliveryConfirmed(
-                Delivery::Acknowledged | Delivery::Stopped(0)
-            ))
-        )
+/// The daemon's call log: keeps nothing, since the recorder logs each call
+/// as it happens and a long-running daemon must not grow.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogLines;
+
+impl CallLog for LogLines {
+    fn note(&self, call: Call) {
+        tracing::debug!(?call, "recording backend call");
     }
 }
 
-/// The shared, ordered list of [`Entry`]s, each with the time it was noted.
+/// The recording backend. Clones share one log and one behaviour.
 #[derive(Clone, Debug)]
-pub struct Journal {
-    entries: Arc<watch::Sender<Vec<(Instant, Entry)>>>,
-    /// Most entries kept; the oldest half goes when it is reached.
-    capacity: usize,
-}
-
-impl Default for Journal {
-    /// A journal that keeps everything, for tests that read it whole.
-    fn default() -> Self {
-        Self::with_capacity(usize::MAX)
-    }
-}
-
-impl Journal {
-    /// A journal that keeps at most about `capacity` recent entries.
-    #[must_use]
-    pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            entries: Arc::new(watch::Sender::new(Vec::new())),
-            capacity: capacity.max(2),
-        }
-    }
-
-    /// Appends `entry` and wakes every waiter.
-    pub fn push(&self, entry: Entry) {
-        self.entries.send_modify(|entries| {
-            if entries.len() >= self.capacity {
-                entries.drain(..self.capacity / 2);
-            }
-            entries.push((Instant::now(), entry));
-        });
-    }
-
-    /// A copy of everything recorded so far.
-    #[must_use]
-    pub fn entries(&self) -> Vec<Entry> {
-        self.entries
-            .borrow()
-            .iter()
-            .map(|(_, e)| e.clone())
-            .collect()
-    }
-
-    /// A copy of everything recorded so far, with the time of each.
-    #[must_use]
-    pub fn timed_entries(&self) -> Vec<(Instant, Entry)> {
-        self.entries.borrow().clone()
-    }
-
-    /// The power operations carried out so far.
-    #[must_use]
-    pub fn power_operations(&self) -> Vec<Entry> {
-        self.entries
-            .borrow()
-            .iter()
-            .map(|(_, e)| e)
-            .filter(|e| e.is_power_operation())
-            .cloned()
-            .collect()
-    }
-
-    /// Waits until `done` holds for the entries, then returns a copy of them.
-    pub async fn wait_for(&self, mut done: impl FnMut(&[Entry]) -> bool) -> Vec<Entry> {
-        let mut rx = self.entries.subscribe();
-        let mut plain = Vec::new();
-        // The sender lives in `self`, so the channel cannot close.
-        let _ = rx
-            .wait_for(|entries| {
-                plain = entries.iter().map(|(_, e)| e.clone()).collect();
-                done(&plain)
-            })
-            .await;
-        plain
-    }
-}
-
-impl DispatchObserver for Journal {
-    fn on_event(&self, event: &DispatchEvent) {
-        self.push(Entry::Dispatch(event.clone()));
-    }
-}
-
-/// Entries a daemon's recorder keeps.
-const DAEMON_JOURNAL_CAPACITY: usize = 1024;
-
-/// The recording backend. Clones share one journal and one behaviour.
-#[derive(Clone, Debug, Default)]
 pub struct RecordingBackend {
-    journal: Journal,
+    log: Arc<dyn CallLog>,
     refuse_prepare: Arc<AtomicBool>,
     fail_start: Arc<AtomicBool>,
     perform_gate: Arc<PerformGate>,
@@ -169,35 +69,22 @@ struct PerformGate {
 }
 
 impl RecordingBackend {
-    /// A recorder that accepts every call and keeps its whole journal.
+    /// A recorder that accepts every call and reports each to `log`.
     #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The recorder a `test-backend` daemon runs on: nothing reads its
-    /// journal (the calls are logged), so it keeps only the latest entries
-    /// and a long-running daemon does not grow.
-    #[must_use]
-    pub fn for_daemon() -> Self {
+    pub fn logging_to(log: Arc<dyn CallLog>) -> Self {
         Self {
-            journal: Journal::with_capacity(DAEMON_JOURNAL_CAPACITY),
-            ..Self::default()
+            log,
+            refuse_prepare: Arc::default(),
+            fail_start: Arc::default(),
+            perform_gate: Arc::default(),
         }
     }
 
-    /// The journal shared by this recorder and its clones.
+    /// The recorder a daemon runs on with `--backend recorder`: it logs each
+    /// call and keeps nothing.
     #[must_use]
-    pub fn journal(&self) -> &Journal {
-        &self.journal
-    }
-
-    /// A dispatcher on this recorder (a clone) that reports its steps to the
-    /// same journal, so that one list shows "reply written" before
-    /// "performed".
-    #[must_use]
-    pub fn dispatcher(&self, config: DispatchConfig) -> Dispatcher<Self> {
-        Dispatcher::new(self.clone(), config).with_observer(Arc::new(self.journal.clone()))
+    pub fn for_daemon() -> Self {
+        Self::logging_to(Arc::new(LogLines))
     }
 
     /// Makes [`PowerBackend::prepare`] fail (or succeed again).
@@ -224,7 +111,7 @@ impl RecordingBackend {
 
 impl PowerBackend for RecordingBackend {
     fn prepare(&self, op: ImmediateOp) -> Result<(), PrepareError> {
-        self.journal.push(Entry::Prepare(op));
+        self.log.note(Call::Prepare(op));
         if self.refuse_prepare.load(Ordering::SeqCst) {
             return Err(PrepareError::Refused);
         }
@@ -233,7 +120,7 @@ impl PowerBackend for RecordingBackend {
 
     fn perform(&self, op: ImmediateOp) -> io::Result<()> {
         tracing::info!(%op, "recording backend: would perform now (nothing done)");
-        self.journal.push(Entry::Perform(op));
+        self.log.note(Call::Perform(op));
         let gate = &self.perform_gate;
         let held = gate.held.lock().unwrap_or_else(PoisonError::into_inner);
         drop(
@@ -245,7 +132,7 @@ impl PowerBackend for RecordingBackend {
     }
 
     fn pending_settled(&self, op: ImmediateOp, how: Settlement) {
-        self.journal.push(Entry::Settled(op, how));
+        self.log.note(Call::Settled(op, how));
     }
 
     fn start_graceful(&self, op: GracefulOp) -> Result<GracefulStart, StartError> {
@@ -253,7 +140,7 @@ impl PowerBackend for RecordingBackend {
             return Err(StartError::Refused);
         }
         tracing::info!(%op, "recording backend: would start the command now (nothing done)");
-        self.journal.push(Entry::StartGraceful(op));
+        self.log.note(Call::StartGraceful(op));
         Ok(GracefulStart::Simulated)
     }
 }

@@ -27,6 +27,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[cfg(any(test, feature = "test-backend"))]
+pub mod journal;
+
 use tokio::{
     io::{AsyncRead, AsyncWriteExt},
     sync::Notify,
