@@ -112,7 +112,12 @@ fn block_on(
     let run = |runtime: tokio::runtime::Runtime| {
         runtime.block_on(async { tokio::spawn(work).await.map_err(BenchError::from)? })
     };
-    match builder.enable_all().build().map_err(BenchError::from).and_then(run) {
+    match builder
+        .enable_all()
+        .build()
+        .map_err(BenchError::from)
+        .and_then(run)
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("throughput: {e}");
@@ -328,6 +333,20 @@ async fn throughput(target: &Target, in_flight: usize, total: usize) -> BenchRes
     Ok((total as f64 / started.elapsed().as_secs_f64(), other))
 }
 
+/// Time on CPU of every thread of a process, from
+/// `/proc/PID/task/*/schedstat`; zero when the kernel does not keep it.
+fn cpu_time(pid: u32) -> Duration {
+    let read = || -> Option<u64> {
+        let mut total = 0_u64;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let schedstat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            total += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(total)
+    };
+    Duration::from_nanos(read().unwrap_or(0))
+}
+
 /// Peak resident set (`VmHWM`) of a process, in KiB.
 fn peak_rss(pid: u32) -> BenchResult<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -379,17 +398,26 @@ async fn suite() -> BenchResult<()> {
         eprintln!("throughput: {in_flight} in flight ...");
         // Two alternating halves per agent.
         let mut time = [0.0; 3];
+        let mut cpu = [Duration::ZERO; 3];
         let mut other = 0;
         for _ in 0..2 {
             for (index, target) in targets.iter().enumerate() {
+                let before = cpu_time(pids[index]);
                 let (rate, not_initiated) = throughput(target, in_flight, per_level / 2).await?;
+                cpu[index] += cpu_time(pids[index]).saturating_sub(before);
                 time[index] += 1.0 / rate;
                 if index == 0 {
                     other += not_initiated;
                 }
             }
         }
-        rates.push((in_flight, time.map(|t| 2.0 / t), other));
+        let per_request = u32::try_from(per_level)?;
+        rates.push((
+            in_flight,
+            time.map(|t| 2.0 / t),
+            cpu.map(|c| c / per_request),
+            other,
+        ));
     }
     let peaks = pids.map(peak_rss);
 
@@ -400,18 +428,25 @@ async fn suite() -> BenchResult<()> {
     )?;
     writeln!(
         out,
-        "| in flight | {} | {} | {} | roxyd / better bare | roxyd not Ok(Initiated) |",
+        "| in flight | {} | {} | {} | roxyd / better bare | agent CPU per request (same order) | roxyd not Ok(Initiated) |",
         NAMES[0], NAMES[1], NAMES[2]
     )?;
-    writeln!(out, "|---:|---:|---:|---:|---:|---:|")?;
-    for (in_flight, [roxyd_rate, one_rate, multi_rate], other) in &rates {
+    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (in_flight, [roxyd_rate, one_rate, multi_rate], cpu, other) in &rates {
+        let cpu = cpu.map(|c| format!("{:.1}", c.as_secs_f64() * 1e6));
         writeln!(
             out,
-            "| {in_flight} | {roxyd_rate:.0}/s | {one_rate:.0}/s | {multi_rate:.0}/s | {:.2}x | {other} |",
-            roxyd_rate / one_rate.max(*multi_rate)
+            "| {in_flight} | {roxyd_rate:.0}/s | {one_rate:.0}/s | {multi_rate:.0}/s | {:.2}x | {} / {} / {} us | {other} |",
+            roxyd_rate / one_rate.max(*multi_rate),
+            cpu[0],
+            cpu[1],
+            cpu[2]
         )?;
     }
-    writeln!(out, "\n## Sequential round trip ({sequential} each, alternating blocks)\n")?;
+    writeln!(
+        out,
+        "\n## Sequential round trip ({sequential} each, alternating blocks)\n"
+    )?;
     writeln!(out, "| | median | p99 | peak RSS (VmHWM) |")?;
     writeln!(out, "|---|---:|---:|---:|")?;
     for ((name, spread), peak) in NAMES.iter().zip(&spreads).zip(&peaks) {
