@@ -9,13 +9,14 @@ use std::{ffi::OsString, path::Path};
 
 use nix::sys::signal::Signal;
 use roxyd::{
-    lab::{Lab, SERVER_NAME},
+    agent::SLOTS_HELD_CODE,
+    lab::{self, Lab, SERVER_NAME},
     manager::{Manager, VersionPolicy},
     pki::{PemPair, PkiError, PkiFiles, ThrowawayPki},
     wire::{NodePowerRequest, NodePowerResponse, RequestCode},
 };
 use rstest::rstest;
-use support::{Roxyd, lab_args, run_to_exit, write_file};
+use support::{HANG, Roxyd, lab_args, run_to_exit, write_file};
 use tempfile::TempDir;
 
 /// A lab whose files are on disk.
@@ -241,6 +242,59 @@ async fn reconnects_after_the_manager_closes_the_connection() {
     roxyd
         .wait_for_line(&["connection to the Manager ended", "manager restarting"])
         .await;
+    roxyd.wait_for_line(&["reconnecting after a delay"]).await;
+}
+
+#[tokio::test]
+async fn a_manager_holding_every_stream_slot_gets_a_fresh_connection() {
+    let setup = setup();
+    let env = [
+        ("ROXYD_RECONNECT_INITIAL_MS", "20"),
+        ("ROXYD_RECONNECT_MAX_MS", "40"),
+        ("ROXYD_MAX_CONCURRENT_STREAMS", "16"),
+        ("ROXYD_STREAM_SLOTS_TIMEOUT_SECS", "1"),
+    ];
+    let mut roxyd = Roxyd::spawn(&setup.args(), &env);
+    let first = setup.lab.manager.accept().await.unwrap();
+    let stuck = tokio::spawn(lab::hold_stream_slots(first.connection().clone()));
+    // A power request behind the stuck task never finds a slot here.
+    let behind = {
+        let first = first.clone();
+        tokio::spawn(async move { first.node_power(NodePowerRequest::GracefulReboot).await })
+    };
+    let closed = tokio::time::timeout(HANG, first.connection().closed())
+        .await
+        .expect("roxyd never closed the held connection");
+    let quinn::ConnectionError::ApplicationClosed(close) = &closed else {
+        panic!("roxyd did not close the connection itself: {closed}");
+    };
+    assert_eq!(close.error_code, SLOTS_HELD_CODE.into());
+    let reason = String::from_utf8_lossy(&close.reason);
+    assert!(reason.contains("every stream slot held"), "{reason}");
+    let stuck = tokio::time::timeout(HANG, stuck)
+        .await
+        .expect("the stuck task never ended");
+    assert_eq!(stuck.unwrap(), 16, "the stuck task held every slot");
+    let behind = tokio::time::timeout(HANG, behind)
+        .await
+        .expect("the request never ended");
+    assert!(behind.unwrap().is_err(), "answered on a held connection");
+
+    let second = tokio::time::timeout(HANG, setup.lab.manager.accept())
+        .await
+        .expect("roxyd never reconnected")
+        .unwrap();
+    assert_eq!(
+        second
+            .node_power(NodePowerRequest::GracefulReboot)
+            .await
+            .unwrap(),
+        Ok(NodePowerResponse::Initiated)
+    );
+    let line = roxyd
+        .wait_for_line(&["WARN", "every request stream slot is held"])
+        .await;
+    assert!(line.contains("waited_secs=1"), "{line}");
     roxyd.wait_for_line(&["reconnecting after a delay"]).await;
 }
 
