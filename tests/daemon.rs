@@ -91,6 +91,8 @@ fn only(args: Vec<OsString>) -> (Vec<OsString>, Vec<(&'static str, String)>) {
 #[case::config_unknown_key(|s: &Setup| only(s.with_config("log_flie = \"/tmp/x\"\n")), "unknown field `log_flie`", 2)]
 #[case::config_wrong_type(|s: &Setup| only(s.with_config("max_frame_len = \"big\"\n")), "roxyd: invalid config file", 2)]
 #[case::config_zero_limit(|s: &Setup| only(s.with_config("max_frame_len = 0\n")), "max_frame_len must be greater than 0", 2)]
+#[case::config_slots_timeout_zero(|s: &Setup| only(s.with_config("stream_slots_timeout_secs = 0\n")), "stream_slots_timeout_secs must be between 1 and 3600", 2)]
+#[case::config_slots_timeout_absurd(|s: &Setup| only(s.with_config("stream_slots_timeout_secs = 3601\n")), "stream_slots_timeout_secs must be between 1 and 3600", 2)]
 #[case::config_backoff_inverted(|s: &Setup| only(s.with_config("reconnect_initial_ms = 5000\nreconnect_max_ms = 10\n")), "reconnect_initial_ms must not exceed reconnect_max_ms", 2)]
 #[case::env_not_a_number(|s: &Setup| (s.args(), vec![("ROXYD_MAX_FRAME_LEN", "lots".into())]), "roxyd: invalid ROXYD_MAX_FRAME_LEN: expected a whole number, got \"lots\"", 2)]
 #[case::env_overrides_a_good_file(|s: &Setup| (s.with_config("max_concurrent_streams = 8\n"), vec![("ROXYD_MAX_CONCURRENT_STREAMS", "0".into())]), "max_concurrent_streams must be greater than 0", 2)]
