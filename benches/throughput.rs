@@ -39,6 +39,7 @@ use roxyd::{
     manager::server_config,
     pki::PkiFiles,
     tls,
+    wire::{self, RequestCode},
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -49,10 +50,12 @@ use tokio::{
 type BenchError = Box<dyn std::error::Error + Send + Sync>;
 type BenchResult<T> = Result<T, BenchError>;
 
-/// The `GracefulReboot` request frame as the Manager sends it.
-const REQUEST_FRAME: [u8; 9] = [0, 0, 0, 5, 106, 0, 0, 0, 2];
-/// The reply frame `Ok(Initiated)`.
-const REPLY_FRAME: [u8; 6] = [0, 0, 0, 2, 0, 0];
+/// The echo request frame (code 17, empty body) as the Manager sends it.
+/// Echo, as in issue 12: what is measured is the connection and dispatch,
+/// not the test backend's bookkeeping of power operations.
+const REQUEST_FRAME: [u8; 8] = [0, 0, 0, 4, 17, 0, 0, 0];
+/// The reply frame `Ok(())`.
+const REPLY_FRAME: [u8; 5] = [0, 0, 0, 1, 0];
 /// The startup line of a roxyd built with the recorder.
 const RECORDER_BACKEND: &str = r#"backend="roxyd::platform::recorder::RecordingBackend""#;
 /// Turns a hang into an error: a safety net, not a time the suite relies on.
@@ -173,12 +176,10 @@ async fn echo_agent_process() -> BenchResult<()> {
 struct Target(quinn::Connection);
 
 impl Target {
-    /// One `GracefulReboot` as a 0.18 Manager sends it: a new stream, the
+    /// One echo request as a 0.18 Manager sends it: a new stream, the
     /// request frame, the reply frame read, then both halves dropped (a FIN
     /// and, unless the agent's FIN has arrived, a STOP_SENDING after the
-    /// reply). `false` when the reply was not `Ok(Initiated)` (roxyd's
-    /// one-at-a-time latch answers `Err("fail")` to a second graceful
-    /// request at once).
+    /// reply). `false` when the reply was not `Ok(())`.
     async fn request(&self) -> BenchResult<bool> {
         let (mut send, mut recv) = self.0.open_bi().await?;
         send.write_all(&REQUEST_FRAME).await?;
@@ -301,7 +302,7 @@ async fn round_trips(targets: &[Target], count: usize) -> BenchResult<Vec<Spread
         .iter_mut()
         .map(|samples| {
             if samples.is_empty() {
-                return Err("no request answered Ok(Initiated)".into());
+                return Err("no request answered Ok(())".into());
             }
             Ok(Spread::of(samples))
         })
@@ -310,7 +311,7 @@ async fn round_trips(targets: &[Target], count: usize) -> BenchResult<Vec<Spread
 
 /// Requests per second with `in_flight` tasks, each sending sequentially,
 /// until `total` requests have ended, and how many were not answered
-/// `Ok(Initiated)`.
+/// `Ok(())`.
 async fn throughput(target: &Target, in_flight: usize, total: usize) -> BenchResult<(f64, usize)> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -363,8 +364,23 @@ fn peak_rss(pid: u32) -> BenchResult<u64> {
 
 const NAMES: [&str; 3] = ["roxyd", "bare, one thread", "bare, multi-thread"];
 
+/// Pins the frames to the bytes roxyd's own wire code produces.
+fn check_frames() -> BenchResult<()> {
+    let frame = |payload: &[u8]| {
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        [&len.to_be_bytes()[..], payload].concat()
+    };
+    let request = wire::encode_request(RequestCode::ECHO, &[]);
+    let reply = wire::encode(&Ok::<(), String>(()));
+    if frame(&request) != REQUEST_FRAME || frame(&reply) != REPLY_FRAME {
+        return Err("the bench's frames differ from roxyd's wire encoding".into());
+    }
+    Ok(())
+}
+
 async fn suite() -> BenchResult<()> {
     refuse_host_pid_namespace()?;
+    check_frames()?;
     let quick = std::env::var("ROXYD_BENCH_QUICK").is_ok_and(|v| v == "1");
     let divisor = if quick { 10 } else { 1 };
     let per_level = 20_000 / divisor;
@@ -424,11 +440,11 @@ async fn suite() -> BenchResult<()> {
     let mut out = String::new();
     writeln!(
         out,
-        "\n## Throughput (GracefulReboot per second, one connection, {per_level} requests per level)\n"
+        "\n## Throughput (echo requests per second, one connection, {per_level} requests per level)\n"
     )?;
     writeln!(
         out,
-        "| in flight | {} | {} | {} | roxyd / better bare | agent CPU per request (same order) | roxyd not Ok(Initiated) |",
+        "| in flight | {} | {} | {} | roxyd / better bare | agent CPU per request (same order) | roxyd not Ok |",
         NAMES[0], NAMES[1], NAMES[2]
     )?;
     writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|")?;

@@ -176,6 +176,7 @@ pub async fn serve_connection_with<B: PowerBackend>(
     full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Set while every slot is held by a stream roxyd has closed.
     let mut all_held_since: Option<tokio::time::Instant> = None;
+    let mut last_scan: Option<Instant> = None;
     tokio::pin!(shutdown);
     let end = loop {
         let all_held = held.count() >= limit;
@@ -205,7 +206,13 @@ pub async fn serve_connection_with<B: PowerBackend>(
                         }
                     });
                     live.insert(task.id(), activity);
-                    if crowded(streams.len(), limit) {
+                    // Scanning every stream on every accept would cost more
+                    // than the request while the Manager keeps the limit
+                    // busy; nothing new becomes closable sooner than this.
+                    if crowded(streams.len(), limit)
+                        && last_scan.is_none_or(|at| at.elapsed() >= SCAN_AT_MOST_EVERY)
+                    {
+                        last_scan = Some(Instant::now());
                         close_longest_waiting(&mut live, limit);
                     }
                 }
@@ -316,6 +323,10 @@ const CLOSABLE_AFTER: Duration = Duration::from_millis(50);
 
 /// How often to look for streams to close while streams run short.
 const FULL_RECHECK: Duration = CLOSABLE_AFTER;
+
+/// The shortest time between two looks for streams to close when a new
+/// stream arrives while streams run short.
+const SCAN_AT_MOST_EVERY: Duration = Duration::from_millis(5);
 
 /// How many streams to close at once when streams run short: quinn
 /// announces new stream credit to the peer only once more than an eighth of
