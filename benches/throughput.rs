@@ -178,7 +178,7 @@ struct Target(quinn::Connection);
 impl Target {
     /// One echo request as a 0.18 Manager sends it: a new stream, the
     /// request frame, the reply frame read, then both halves dropped (a FIN
-    /// and, unless the agent's FIN has arrived, a STOP_SENDING after the
+    /// and, unless the agent's FIN has arrived, a `STOP_SENDING` after the
     /// reply). `false` when the reply was not `Ok(())`.
     async fn request(&self) -> BenchResult<bool> {
         let (mut send, mut recv) = self.0.open_bi().await?;
@@ -362,6 +362,60 @@ fn peak_rss(pid: u32) -> BenchResult<u64> {
 // ---------------------------------------------------------------------------
 // The suite.
 
+/// One level of the matrix: requests in flight, each agent's rate and CPU
+/// time per request, and roxyd's requests not answered `Ok(())`.
+type Level = (usize, [f64; 3], [Duration; 3], usize);
+
+fn render(
+    per_level: usize,
+    sequential: usize,
+    rates: &[Level],
+    spreads: &[Spread],
+    peaks: &[BenchResult<u64>; 3],
+) -> BenchResult<String> {
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\n## Throughput (echo requests per second, one connection, {per_level} requests per level)\n"
+    )?;
+    writeln!(
+        out,
+        "| in flight | {} | {} | {} | roxyd / better bare | agent CPU per request (same order) | roxyd not Ok |",
+        NAMES[0], NAMES[1], NAMES[2]
+    )?;
+    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (in_flight, [roxyd_rate, one_rate, multi_rate], cpu, other) in rates {
+        let cpu = cpu.map(|c| format!("{:.1}", c.as_secs_f64() * 1e6));
+        writeln!(
+            out,
+            "| {in_flight} | {roxyd_rate:.0}/s | {one_rate:.0}/s | {multi_rate:.0}/s | {:.2}x | {} / {} / {} us | {other} |",
+            roxyd_rate / one_rate.max(*multi_rate),
+            cpu[0],
+            cpu[1],
+            cpu[2]
+        )?;
+    }
+    writeln!(
+        out,
+        "\n## Sequential round trip ({sequential} each, alternating blocks)\n"
+    )?;
+    writeln!(out, "| | median | p99 | peak RSS (VmHWM) |")?;
+    writeln!(out, "|---|---:|---:|---:|")?;
+    for ((name, spread), peak) in NAMES.iter().zip(spreads).zip(peaks) {
+        let peak = match peak {
+            Ok(kib) => format!("{:.2} MiB", f64::from(u32::try_from(*kib)?) / 1024.0),
+            Err(e) => format!("({e})"),
+        };
+        writeln!(
+            out,
+            "| {name} | {:.1} us | {:.1} us | {peak} |",
+            spread.median.as_secs_f64() * 1e6,
+            spread.p99.as_secs_f64() * 1e6
+        )?;
+    }
+    Ok(out)
+}
+
 const NAMES: [&str; 3] = ["roxyd", "bare, one thread", "bare, multi-thread"];
 
 /// Pins the frames to the bytes roxyd's own wire code produces.
@@ -437,47 +491,10 @@ async fn suite() -> BenchResult<()> {
     }
     let peaks = pids.map(peak_rss);
 
-    let mut out = String::new();
-    writeln!(
-        out,
-        "\n## Throughput (echo requests per second, one connection, {per_level} requests per level)\n"
-    )?;
-    writeln!(
-        out,
-        "| in flight | {} | {} | {} | roxyd / better bare | agent CPU per request (same order) | roxyd not Ok |",
-        NAMES[0], NAMES[1], NAMES[2]
-    )?;
-    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|")?;
-    for (in_flight, [roxyd_rate, one_rate, multi_rate], cpu, other) in &rates {
-        let cpu = cpu.map(|c| format!("{:.1}", c.as_secs_f64() * 1e6));
-        writeln!(
-            out,
-            "| {in_flight} | {roxyd_rate:.0}/s | {one_rate:.0}/s | {multi_rate:.0}/s | {:.2}x | {} / {} / {} us | {other} |",
-            roxyd_rate / one_rate.max(*multi_rate),
-            cpu[0],
-            cpu[1],
-            cpu[2]
-        )?;
-    }
-    writeln!(
-        out,
-        "\n## Sequential round trip ({sequential} each, alternating blocks)\n"
-    )?;
-    writeln!(out, "| | median | p99 | peak RSS (VmHWM) |")?;
-    writeln!(out, "|---|---:|---:|---:|")?;
-    for ((name, spread), peak) in NAMES.iter().zip(&spreads).zip(&peaks) {
-        let peak = match peak {
-            Ok(kib) => format!("{:.2} MiB", f64::from(u32::try_from(*kib)?) / 1024.0),
-            Err(e) => format!("({e})"),
-        };
-        writeln!(
-            out,
-            "| {name} | {:.1} us | {:.1} us | {peak} |",
-            spread.median.as_secs_f64() * 1e6,
-            spread.p99.as_secs_f64() * 1e6
-        )?;
-    }
-    print!("{out}");
+    print!(
+        "{}",
+        render(per_level, sequential, &rates, &spreads, &peaks)?
+    );
 
     for connection in [&one_connection, &multi_connection] {
         connection.close(0u32.into(), b"done");

@@ -284,9 +284,9 @@ impl HeldSlots {
     }
 
     /// Counts the stream as holding a slot until the Manager ends its half
-    /// (FIN or RESET_STREAM) or the connection ends. What the Manager still
+    /// (FIN or `RESET_STREAM`) or the connection ends. What the Manager still
     /// sends is read and dropped, up to [`DRAIN_LIMIT`]: reading, unlike
-    /// QUIC's STOP_SENDING, lets roxyd see the Manager's end. A Manager that
+    /// QUIC's `STOP_SENDING`, lets roxyd see the Manager's end. A Manager that
     /// sends more is stopped and its stream counted as held until the
     /// connection ends.
     async fn hold_until_answered(
@@ -297,18 +297,13 @@ impl HeldSlots {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_one();
         let mut drained = 0;
-        loop {
-            match recv.read_chunk(DRAIN_LIMIT, false).await {
-                Ok(Some(chunk)) => {
-                    drained += chunk.bytes.len();
-                    if drained > DRAIN_LIMIT {
-                        let _ = recv.stop(0u32.into());
-                        connection.closed().await;
-                        break;
-                    }
-                }
-                // The Manager's FIN, its reset, or the connection's end.
-                Ok(None) | Err(_) => break,
+        // Ends on the Manager's FIN, its reset, or the connection's end.
+        while let Ok(Some(chunk)) = recv.read_chunk(DRAIN_LIMIT, false).await {
+            drained += chunk.bytes.len();
+            if drained > DRAIN_LIMIT {
+                let _ = recv.stop(0u32.into());
+                connection.closed().await;
+                break;
             }
         }
         self.count.fetch_sub(1, Ordering::Relaxed);

@@ -162,7 +162,7 @@ pub fn client_config(
 }
 
 /// What roxyd asks of the Manager's acknowledgements. A request stream's
-/// slot comes back to the Manager (MAX_STREAMS) only once the Manager has
+/// slot comes back to the Manager (`MAX_STREAMS`) only once the Manager has
 /// acknowledged roxyd's end of the stream, and a Manager whose streams are
 /// all in use has nothing else to send: left to QUIC's default it holds that
 /// acknowledgement for up to 25 ms, and every request waits that long once

@@ -255,7 +255,7 @@ impl Lab {
 /// A stuck Manager task: opens request streams on `connection` as fast as
 /// the agent grants them, writes two bytes of a frame header on each, then
 /// holds them without reading, writing or answering the agent's
-/// STOP_SENDING. Returns how many streams it opened once the connection
+/// `STOP_SENDING`. Returns how many streams it opened once the connection
 /// ends; until then it keeps every stream it opened.
 pub async fn hold_stream_slots(connection: quinn::Connection) -> usize {
     let mut held = Vec::new();
