@@ -13,11 +13,16 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
+    connection::ConnectionLimits,
     dispatch::DispatchConfig,
     handshake::{DEFAULT_APP_NAME, DEFAULT_PROTOCOL_VERSION, Identity},
     reconnect::BackoffConfig,
     wire,
 };
+
+/// Largest `stream_slots_timeout_secs`: an hour; beyond that a Manager could
+/// keep a node unreachable for power requests for too long.
+const MAX_STREAM_SLOTS_TIMEOUT_SECS: u64 = 3600;
 
 /// The configuration, with every default filled in.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -40,6 +45,10 @@ pub struct Config {
     /// Seconds writing one reply may take; an immediate operation whose
     /// reply is not written in time is cancelled.
     pub reply_timeout_secs: u64,
+    /// Seconds every request stream slot may be held by streams roxyd has
+    /// closed on its side, with no answer from the Manager, before roxyd
+    /// closes the connection and reconnects (1 to 3600).
+    pub stream_slots_timeout_secs: u64,
     /// Milliseconds to wait for the Manager to acknowledge an immediate
     /// operation's reply before releasing it anyway. 0 does not wait, and
     /// the reply may then die with the host: for measurements only.
@@ -67,6 +76,7 @@ impl Default for Config {
             handshake_timeout_secs: 10,
             stream_idle_timeout_secs: dispatch.stream_idle_timeout.as_secs(),
             reply_timeout_secs: dispatch.reply_timeout.as_secs(),
+            stream_slots_timeout_secs: ConnectionLimits::DEFAULT_SLOTS_HELD_TIMEOUT.as_secs(),
             delivery_timeout_ms: millis(dispatch.delivery_timeout),
             reconnect_initial_ms: millis(backoff.initial),
             reconnect_max_ms: millis(backoff.max),
@@ -132,7 +142,7 @@ enum Kind {
 }
 
 /// Every key, for the environment overrides.
-const KEYS: [(&str, Kind); 12] = [
+const KEYS: [(&str, Kind); 13] = [
     ("log_file", Kind::Text),
     ("app_name", Kind::Text),
     ("protocol_version", Kind::Text),
@@ -141,6 +151,7 @@ const KEYS: [(&str, Kind); 12] = [
     ("handshake_timeout_secs", Kind::Number),
     ("stream_idle_timeout_secs", Kind::Number),
     ("reply_timeout_secs", Kind::Number),
+    ("stream_slots_timeout_secs", Kind::Number),
     ("delivery_timeout_ms", Kind::Number),
     ("reconnect_initial_ms", Kind::Number),
     ("reconnect_max_ms", Kind::Number),
@@ -291,6 +302,11 @@ impl Config {
                 return Err(format!("{key} is {value}; it must be at most {high}"));
             }
         }
+        if !(1..=MAX_STREAM_SLOTS_TIMEOUT_SECS).contains(&self.stream_slots_timeout_secs) {
+            return Err(format!(
+                "stream_slots_timeout_secs must be between 1 and {MAX_STREAM_SLOTS_TIMEOUT_SECS}"
+            ));
+        }
         if self.reconnect_initial_ms > self.reconnect_max_ms {
             return Err("reconnect_initial_ms must not exceed reconnect_max_ms".to_owned());
         }
@@ -320,6 +336,13 @@ impl Config {
             delivery_timeout: Duration::from_millis(self.delivery_timeout_ms),
             ..DispatchConfig::default()
         }
+    }
+
+    /// How long every stream slot may be held by streams roxyd closed before
+    /// it reconnects.
+    #[must_use]
+    pub fn slots_held_timeout(&self) -> Duration {
+        Duration::from_secs(self.stream_slots_timeout_secs)
     }
 
     /// How long connecting and the handshake may take together.

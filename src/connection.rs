@@ -5,14 +5,20 @@
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use tokio::task::{self, JoinSet};
+use tokio::{
+    sync::Notify,
+    task::{self, JoinSet},
+};
 
 use crate::{
-    dispatch::{Dispatcher, StreamActivity},
+    dispatch::{Dispatcher, StreamActivity, StreamEnd},
     handshake::{self, HandshakeError, Identity},
     platform::PowerBackend,
 };
@@ -128,6 +134,32 @@ pub enum ConnectionEnd {
     Lost(quinn::ConnectionError),
     /// A stop was asked for; roxyd closed the connection.
     Stopped,
+    /// Every stream slot was held by a stream roxyd had closed on its side,
+    /// with no answer from the Manager for [`ConnectionLimits::slots_held_timeout`]:
+    /// roxyd closed the connection with [`SLOTS_HELD_CODE`] so that a fresh
+    /// one gives the Manager its power path back.
+    SlotsHeld,
+}
+
+/// The application error code roxyd closes a connection with when the
+/// Manager holds every stream slot (see [`ConnectionEnd::SlotsHeld`]).
+pub const SLOTS_HELD_CODE: u32 = 1;
+
+/// Bounds of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most request streams the Manager may have open at once (the QUIC
+    /// limit roxyd advertises).
+    pub max_streams: u32,
+    /// How long every stream slot may be held by streams roxyd has closed
+    /// on its side, with no answer from the Manager, before roxyd gives up
+    /// on the connection.
+    pub slots_held_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// The default bound of [`Self::slots_held_timeout`].
+    pub const DEFAULT_SLOTS_HELD_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// Serves every request stream the Manager opens on `connection`, each on a
@@ -139,6 +171,13 @@ pub enum ConnectionEnd {
 /// that a fresh stream, and the power request on it, always finds room. A
 /// stream doing work is never closed.
 ///
+/// A stream that roxyd closed on its side (to make room, or idle) still
+/// holds its slot until the Manager ends its half; it counts towards the
+/// limit until then. When every slot is held that way for
+/// [`ConnectionLimits::slots_held_timeout`], the Manager can open no stream,
+/// not even for a power request: roxyd closes the connection
+/// ([`ConnectionEnd::SlotsHeld`]) and the daemon reconnects.
+///
 /// On the way out the connection is closed and every stream task is awaited:
 /// they end promptly, since their reads and writes now fail. A pending
 /// operation whose reply was not yet written is thereby cancelled; one whose
@@ -149,28 +188,65 @@ pub async fn serve_connection<B: PowerBackend>(
     max_streams: u32,
     shutdown: impl Future<Output = ()>,
 ) -> ConnectionEnd {
+    let limits = ConnectionLimits {
+        max_streams,
+        slots_held_timeout: ConnectionLimits::DEFAULT_SLOTS_HELD_TIMEOUT,
+    };
+    serve_connection_with(connection, dispatcher, limits, shutdown).await
+}
+
+/// As [`serve_connection`], with every bound given.
+pub async fn serve_connection_with<B: PowerBackend>(
+    connection: quinn::Connection,
+    dispatcher: Arc<Dispatcher<B>>,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) -> ConnectionEnd {
     let mut streams = JoinSet::new();
     let mut live: HashMap<task::Id, Arc<StreamActivity>> = HashMap::new();
-    let limit = usize::try_from(max_streams).unwrap_or(usize::MAX);
+    let held = Arc::new(HeldSlots::default());
+    let limit = usize::try_from(limits.max_streams).unwrap_or(usize::MAX);
     let mut full = tokio::time::interval(FULL_RECHECK);
     full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set while every slot is held by a stream roxyd has closed.
+    let mut all_held_since: Option<tokio::time::Instant> = None;
+    let mut last_scan: Option<Instant> = None;
     tokio::pin!(shutdown);
     let end = loop {
+        let all_held = held.count() >= limit;
+        match (all_held, all_held_since) {
+            (true, None) => all_held_since = Some(tokio::time::Instant::now()),
+            (false, Some(_)) => all_held_since = None,
+            _ => {}
+        }
+        let give_up_at = all_held_since.map(|since| since + limits.slots_held_timeout);
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((mut send, mut recv)) => {
                     let dispatcher = Arc::clone(&dispatcher);
                     let activity = Arc::new(StreamActivity::default());
                     let reporting = Arc::clone(&activity);
+                    let held = Arc::clone(&held);
+                    let connection = connection.clone();
                     let task = streams.spawn(async move {
                         let id = send.id();
                         let end = dispatcher
                             .serve_stream_reporting(&mut recv, &mut send, &reporting)
                             .await;
                         tracing::debug!(stream = %id, ?end, "request stream ended");
+                        if matches!(end, StreamEnd::ClosedToMakeRoom | StreamEnd::IdleTimeout) {
+                            let _ = send.finish();
+                            held.hold_until_answered(&mut recv, &connection).await;
+                        }
                     });
                     live.insert(task.id(), activity);
-                    if crowded(live.len(), limit) {
+                    // Scanning every stream on every accept would cost more
+                    // than the request while the Manager keeps the limit
+                    // busy; nothing new becomes closable sooner than this.
+                    if crowded(streams.len(), limit)
+                        && last_scan.is_none_or(|at| at.elapsed() >= SCAN_AT_MOST_EVERY)
+                    {
+                        last_scan = Some(Instant::now());
                         close_longest_waiting(&mut live, limit);
                     }
                 }
@@ -178,8 +254,20 @@ pub async fn serve_connection<B: PowerBackend>(
             },
             // Streams that were all at work when the last one came may wait
             // now: look again while streams run short.
-            _ = full.tick(), if crowded(live.len(), limit) => {
+            _ = full.tick(), if crowded(streams.len(), limit) => {
                 close_longest_waiting(&mut live, limit);
+            }
+            // Recount when a closed stream starts or stops holding a slot.
+            () = held.changed.notified() => {}
+            () = sleep_until_some(give_up_at) => {
+                tracing::warn!(
+                    streams = limit,
+                    waited_secs = limits.slots_held_timeout.as_secs(),
+                    "every request stream slot is held by a stream roxyd closed, \
+                     with no answer from the Manager; closing the connection to start afresh"
+                );
+                connection.close(SLOTS_HELD_CODE.into(), SLOTS_HELD_REASON);
+                break ConnectionEnd::SlotsHeld;
             }
             // Reap finished stream tasks so that a long connection does not
             // accumulate them.
@@ -200,6 +288,63 @@ pub async fn serve_connection<B: PowerBackend>(
     end
 }
 
+/// The reason roxyd gives the Manager with [`SLOTS_HELD_CODE`].
+const SLOTS_HELD_REASON: &[u8] =
+    b"every stream slot held by a stream roxyd closed, with no answer from the Manager";
+
+/// Most bytes roxyd reads and drops from a stream it has closed while it
+/// waits for the Manager to end its half; past that it stops reading.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// Resolves at `at`, or never when `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How many stream slots are held by streams roxyd has closed on its side
+/// and the Manager has not yet ended; `changed` fires on every change.
+#[derive(Debug, Default)]
+struct HeldSlots {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+impl HeldSlots {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Counts the stream as holding a slot until the Manager ends its half
+    /// (FIN or `RESET_STREAM`) or the connection ends. What the Manager still
+    /// sends is read and dropped, up to [`DRAIN_LIMIT`]: reading, unlike
+    /// QUIC's `STOP_SENDING`, lets roxyd see the Manager's end. A Manager that
+    /// sends more is stopped and its stream counted as held until the
+    /// connection ends.
+    async fn hold_until_answered(
+        &self,
+        recv: &mut quinn::RecvStream,
+        connection: &quinn::Connection,
+    ) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+        let mut drained = 0;
+        // Ends on the Manager's FIN, its reset, or the connection's end.
+        while let Ok(Some(chunk)) = recv.read_chunk(DRAIN_LIMIT, false).await {
+            drained += chunk.bytes.len();
+            if drained > DRAIN_LIMIT {
+                let _ = recv.stop(0u32.into());
+                connection.closed().await;
+                break;
+            }
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+}
+
 /// How long a stream must have waited for the Manager's bytes before it may
 /// be closed to make room: a request split across packets is not taken for
 /// an idle stream.
@@ -207,6 +352,10 @@ const CLOSABLE_AFTER: Duration = Duration::from_millis(50);
 
 /// How often to look for streams to close while streams run short.
 const FULL_RECHECK: Duration = CLOSABLE_AFTER;
+
+/// The shortest time between two looks for streams to close when a new
+/// stream arrives while streams run short.
+const SCAN_AT_MOST_EVERY: Duration = Duration::from_millis(5);
 
 /// How many streams to close at once when streams run short: quinn
 /// announces new stream credit to the peer only once more than an eighth of

@@ -38,6 +38,9 @@ pub struct Settings {
     pub max_frame_len: u32,
     /// Most request streams the Manager may have open at once.
     pub max_streams: u32,
+    /// How long every stream slot may be held by streams roxyd closed, with
+    /// no answer from the Manager, before roxyd reconnects.
+    pub slots_held_timeout: Duration,
     /// How long connecting and the handshake may take together.
     pub handshake_timeout: Duration,
     /// Reconnect bounds.
@@ -55,6 +58,7 @@ impl Settings {
             identity: config.identity(),
             max_frame_len: config.max_frame_len,
             max_streams: config.max_concurrent_streams,
+            slots_held_timeout: config.slots_held_timeout(),
             handshake_timeout: config.handshake_timeout(),
             backoff: config.backoff(),
             check,
@@ -170,10 +174,14 @@ async fn serve_until_stopped<B: PowerBackend>(
                     return (Ok(Outcome::Checked { manager_protocol }), Peer::Unserved);
                 }
                 backoff.reset();
-                let end = connection::serve_connection(
+                let limits = connection::ConnectionLimits {
+                    max_streams: settings.max_streams,
+                    slots_held_timeout: settings.slots_held_timeout,
+                };
+                let end = connection::serve_connection_with(
                     connection,
                     Arc::clone(dispatcher),
-                    settings.max_streams,
+                    limits,
                     stop.clone().requested_owned(),
                 )
                 .await;
@@ -182,6 +190,8 @@ async fn serve_until_stopped<B: PowerBackend>(
                     ConnectionEnd::Lost(e) => {
                         tracing::warn!(%manager, reason = %e, "connection to the Manager ended");
                     }
+                    // Logged where it was decided, in one line.
+                    ConnectionEnd::SlotsHeld => {}
                 }
             }
             Err(SessionError::Handshake(refused @ HandshakeError::VersionRefused { .. })) => {

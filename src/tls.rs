@@ -24,6 +24,10 @@ pub const SEND_WINDOW: u64 = 256 * 1024;
 
 pub use roxyd_proto::tls::{TlsError, load_certs, load_private_key, load_roots, provider};
 
+/// The longest the Manager is asked to hold back its acknowledgement of
+/// roxyd's packets (QUIC ACK frequency extension). See [`client_config`].
+pub const MANAGER_ACK_DELAY: Duration = Duration::from_millis(1);
+
 /// The agent's QUIC client configuration: mutual TLS 1.3, the reference
 /// keep-alive, and at most `max_concurrent_streams` request streams open at
 /// once (the Manager opens none of the unidirectional kind).
@@ -55,8 +59,24 @@ pub fn client_config(
         .stream_receive_window(STREAM_RECEIVE_WINDOW.into())
         .receive_window(CONNECTION_RECEIVE_WINDOW.into())
         .send_window(SEND_WINDOW)
-        .datagram_receive_buffer_size(None);
+        .datagram_receive_buffer_size(None)
+        .ack_frequency_config(Some(manager_ack_frequency()));
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
     client.transport_config(Arc::new(transport));
     Ok(client)
+}
+
+/// What roxyd asks of the Manager's acknowledgements. A request stream's
+/// slot comes back to the Manager (`MAX_STREAMS`) only once the Manager has
+/// acknowledged roxyd's end of the stream, and a Manager whose streams are
+/// all in use has nothing else to send: left to QUIC's default it holds that
+/// acknowledgement for up to 25 ms, and every request waits that long once
+/// it keeps roxyd's stream limit busy (issue 12). Asking for prompt
+/// acknowledgements removes the stall; a Manager whose QUIC stack lacks the
+/// extension ignores the request.
+fn manager_ack_frequency() -> quinn::AckFrequencyConfig {
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(0u8.into())
+        .max_ack_delay(Some(MANAGER_ACK_DELAY));
+    ack
 }

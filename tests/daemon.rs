@@ -13,14 +13,17 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use roxyd::wire::{NodePowerRequest, NodePowerResponse, RequestCode};
+use roxyd::{
+    connection::SLOTS_HELD_CODE,
+    wire::{NodePowerRequest, NodePowerResponse, RequestCode},
+};
 use roxyd_lab::{
     Lab, SERVER_NAME,
     manager::{Manager, VersionPolicy},
     pki::{PemPair, PkiError, PkiFiles, ThrowawayPki},
 };
 use rstest::rstest;
-use support::{Roxyd, lab_args, run_to_exit, write_file};
+use support::{HANG, Roxyd, lab_args, run_to_exit, write_file};
 use tempfile::TempDir;
 
 /// A lab whose files are on disk.
@@ -101,6 +104,8 @@ fn only(args: Vec<OsString>) -> (Vec<OsString>, Vec<(&'static str, String)>) {
 #[case::env_absurd_reply_timeout(|s: &Setup| (s.args(), vec![("ROXYD_REPLY_TIMEOUT_SECS", "99999999".into())]), "reply_timeout_secs is 99999999; it must be at most 3600", 2)]
 #[case::env_absurd_handshake_timeout(|s: &Setup| (s.args(), vec![("ROXYD_HANDSHAKE_TIMEOUT_SECS", "86400".into())]), "handshake_timeout_secs is 86400; it must be at most 300", 2)]
 #[case::unknown_backend(|s: &Setup| { let mut a: Vec<OsString> = vec!["--backend".into(), "real".into()]; a.extend(s.args()); only(a) }, "invalid value 'real' for '--backend <system|recorder>'", 2)]
+#[case::config_slots_timeout_zero(|s: &Setup| only(s.with_config("stream_slots_timeout_secs = 0\n")), "stream_slots_timeout_secs must be between 1 and 3600", 2)]
+#[case::config_slots_timeout_absurd(|s: &Setup| only(s.with_config("stream_slots_timeout_secs = 3601\n")), "stream_slots_timeout_secs must be between 1 and 3600", 2)]
 #[case::config_backoff_inverted(|s: &Setup| only(s.with_config("reconnect_initial_ms = 5000\nreconnect_max_ms = 10\n")), "reconnect_initial_ms must not exceed reconnect_max_ms", 2)]
 #[case::env_not_a_number(|s: &Setup| (s.args(), vec![("ROXYD_MAX_FRAME_LEN", "lots".into())]), "roxyd: invalid ROXYD_MAX_FRAME_LEN: expected a whole number, got \"lots\"", 2)]
 #[case::env_overrides_a_good_file(|s: &Setup| (s.with_config("max_concurrent_streams = 8\n"), vec![("ROXYD_MAX_CONCURRENT_STREAMS", "0".into())]), "max_concurrent_streams must be greater than 0", 2)]
@@ -345,6 +350,59 @@ async fn check_against_a_silent_manager_ends_within_the_time_it_states() {
         took < Duration::from_secs(1) + PROMPT_STOP,
         "--check took {took:?} for a stated 1s:\n{output}"
     );
+}
+
+#[tokio::test]
+async fn a_manager_holding_every_stream_slot_gets_a_fresh_connection() {
+    let setup = setup();
+    let env = [
+        ("ROXYD_RECONNECT_INITIAL_MS", "20"),
+        ("ROXYD_RECONNECT_MAX_MS", "40"),
+        ("ROXYD_MAX_CONCURRENT_STREAMS", "16"),
+        ("ROXYD_STREAM_SLOTS_TIMEOUT_SECS", "1"),
+    ];
+    let mut roxyd = Roxyd::spawn(&setup.args(), &env);
+    let first = setup.lab.manager.accept().await.unwrap();
+    let stuck = tokio::spawn(roxyd_lab::hold_stream_slots(first.connection().clone()));
+    // A power request behind the stuck task never finds a slot here.
+    let behind = {
+        let first = first.clone();
+        tokio::spawn(async move { first.node_power(NodePowerRequest::GracefulReboot).await })
+    };
+    let closed = tokio::time::timeout(HANG, first.connection().closed())
+        .await
+        .expect("roxyd never closed the held connection");
+    let quinn::ConnectionError::ApplicationClosed(close) = &closed else {
+        panic!("roxyd did not close the connection itself: {closed}");
+    };
+    assert_eq!(close.error_code, SLOTS_HELD_CODE.into());
+    let reason = String::from_utf8_lossy(&close.reason);
+    assert!(reason.contains("every stream slot held"), "{reason}");
+    let stuck = tokio::time::timeout(HANG, stuck)
+        .await
+        .expect("the stuck task never ended");
+    assert_eq!(stuck.unwrap(), 16, "the stuck task held every slot");
+    let behind = tokio::time::timeout(HANG, behind)
+        .await
+        .expect("the request never ended");
+    assert!(behind.unwrap().is_err(), "answered on a held connection");
+
+    let second = tokio::time::timeout(HANG, setup.lab.manager.accept())
+        .await
+        .expect("roxyd never reconnected")
+        .unwrap();
+    assert_eq!(
+        second
+            .node_power(NodePowerRequest::GracefulReboot)
+            .await
+            .unwrap(),
+        Ok(NodePowerResponse::Initiated)
+    );
+    let line = roxyd
+        .wait_for_line(&["WARN", "every request stream slot is held"])
+        .await;
+    assert!(line.contains("waited_secs=1"), "{line}");
+    roxyd.wait_for_line(&["reconnecting after a delay"]).await;
 }
 
 /// A UDP port where nothing answers: QUIC's connect waits there.

@@ -169,3 +169,19 @@ impl Lab {
         Ok(())
     }
 }
+
+/// A stuck Manager task: opens request streams on `connection` as fast as
+/// the agent grants them, writes two bytes of a frame header on each, then
+/// holds them without reading, writing or answering the agent's
+/// `STOP_SENDING`. Returns how many streams it opened once the connection
+/// ends; until then it keeps every stream it opened.
+pub async fn hold_stream_slots(connection: quinn::Connection) -> usize {
+    let mut held = Vec::new();
+    while let Ok((mut send, recv)) = connection.open_bi().await {
+        if send.write_all(&[0, 0]).await.is_err() {
+            break;
+        }
+        held.push((send, recv));
+    }
+    held.len()
+}
