@@ -133,7 +133,15 @@ async fn immediate_reply_is_written_before_release(
             (end, sink)
         })
     };
-    within(gate.confirming.notified()).await;
+    // Either the wait for the acknowledgement begins, or (wrongly) the
+    // operation is released without it: whichever comes first decides.
+    let journal = recorder.journal().clone();
+    tokio::select! {
+        () = gate.confirming.notified() => {}
+        entries = journal.wait_for(|e| e.iter().any(|e| matches!(e, Entry::Settled(..)))) => {
+            panic!("settled without waiting for the acknowledgement: {entries:#?}");
+        }
+    }
     // The reply is written and the wait for its acknowledgement is under way:
     // nothing may have been released yet.
     assert_eq!(
