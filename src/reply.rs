@@ -121,6 +121,20 @@ pub fn error_payload(text: &str) -> Vec<u8> {
     wire::encode(&Err::<(), &str>(text))
 }
 
+/// Writes the success reply of a power request in `form`. For an immediate
+/// one, [`crate::power::immediate::write_initiated`] calls this and makes the
+/// proof its release needs; a graceful one needs none.
+///
+/// # Errors
+///
+/// When the transport fails.
+pub async fn write_initiated<W: ReplySink + ?Sized>(
+    sink: &mut W,
+    form: WireForm,
+) -> io::Result<()> {
+    wire::write_frame(sink, &initiated_payload(form)).await
+}
+
 /// Writes `Ok(())`.
 ///
 /// # Errors

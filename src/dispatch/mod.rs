@@ -385,10 +385,8 @@ impl<B: PowerBackend> Dispatcher<B> {
                 Ok(_run) => {
                     self.emit(&DispatchEvent::GracefulStarted(op));
                     // A graceful operation has nothing to release.
-                    let written = self
-                        .write_bounded(immediate::write_initiated(send, form))
-                        .await;
-                    self.after_write(code, true, written.map(drop))
+                    let written = self.write_bounded(reply::write_initiated(send, form)).await;
+                    self.after_write(code, true, written)
                 }
                 Err(e) => {
                     tracing::warn!(%op, error = %e, "graceful power operation not started");

@@ -32,8 +32,7 @@ use tokio::{
 use super::pending::{PendingPowerOp, ReplyDeclined, ReplyWritten};
 use crate::{
     platform::PowerBackend,
-    reply::{Delivery, ReplySink, WireForm, initiated_payload},
-    wire,
+    reply::{self, Delivery, ReplySink, WireForm},
 };
 
 /// The bounds of the immediate ordering.
@@ -167,7 +166,8 @@ async fn confirm_delivery<W: ReplySink + ?Sized>(send: &mut W, timeout: Duration
         .unwrap_or(Delivery::TimedOut)
 }
 
-/// Writes the success reply of a power request and returns the proof.
+/// Writes the success reply of an immediate request and returns the proof
+/// that lets its operation be released.
 ///
 /// # Errors
 ///
@@ -176,7 +176,7 @@ pub async fn write_initiated<W: ReplySink + ?Sized>(
     sink: &mut W,
     form: WireForm,
 ) -> io::Result<ReplyWritten> {
-    wire::write_frame(sink, &initiated_payload(form)).await?;
+    reply::write_initiated(sink, form).await?;
     Ok(ReplyWritten::new())
 }
 
