@@ -17,7 +17,7 @@ use std::{
     ffi::OsString,
     os::unix::process::ExitStatusExt,
     process::{Command, ExitStatus},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::sys::signal::Signal;
@@ -223,7 +223,33 @@ impl Namespaced {
     async fn exit(self) -> (ExitStatus, String) {
         self.roxyd.exit().await
     }
+
+    /// As [`Self::exit`], with the moment this test saw the namespace end.
+    async fn exit_at(self) -> (ExitStatus, Instant, String) {
+        self.roxyd.exit_at().await
+    }
 }
+
+/// The order roxyd logged: the reply was written, then (and only then) the
+/// operation released.
+fn assert_written_before_released(output: &str) {
+    let line_of = |needle: &str| {
+        output
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("roxyd never logged {needle:?}:\n{output}"))
+    };
+    let written = line_of(WRITTEN);
+    let released = line_of(RELEASED);
+    assert!(
+        written < released,
+        "released before the reply was written:\n{output}"
+    );
+}
+
+/// What roxyd logs once the reply is written, and when it releases.
+const WRITTEN: &str = "reply written; awaiting its delivery";
+const RELEASED: &str = "releasing power operation";
 
 /// A request that is safe to send to the real binary: immediate ones and
 /// echo only.
@@ -268,7 +294,10 @@ impl Immediate {
     /// Sends it and returns the reply payload.
     async fn send(self, session: &AgentSession) -> Vec<u8> {
         let (code, body) = self.code_and_body();
-        session.request_raw(code, &body).await.expect("a reply")
+        tokio::time::timeout(HANG, session.request_raw(code, &body))
+            .await
+            .unwrap_or_else(|_| panic!("no reply to {self:?} within {HANG:?}"))
+            .expect("a reply")
     }
 }
 
@@ -316,16 +345,25 @@ async fn real_binary_replies_then_ends_its_namespace(#[case] request: Immediate)
         Ok(())
     );
 
-    let reply = request.send(&session).await;
+    // Both ends watched at once: when the Manager has the reply, and when
+    // the namespace is gone.
+    let ((reply, replied_at), (status, died_at, output)) = tokio::join!(
+        async { (request.send(&session).await, Instant::now()) },
+        roxyd.exit_at(),
+    );
     assert_eq!(reply, reply::initiated_payload(request.form()));
-    let (status, output) = roxyd.exit().await;
     assert_eq!(
         status.signal(),
         Some(request.signal() as i32),
         "namespace should end by {}: {status}\n{output}",
         request.signal()
     );
-    assert!(output.contains("releasing power operation"), "{output}");
+    assert!(
+        replied_at < died_at,
+        "the Manager had the reply only {:?} after the namespace died\n{output}",
+        replied_at - died_at
+    );
+    assert_written_before_released(&output);
 }
 
 #[rstest]
@@ -490,7 +528,7 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
         Some(Signal::SIGHUP as i32),
         "{status}\n{output}"
     );
-    assert!(output.contains("releasing power operation"), "{output}");
+    assert_written_before_released(&output);
     pending.abort();
 }
 
@@ -512,8 +550,9 @@ fn log_time(line: &str) -> Option<f64> {
     Some(hours * 3600.0 + minutes * 60.0 + seconds)
 }
 
-/// Repeats the end-to-end immediate reboot and counts the tries in which the
-/// Manager received `Initiated` before the namespace died. Run it with
+/// Repeats the end-to-end immediate reboot; fails unless in every try the
+/// Manager received `Initiated` before the namespace died and roxyd logged
+/// the release after the reply write (a positive gap). Run it with
 /// `scripts/test --run-ignored only --no-capture -E 'test(stress)'`;
 /// `ROXYD_STRESS_RUNS` sets the number of tries (200), and
 /// `ROXYD_STRESS_DELIVERY_TIMEOUT_MS=0` measures roxyd without the wait for
@@ -537,6 +576,7 @@ async fn stress_reply_delivered_before_the_namespace_dies() {
     let setup = setup(LabOptions::default());
     let addr = setup.lab.manager.local_addr().unwrap();
     let mut delivered = 0;
+    let mut bad_order = 0;
     let mut gaps_us = Vec::new();
     for _ in 0..runs {
         let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
@@ -564,11 +604,19 @@ async fn stress_reply_delivered_before_the_namespace_dies() {
                 .find(|l| l.contains(needle))
                 .and_then(log_time)
         };
-        if let (Some(written), Some(released)) = (
-            at("reply written; awaiting its delivery"),
-            at("releasing power operation"),
-        ) {
-            gaps_us.push((released - written) * 1e6);
+        match (at(WRITTEN), at(RELEASED)) {
+            (Some(written), Some(released)) if released > written => {
+                gaps_us.push((released - written) * 1e6);
+            }
+            (Some(written), Some(released)) => {
+                bad_order += 1;
+                gaps_us.push((released - written) * 1e6);
+                println!("released before the reply was written; roxyd said:\n{output}");
+            }
+            _ => {
+                bad_order += 1;
+                println!("no write or no release logged; roxyd said:\n{output}");
+            }
         }
         session.connection().close(0u32.into(), b"next run");
     }
@@ -580,6 +628,10 @@ async fn stress_reply_delivered_before_the_namespace_dies() {
         delivery.as_deref().unwrap_or("default (2000)")
     );
     assert_eq!(delivered, runs, "replies lost");
+    assert_eq!(
+        bad_order, 0,
+        "tries without a positive reply-write-to-release gap"
+    );
 }
 
 fn reply_lost(output: &str) {
