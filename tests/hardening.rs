@@ -456,3 +456,15 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
         .await
         .unwrap_or_else(|_| panic!("{what} did not come within {HANG:?}"))
 }
+
+/// A journal wait whose condition never holds fails with a message, instead
+/// of hanging the run until nextest kills it.
+#[tokio::test]
+#[should_panic(expected = "the journal did not reach the awaited state within 10ms")]
+async fn a_journal_wait_that_never_holds_fails_with_a_message() {
+    let recorder = RecordingBackend::new();
+    recorder
+        .journal()
+        .wait_for_within(Duration::from_millis(10), |_| false)
+        .await;
+}

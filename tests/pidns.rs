@@ -230,26 +230,31 @@ impl Namespaced {
     }
 }
 
-/// The order roxyd logged: the reply was written, then (and only then) the
-/// operation released.
-fn assert_written_before_released(output: &str) {
-    let line_of = |needle: &str| {
-        output
-            .lines()
-            .position(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("roxyd never logged {needle:?}:\n{output}"))
-    };
-    let written = line_of(WRITTEN);
-    let released = line_of(RELEASED);
+/// The line of roxyd's log that holds every one of `needles`.
+fn log_position(output: &str, needles: &[&str]) -> usize {
+    output
+        .lines()
+        .position(|l| needles.iter().all(|n| l.contains(n)))
+        .unwrap_or_else(|| panic!("roxyd never logged {needles:?}:\n{output}"))
+}
+
+/// The order roxyd logged: the reply was written, the Manager acknowledged
+/// it, and only then was the operation released.
+fn assert_released_after_acknowledgement(output: &str) {
+    let written = log_position(output, &[WRITTEN]);
+    let acknowledged = log_position(output, &[SETTLED, "delivery=Acknowledged"]);
+    let released = log_position(output, &[RELEASED]);
     assert!(
-        written < released,
-        "released before the reply was written:\n{output}"
+        written < acknowledged && acknowledged < released,
+        "released before the reply was written and acknowledged:\n{output}"
     );
 }
 
 /// What roxyd logs once the reply is written, and when it releases.
 const WRITTEN: &str = "reply written; awaiting its delivery";
 const RELEASED: &str = "releasing power operation";
+/// What roxyd logs when the wait for the Manager's acknowledgement ends.
+const SETTLED: &str = "reply delivery settled";
 
 /// A request that is safe to send to the real binary: immediate ones and
 /// echo only.
@@ -363,7 +368,7 @@ async fn real_binary_replies_then_ends_its_namespace(#[case] request: Immediate)
         "the Manager had the reply only {:?} after the namespace died\n{output}",
         replied_at - died_at
     );
-    assert_written_before_released(&output);
+    assert_released_after_acknowledgement(&output);
 }
 
 #[rstest]
@@ -528,7 +533,11 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
         Some(Signal::SIGHUP as i32),
         "{status}\n{output}"
     );
-    assert_written_before_released(&output);
+    // Never acknowledged: released on the stop, but still after the write.
+    assert!(
+        log_position(&output, &[WRITTEN]) < log_position(&output, &[RELEASED]),
+        "released before the reply was written:\n{output}"
+    );
     pending.abort();
 }
 
@@ -552,7 +561,8 @@ fn log_time(line: &str) -> Option<f64> {
 
 /// Repeats the end-to-end immediate reboot; fails unless in every try the
 /// Manager received `Initiated` before the namespace died and roxyd logged
-/// the release after the reply write (a positive gap). Run it with
+/// the release after the reply write (a positive gap) and, with the default
+/// wait, after the Manager's acknowledgement. Run it with
 /// `scripts/test --run-ignored only --no-capture -E 'test(stress)'`;
 /// `ROXYD_STRESS_RUNS` sets the number of tries (200), and
 /// `ROXYD_STRESS_DELIVERY_TIMEOUT_MS=0` measures roxyd without the wait for
@@ -604,6 +614,12 @@ async fn stress_reply_delivered_before_the_namespace_dies() {
                 .find(|l| l.contains(needle))
                 .and_then(log_time)
         };
+        // With the default wait, the release must also follow the Manager's
+        // acknowledgement.
+        if delivery.is_none() && !output.contains("delivery=Acknowledged") {
+            bad_order += 1;
+            println!("released without the Manager's acknowledgement; roxyd said:\n{output}");
+        }
         match (at(WRITTEN), at(RELEASED)) {
             (Some(written), Some(released)) if released > written => {
                 gaps_us.push((released - written) * 1e6);
@@ -630,7 +646,8 @@ async fn stress_reply_delivered_before_the_namespace_dies() {
     assert_eq!(delivered, runs, "replies lost");
     assert_eq!(
         bad_order, 0,
-        "tries without a positive reply-write-to-release gap"
+        "tries without a positive reply-write-to-release gap (or, with the default \
+         wait, without the acknowledgement)"
     );
 }
 
