@@ -154,6 +154,14 @@ impl Roxyd {
     }
 }
 
+/// `future`'s output, or a failure naming `what` after [`HANG`]: for waits
+/// that have no limit of their own.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(HANG, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not come within {HANG:?}"))
+}
+
 /// Sends `signal` to process `pid`.
 pub fn signal_pid(pid: i32, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal delivered");
