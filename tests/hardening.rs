@@ -49,6 +49,8 @@ async fn rig_with(options: LabOptions, config: DispatchConfig) -> Rig {
     let lab = Lab::with_options(options).unwrap();
     let recorder = RecordingBackend::new();
     let dispatcher = dispatcher(&recorder, config);
+    // The lab's agent announces the limits the dispatcher reports.
+    assert_eq!(dispatcher.config(), &config);
     let (session, agent) = lab.connect(Arc::clone(&dispatcher)).await.unwrap();
     Rig {
         _lab: lab,
