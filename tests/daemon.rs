@@ -23,7 +23,7 @@ use roxyd_lab::{
     pki::{PemPair, PkiError, PkiFiles, ThrowawayPki},
 };
 use rstest::rstest;
-use support::{HANG, Roxyd, lab_args, run_to_exit, write_file};
+use support::{HANG, Roxyd, lab_args, run_to_exit, within, write_file};
 use tempfile::TempDir;
 
 /// A lab whose files are on disk.
@@ -221,7 +221,9 @@ async fn serves_a_power_request_then_stops_on_sigterm(
 ) {
     let setup = setup();
     let mut roxyd = Roxyd::spawn(&setup.args(), &[]);
-    let session = setup.lab.manager.accept().await.unwrap();
+    let session = within("roxyd's connection", setup.lab.manager.accept())
+        .await
+        .unwrap();
     assert_eq!(session.agent().app_name, "roxy");
     assert_eq!(session.agent().protocol_version, "0.47.0");
     match grouped {
@@ -251,7 +253,9 @@ async fn config_file_and_environment_set_the_identity() {
     let setup = setup();
     let args = setup.with_config("app_name = \"from-file\"\nprotocol_version = \"0.40.0\"\n");
     let _roxyd = Roxyd::spawn(&args, &[("ROXYD_PROTOCOL_VERSION", "0.41.0")]);
-    let session = setup.lab.manager.accept().await.unwrap();
+    let session = within("roxyd's connection", setup.lab.manager.accept())
+        .await
+        .unwrap();
     assert_eq!(session.agent().app_name, "from-file");
     assert_eq!(session.agent().protocol_version, "0.41.0");
     assert_eq!(session.agent().version, env!("CARGO_PKG_VERSION"));
@@ -262,7 +266,9 @@ async fn logs_go_to_the_configured_file() {
     let setup = setup();
     let log = setup.dir.path().join("roxyd.log");
     let roxyd = Roxyd::spawn(&setup.args(), &[("ROXYD_LOG_FILE", log.to_str().unwrap())]);
-    let session = setup.lab.manager.accept().await.unwrap();
+    let session = within("roxyd's connection", setup.lab.manager.accept())
+        .await
+        .unwrap();
     // Served, so roxyd has logged its connection.
     assert_eq!(
         session.unit_request(RequestCode::ECHO).await.unwrap(),
@@ -285,11 +291,15 @@ async fn reconnects_after_the_manager_closes_the_connection() {
         ("ROXYD_RECONNECT_MAX_MS", "40"),
     ];
     let mut roxyd = Roxyd::spawn(&setup.args(), &env);
-    let first = setup.lab.manager.accept().await.unwrap();
+    let first = within("roxyd's connection", setup.lab.manager.accept())
+        .await
+        .unwrap();
     // Served, so roxyd is past its handshake when the Manager closes.
     assert_eq!(first.unit_request(RequestCode::ECHO).await.unwrap(), Ok(()));
     first.connection().close(0u32.into(), b"manager restarting");
-    let second = setup.lab.manager.accept().await.unwrap();
+    let second = within("roxyd's connection", setup.lab.manager.accept())
+        .await
+        .unwrap();
     assert_eq!(
         second.unit_request(RequestCode::ECHO).await.unwrap(),
         Ok(())
@@ -441,7 +451,9 @@ async fn stops_cleanly_while_waiting_to_reconnect() {
         ("ROXYD_RECONNECT_MAX_MS", "600000"),
     ];
     let mut roxyd = Roxyd::spawn(&setup.args(), &env);
-    let session = setup.lab.manager.accept().await.unwrap();
+    let session = within("roxyd's connection", setup.lab.manager.accept())
+        .await
+        .unwrap();
     session.connection().close(0u32.into(), b"bye");
     roxyd.wait_for_line(&["reconnecting after a delay"]).await;
     roxyd.signal(Signal::SIGTERM);
@@ -531,7 +543,9 @@ async fn check_succeeds_against_a_good_manager() {
     let mut args = setup.args();
     args.insert(0, "--check".into());
     let roxyd = Roxyd::spawn(&args, &[]);
-    let session = setup.lab.manager.accept().await.unwrap();
+    let session = within("roxyd's connection", setup.lab.manager.accept())
+        .await
+        .unwrap();
     let (exit, output) = roxyd.exit().await;
     assert_eq!(exit.code(), Some(0), "{output}");
     assert!(
@@ -579,7 +593,9 @@ async fn manager_refusing_the_protocol_version_ends_roxyd(
 async fn a_stalled_stream_does_not_delay_a_power_request_on_another() {
     let setup = setup();
     let mut roxyd = Roxyd::spawn(&setup.args(), &[]);
-    let session = setup.lab.manager.accept().await.unwrap();
+    let session = within("roxyd's connection", setup.lab.manager.accept())
+        .await
+        .unwrap();
     // Stream one: a frame header promising 5 bytes, then nothing.
     let (mut stalled, mut stalled_recv) = session.open_stream().await.unwrap();
     stalled.write_all(&5u32.to_be_bytes()).await.unwrap();
@@ -629,7 +645,9 @@ fn memory_kib(pid: i32) -> (u64, u64) {
 async fn oversized_frames_and_a_stream_flood_keep_memory_bounded() {
     let setup = setup();
     let roxyd = Roxyd::spawn(&setup.args(), &[]);
-    let session = setup.lab.manager.accept().await.unwrap();
+    let session = within("roxyd's connection", setup.lab.manager.accept())
+        .await
+        .unwrap();
     assert_eq!(
         session.unit_request(RequestCode::ECHO).await.unwrap(),
         Ok(())

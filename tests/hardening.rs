@@ -10,10 +10,14 @@ use std::{sync::Arc, time::Duration};
 
 use roxyd::dispatch::journal::{Entry, Recorder};
 use roxyd::{
+    cli::ManagerAddress,
+    config::Config,
     connection,
+    daemon::{self, Outcome, Settings},
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher},
     handshake::Identity,
     platform::{GracefulOp, ImmediateOp},
+    reconnect::BackoffConfig,
     reply::{self, WireForm},
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode, reply_text},
 };
@@ -26,7 +30,8 @@ use support::lab_agent::LabAgents;
 const HANG: Duration = Duration::from_secs(60);
 
 struct Rig {
-    lab: Lab,
+    /// Keeps the Manager alive.
+    _lab: Lab,
     session: AgentSession,
     recorder: Recorder,
     dispatcher: Arc<Dispatcher<Recorder>>,
@@ -41,9 +46,11 @@ async fn rig_with(options: LabOptions, config: DispatchConfig) -> Rig {
     let lab = Lab::with_options(options).unwrap();
     let recorder = Recorder::new();
     let dispatcher = dispatcher(&recorder, config);
+    // The lab's agent announces the limits the dispatcher reports.
+    assert_eq!(dispatcher.config(), &config);
     let (session, agent) = lab.connect(Arc::clone(&dispatcher)).await.unwrap();
     Rig {
-        lab,
+        _lab: lab,
         session,
         recorder,
         dispatcher,
@@ -59,7 +66,11 @@ impl Rig {
     /// A power request on a fresh stream is served correctly, and only it
     /// (with `expected` before it) is in the recorder.
     async fn still_serves_power(&self, expected: &[Entry]) {
-        self.dispatcher.power().wait_idle().await;
+        within(
+            "the power operation to finish",
+            self.dispatcher.power().wait_idle(),
+        )
+        .await;
         let reply = tokio::time::timeout(
             HANG,
             self.session.node_power(NodePowerRequest::GracefulShutdown),
@@ -292,7 +303,11 @@ async fn the_connection_dropping_while_an_operation_is_pending_cancels_it(
         !entries.iter().any(Entry::is_power_operation),
         "{entries:#?}"
     );
-    rig.dispatcher.power().wait_idle().await;
+    within(
+        "the power operation to finish",
+        rig.dispatcher.power().wait_idle(),
+    )
+    .await;
     assert_eq!(journal.power_operations(), vec![]);
 }
 
@@ -366,7 +381,11 @@ async fn with_packet_loss_every_reply_arrives_before_its_release() {
             let performed = entries.iter().position(|e| *e == operation).unwrap();
             assert!(delivered < performed, "{entries:#?}");
         }
-        dispatcher.power().wait_idle().await;
+        within(
+            "the power operation to finish",
+            dispatcher.power().wait_idle(),
+        )
+        .await;
     }
     let (_, dropped_to_manager) = relay.counts(Direction::ToManager);
     let (_, dropped_to_agent) = relay.counts(Direction::ToAgent);
@@ -378,33 +397,73 @@ async fn with_packet_loss_every_reply_arrives_before_its_release() {
     assert_eq!(recorder.journal().power_operations(), expected);
 }
 
+/// The daemon's own reconnect loop, in process: the same agent (one
+/// endpoint, dispatcher and recorder) finds the restarted Manager by itself
+/// and serves it.
 #[tokio::test]
 async fn a_restarted_manager_is_reconnected_to() {
-    let Rig {
-        mut lab,
-        session,
-        recorder,
-        dispatcher,
-        _serving,
-    } = rig().await;
-    assert_eq!(
-        session.unit_request(RequestCode::ECHO).await.unwrap(),
-        Ok(())
-    );
-    drop(session);
+    let mut lab = Lab::new().unwrap();
+    let recorder = Recorder::new();
+    let dispatcher = dispatcher(&recorder, DispatchConfig::default());
+    let addr = lab.manager.local_addr().unwrap();
+    let endpoint = connection::client_endpoint(addr, lab.client_config().unwrap()).unwrap();
+    let manager = ManagerAddress {
+        server_name: SERVER_NAME.into(),
+        addr,
+    };
+    let mut settings = Settings::from_config(&Config::default(), manager, false);
+    settings.backoff = BackoffConfig {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(40),
+    };
+    // An attempt that lands while no Manager listens gives up soon.
+    settings.handshake_timeout = Duration::from_secs(2);
+    let (trigger, stop) = roxyd::stop::channel();
+    let daemon =
+        tokio::spawn(async move { daemon::run(&settings, &endpoint, dispatcher, stop).await });
+
+    let first = within("the first connection", lab.manager.accept())
+        .await
+        .unwrap();
+    assert_eq!(first.unit_request(RequestCode::ECHO).await.unwrap(), Ok(()));
+    drop(first);
     lab.restart_manager().await.unwrap();
-    // The in-process agent of this rig does not reconnect (the daemon does;
-    // tests/daemon.rs shows it): connect a new one to the new Manager.
-    let (session, _agent) = lab.connect(Arc::clone(&dispatcher)).await.unwrap();
+    let second = within("the reconnection", lab.manager.accept())
+        .await
+        .unwrap();
     assert_eq!(
-        session
-            .node_power(NodePowerRequest::GracefulReboot)
-            .await
-            .unwrap(),
+        within(
+            "the reply",
+            second.node_power(NodePowerRequest::GracefulReboot)
+        )
+        .await
+        .unwrap(),
         Ok(NodePowerResponse::Initiated)
     );
     assert_eq!(
         recorder.journal().power_operations(),
         vec![Entry::StartGraceful(GracefulOp::Reboot)]
     );
+    trigger.trigger();
+    let outcome = within("the daemon's stop", daemon).await.unwrap();
+    assert_eq!(outcome.unwrap(), Outcome::Stopped);
+}
+
+/// `future`'s output, or a failure naming `what` after [`HANG`].
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(HANG, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not come within {HANG:?}"))
+}
+
+/// A journal wait whose condition never holds fails with a message, instead
+/// of hanging the run until nextest kills it.
+#[tokio::test]
+#[should_panic(expected = "the journal did not reach the awaited state within 10ms")]
+async fn a_journal_wait_that_never_holds_fails_with_a_message() {
+    let recorder = Recorder::new();
+    recorder
+        .journal()
+        .wait_for_within(Duration::from_millis(10), |_| false)
+        .await;
 }

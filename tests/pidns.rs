@@ -21,7 +21,7 @@ use std::{
     path::Path,
     process::{Command, ExitStatus},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::sys::signal::Signal;
@@ -325,7 +325,38 @@ impl Namespaced {
     async fn exit(self) -> (ExitStatus, String) {
         self.roxyd.exit().await
     }
+
+    /// As [`Self::exit`], with the moment this test saw the namespace end.
+    async fn exit_at(self) -> (ExitStatus, Instant, String) {
+        self.roxyd.exit_at().await
+    }
 }
+
+/// The line of roxyd's log that holds every one of `needles`.
+fn log_position(output: &str, needles: &[&str]) -> usize {
+    output
+        .lines()
+        .position(|l| needles.iter().all(|n| l.contains(n)))
+        .unwrap_or_else(|| panic!("roxyd never logged {needles:?}:\n{output}"))
+}
+
+/// The order roxyd logged: the reply was written, the Manager acknowledged
+/// it, and only then was the operation released.
+fn assert_released_after_acknowledgement(output: &str) {
+    let written = log_position(output, &[WRITTEN]);
+    let acknowledged = log_position(output, &[SETTLED, "delivery=Acknowledged"]);
+    let released = log_position(output, &[RELEASED]);
+    assert!(
+        written < acknowledged && acknowledged < released,
+        "released before the reply was written and acknowledged:\n{output}"
+    );
+}
+
+/// What roxyd logs once the reply is written, and when it releases.
+const WRITTEN: &str = "reply written; awaiting its delivery";
+const RELEASED: &str = "releasing power operation";
+/// What roxyd logs when the wait for the Manager's acknowledgement ends.
+const SETTLED: &str = "reply delivery settled";
 
 /// A request that is safe to send to the real binary: immediate ones and
 /// echo only.
@@ -370,7 +401,10 @@ impl Immediate {
     /// Sends it and returns the reply payload.
     async fn send(self, session: &AgentSession) -> Vec<u8> {
         let (code, body) = self.code_and_body();
-        session.request_raw(code, &body).await.expect("a reply")
+        tokio::time::timeout(HANG, session.request_raw(code, &body))
+            .await
+            .unwrap_or_else(|_| panic!("no reply to {self:?} within {HANG:?}"))
+            .expect("a reply")
     }
 }
 
@@ -418,16 +452,25 @@ async fn real_binary_replies_then_ends_its_namespace(#[case] request: Immediate)
         Ok(())
     );
 
-    let reply = request.send(&session).await;
+    // Both ends watched at once: when the Manager has the reply, and when
+    // the namespace is gone.
+    let ((reply, replied_at), (status, died_at, output)) = tokio::join!(
+        async { (request.send(&session).await, Instant::now()) },
+        roxyd.exit_at(),
+    );
     assert_eq!(reply, reply::initiated_payload(request.form()));
-    let (status, output) = roxyd.exit().await;
     assert_eq!(
         status.signal(),
         Some(request.signal() as i32),
         "namespace should end by {}: {status}\n{output}",
         request.signal()
     );
-    assert!(output.contains("releasing power operation"), "{output}");
+    assert!(
+        replied_at < died_at,
+        "the Manager had the reply only {:?} after the namespace died\n{output}",
+        replied_at - died_at
+    );
+    assert_released_after_acknowledgement(&output);
 }
 
 #[rstest]
@@ -599,6 +642,11 @@ async fn sigterm_after_the_reply_was_written_releases_at_once() {
     assert!(
         took < Duration::from_secs(5),
         "released {took:?} after SIGTERM: the delivery wait was not cut short\n{output}"
+    );
+    // Never acknowledged: released on the stop, but still after the write.
+    assert!(
+        log_position(&output, &[WRITTEN]) < log_position(&output, &[RELEASED]),
+        "released before the reply was written:\n{output}"
     );
     pending.abort();
 }
@@ -806,8 +854,10 @@ fn log_time(line: &str) -> Option<f64> {
     Some(hours * 3600.0 + minutes * 60.0 + seconds)
 }
 
-/// Repeats the end-to-end immediate reboot and counts the tries in which the
-/// Manager received `Initiated` before the namespace died. Run it with
+/// Repeats the end-to-end immediate reboot; fails unless in every try the
+/// Manager received `Initiated` before the namespace died and roxyd logged
+/// the release after the reply write (a positive gap) and, with the default
+/// wait, after the Manager's acknowledgement. Run it with
 /// `scripts/test --run-ignored only --no-capture -E 'test(stress)'`;
 /// `ROXYD_STRESS_RUNS` sets the number of tries (200), and
 /// `ROXYD_STRESS_DELIVERY_TIMEOUT_MS=0` measures roxyd without the wait for
@@ -831,6 +881,7 @@ async fn stress_reply_delivered_before_the_namespace_dies() {
     let setup = setup(LabOptions::default());
     let addr = setup.lab.manager.local_addr().unwrap();
     let mut delivered = 0;
+    let mut bad_order = 0;
     let mut gaps_us = Vec::new();
     for _ in 0..runs {
         let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
@@ -858,11 +909,25 @@ async fn stress_reply_delivered_before_the_namespace_dies() {
                 .find(|l| l.contains(needle))
                 .and_then(log_time)
         };
-        if let (Some(written), Some(released)) = (
-            at("reply written; awaiting its delivery"),
-            at("releasing power operation"),
-        ) {
-            gaps_us.push((released - written) * 1e6);
+        // With the default wait, the release must also follow the Manager's
+        // acknowledgement.
+        if delivery.is_none() && !output.contains("delivery=Acknowledged") {
+            bad_order += 1;
+            println!("released without the Manager's acknowledgement; roxyd said:\n{output}");
+        }
+        match (at(WRITTEN), at(RELEASED)) {
+            (Some(written), Some(released)) if released > written => {
+                gaps_us.push((released - written) * 1e6);
+            }
+            (Some(written), Some(released)) => {
+                bad_order += 1;
+                gaps_us.push((released - written) * 1e6);
+                println!("released before the reply was written; roxyd said:\n{output}");
+            }
+            _ => {
+                bad_order += 1;
+                println!("no write or no release logged; roxyd said:\n{output}");
+            }
         }
         session.connection().close(0u32.into(), b"next run");
     }
@@ -874,6 +939,11 @@ async fn stress_reply_delivered_before_the_namespace_dies() {
         delivery.as_deref().unwrap_or("default (2000)")
     );
     assert_eq!(delivered, runs, "replies lost");
+    assert_eq!(
+        bad_order, 0,
+        "tries without a positive reply-write-to-release gap (or, with the default \
+         wait, without the acknowledgement)"
+    );
 }
 
 fn reply_lost(output: &str) {

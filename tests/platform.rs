@@ -13,7 +13,9 @@ use roxyd::{
     dispatch::{DispatchConfig, Dispatcher},
     platform::{
         GracefulCommands, GracefulOp, ImmediateOp, PowerBackend, PrepareError, StartError,
-        macos::MacosBackend, unsupported::UnsupportedBackend,
+        graceful_command::{CommandLine, SYSTEM_DIRS},
+        macos::MacosBackend,
+        unsupported::UnsupportedBackend,
     },
     reply::{self, WireForm},
     wire::{self, NodePowerRequest, RequestCode, reply_text},
@@ -107,21 +109,53 @@ fn macos_graceful_runs_sudo(#[case] op: GracefulOp, #[case] expected: &str) {
     assert_eq!(calls(dir.path()), vec![expected.to_owned()]);
 }
 
+/// The default table: `sudo reboot` and `sudo shutdown -h now`, with `sudo`
+/// looked up in the system directories, in order. Checked without the host's
+/// own `sudo`: the search path shows in the not-found error, and stand-ins
+/// in two directories show which one wins.
 #[test]
 fn macos_default_commands_are_looked_up_in_system_directories() {
     let commands = GracefulCommands::new(MacosBackend::REBOOT, MacosBackend::POWER_OFF);
-    assert_eq!(commands.command_line(GracefulOp::Reboot).program, "sudo");
-    assert_eq!(
-        commands.command_line(GracefulOp::PowerOff).args,
-        ["shutdown", "-h", "now"]
-    );
-    if let Ok(path) = commands.resolve(GracefulOp::Reboot) {
-        assert!(
-            roxyd::platform::graceful_command::SYSTEM_DIRS
-                .iter()
-                .any(|dir| path.parent() == Some(Path::new(dir)))
-        );
+    for (op, args) in [
+        (GracefulOp::Reboot, &["reboot"][..]),
+        (GracefulOp::PowerOff, &["shutdown", "-h", "now"][..]),
+    ] {
+        let line = commands.command_line(op);
+        assert_eq!((line.program, line.args), ("sudo", args), "{op:?}");
     }
+
+    // The default search path, read from what a failed lookup reports.
+    let nowhere = CommandLine {
+        program: "roxyd-test-no-such-command",
+        args: &[],
+    };
+    match GracefulCommands::new(nowhere, nowhere).resolve(GracefulOp::Reboot) {
+        Err(StartError::NotFound { program, dirs }) => {
+            assert_eq!(program, nowhere.program);
+            assert_eq!(dirs, SYSTEM_DIRS.join(":"));
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(SYSTEM_DIRS, ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]);
+
+    // The first directory holding the program wins.
+    let (first, second) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    fake_command(second.path(), "sudo", true);
+    let looked_up = |dirs: &[&Path]| {
+        GracefulCommands::new(MacosBackend::REBOOT, MacosBackend::POWER_OFF)
+            .with_search_dirs(dirs.iter().map(|d| d.to_path_buf()).collect())
+            .resolve(GracefulOp::PowerOff)
+            .unwrap()
+    };
+    assert_eq!(
+        looked_up(&[first.path(), second.path()]),
+        second.path().join("sudo")
+    );
+    fake_command(first.path(), "sudo", true);
+    assert_eq!(
+        looked_up(&[first.path(), second.path()]),
+        first.path().join("sudo")
+    );
 }
 
 #[rstest]
@@ -176,9 +210,29 @@ async fn unsupported_platform_refuses_everything(
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use roxyd::platform::linux::LinuxBackend;
+    use nix::sys::reboot::RebootMode;
+    use roxyd::platform::linux::{LinuxBackend, reboot_mode};
 
     use super::*;
+
+    /// The kernel's own numbers (reboot(2): `LINUX_REBOOT_CMD_RESTART` and
+    /// `LINUX_REBOOT_CMD_POWER_OFF`), read independently of nix's names, so
+    /// that a swap is caught without root and without a PID namespace.
+    #[rstest]
+    #[case::reboot(ImmediateOp::Reboot, RebootMode::RB_AUTOBOOT, 0x0123_4567)]
+    #[case::power_off(ImmediateOp::PowerOff, RebootMode::RB_POWER_OFF, 0x4321_fedc)]
+    fn immediate_ops_map_to_the_matching_reboot_command(
+        #[case] op: ImmediateOp,
+        #[case] mode: RebootMode,
+        #[case] kernel_cmd: u32,
+    ) {
+        assert_eq!(reboot_mode(op), mode);
+        assert_eq!(
+            (reboot_mode(op) as i32).cast_unsigned(),
+            kernel_cmd,
+            "{op:?}"
+        );
+    }
 
     fn backend_in(dir: &Path) -> LinuxBackend {
         LinuxBackend::with_commands(

@@ -55,3 +55,22 @@ fn agents_do_not_reconnect_in_lockstep() {
         }
     }
 }
+
+/// The same for the backoff the daemon uses, which draws from the operating
+/// system: were it seeded with a constant, every agent would wait the same.
+#[test]
+fn agents_with_os_randomness_do_not_reconnect_in_lockstep() {
+    let fleet: Vec<Vec<Duration>> = (0..16)
+        .map(|_| {
+            let mut backoff = Backoff::new(CONFIG);
+            (0..8).map(|_| backoff.next_delay()).collect()
+        })
+        .collect();
+    // Eight draws of half a second or more each, in microseconds: two
+    // agents drawing the same eight by chance is beyond any run's luck.
+    for (i, a) in fleet.iter().enumerate() {
+        for b in &fleet[i + 1..] {
+            assert_ne!(a, b, "two agents reconnect in lockstep");
+        }
+    }
+}

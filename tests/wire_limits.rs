@@ -73,3 +73,49 @@ async fn the_agent_reports_such_a_handshake_reply_as_malformed() {
     );
     drop(manager_side.await.unwrap());
 }
+
+/// The limit itself, not only relative to the constant: half a mebibyte
+/// still decodes, so a limit shrunk by mistake fails here.
+#[test]
+fn the_decode_limit_is_one_mebibyte() {
+    assert_eq!(wire::DECODE_LIMIT, 1024 * 1024);
+    let big = "x".repeat(512 * 1024);
+    let reply: HandshakeReply = Ok(big.clone());
+    assert_eq!(
+        wire::decode::<HandshakeReply>(&wire::encode(&reply)).unwrap(),
+        Ok(big)
+    );
+}
+
+/// Yields `bytes`, then fails as a reset transport does.
+struct FailingAfter(&'static [u8]);
+
+impl tokio::io::AsyncRead for FailingAfter {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.0.is_empty() {
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+        }
+        let n = self.0.len().min(buf.remaining());
+        buf.put_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A transport that fails inside a frame is reported as such, not as a
+/// stream that ended: the two are logged and counted apart.
+#[rstest]
+#[case::in_the_header(&[0, 0])]
+#[case::in_the_payload(&[0, 0, 0, 8, 1, 2])]
+#[tokio::test]
+async fn a_transport_failure_inside_a_frame_is_an_io_error(#[case] sent: &'static [u8]) {
+    let result = wire::read_frame(&mut FailingAfter(sent), 64).await;
+    assert!(
+        matches!(&result, Err(wire::FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{result:?}"
+    );
+}

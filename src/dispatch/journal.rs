@@ -7,7 +7,11 @@
 //! on the journal with [`Journal::wait_for`], an explicit signal with a time
 //! limit, never a sleep.
 
-use std::{io, sync::Arc, time::Instant};
+use std::{
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::watch;
 
@@ -122,17 +126,47 @@ impl Journal {
             .collect()
     }
 
+    /// How long [`Self::wait_for`] waits: a safety net that turns a hang
+    /// into a failure that shows the entries, not a time tests rely on.
+    pub const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
     /// Waits until `done` holds for the entries, then returns a copy of them.
-    pub async fn wait_for(&self, mut done: impl FnMut(&[Entry]) -> bool) -> Vec<Entry> {
+    ///
+    /// # Panics
+    ///
+    /// When `done` does not hold within [`Self::WAIT_LIMIT`].
+    pub async fn wait_for(&self, done: impl FnMut(&[Entry]) -> bool) -> Vec<Entry> {
+        self.wait_for_within(Self::WAIT_LIMIT, done).await
+    }
+
+    /// [`Self::wait_for`] with its own time limit.
+    ///
+    /// # Panics
+    ///
+    /// When `done` does not hold within `limit`; the message lists the
+    /// entries recorded by then.
+    pub async fn wait_for_within(
+        &self,
+        limit: Duration,
+        mut done: impl FnMut(&[Entry]) -> bool,
+    ) -> Vec<Entry> {
         let mut rx = self.entries.subscribe();
         let mut plain = Vec::new();
         // The sender lives in `self`, so the channel cannot close.
-        let _ = rx
-            .wait_for(|entries| {
+        let reached = tokio::time::timeout(
+            limit,
+            rx.wait_for(|entries| {
                 plain = entries.iter().map(|(_, e)| e.clone()).collect();
                 done(&plain)
-            })
-            .await;
+            }),
+        )
+        .await
+        .is_ok();
+        assert!(
+            reached,
+            "the journal did not reach the awaited state within {limit:?}; it holds {:#?}",
+            self.entries()
+        );
         plain
     }
 }

@@ -113,6 +113,17 @@ impl LinuxBackend {
     }
 }
 
+/// The `reboot(2)` command for `op`: `RB_AUTOBOOT` restarts, `RB_POWER_OFF`
+/// switches off. Kept apart from the syscall so that a test without root (and
+/// without a PID namespace) catches the two being swapped.
+#[must_use]
+pub fn reboot_mode(op: ImmediateOp) -> RebootMode {
+    match op {
+        ImmediateOp::Reboot => RebootMode::RB_AUTOBOOT,
+        ImmediateOp::PowerOff => RebootMode::RB_POWER_OFF,
+    }
+}
+
 impl Default for LinuxBackend {
     fn default() -> Self {
         Self::new()
@@ -137,12 +148,8 @@ impl PowerBackend for LinuxBackend {
     /// Flushes file systems with `sync(2)`, waiting at most the sync
     /// timeout, then calls `reboot(2)`. Returns only when the kernel refused.
     fn perform(&self, op: ImmediateOp) -> io::Result<()> {
-        let mode = match op {
-            ImmediateOp::Reboot => RebootMode::RB_AUTOBOOT,
-            ImmediateOp::PowerOff => RebootMode::RB_POWER_OFF,
-        };
         self.bounded_sync();
-        match reboot(mode) {
+        match reboot(reboot_mode(op)) {
             Ok(never) => match never {},
             Err(errno) => Err(io::Error::from(errno)),
         }

@@ -8,7 +8,7 @@ use std::{
     ffi::OsString,
     path::Path,
     process::{ExitStatus, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use roxyd_lab::{SERVER_NAME, pki::PkiFiles};
@@ -139,16 +139,36 @@ impl Roxyd {
     }
 
     /// Waits for roxyd to exit; returns its status and everything it printed.
-    pub async fn exit(mut self) -> (ExitStatus, String) {
+    pub async fn exit(self) -> (ExitStatus, String) {
+        let (status, _, output) = self.exit_at().await;
+        (status, output)
+    }
+
+    /// As [`Self::exit`], with the moment this test saw the process end.
+    pub async fn exit_at(mut self) -> (ExitStatus, Instant, String) {
         let status = tokio::time::timeout(HANG, self.child.wait())
             .await
-            .expect("roxyd exits")
+            .unwrap_or_else(|_| {
+                panic!(
+                    "roxyd did not exit within {HANG:?}; it printed:\n{}",
+                    self.seen.join("\n")
+                )
+            })
             .expect("roxyd's status");
+        let ended = Instant::now();
         while let Ok(Some(line)) = tokio::time::timeout(HANG, self.lines.recv()).await {
             self.seen.push(line);
         }
-        (status, self.seen.join("\n"))
+        (status, ended, self.seen.join("\n"))
     }
+}
+
+/// `future`'s output, or a failure naming `what` after [`HANG`]: for waits
+/// that have no limit of their own.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(HANG, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not come within {HANG:?}"))
 }
 
 /// Sends `signal` to process `pid`.
