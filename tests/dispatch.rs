@@ -780,3 +780,41 @@ async fn a_silent_stream_is_ended_after_the_idle_timeout() {
         StreamEnd::IdleTimeout
     );
 }
+
+/// The daemon waits for a released operation before it exits: on a real
+/// system `reboot(2)` never returns, so roxyd can never exit between telling
+/// the Manager `Initiated` and reaching the syscall.
+#[tokio::test]
+async fn a_released_operation_is_awaited_until_it_was_performed() {
+    let recorder = Recorder::new();
+    recorder.set_hold_perform(true);
+    let dispatcher = dispatcher(&recorder, DispatchConfig::default());
+    let (mut sink, gate) = ScriptedSink::new(&recorder, Write::Accept);
+    gate.acknowledge.notify_one();
+    let (code, body) = power_request(NodePowerRequest::Reboot, WireForm::Grouped);
+    let mut recv = ScriptedRecv {
+        frame: framed(&wire::encode_request(code, &body)),
+        read: 0,
+        after: After::Finished,
+    };
+    let end = dispatcher.serve_stream(&mut recv, &mut sink).await;
+    assert_eq!(end, StreamEnd::Released(ImmediateOp::Reboot));
+    // The perform has begun (recorded) and is held, like a reboot(2) that
+    // has not returned: the wait must not be over.
+    within(
+        recorder
+            .journal()
+            .wait_for(|e| e.contains(&Entry::Perform(ImmediateOp::Reboot))),
+    )
+    .await;
+    let mut waiting = std::pin::pin!(dispatcher.power().wait_performed());
+    let polled = waiting
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()));
+    assert!(
+        polled.is_pending(),
+        "the wait ended while the operation was still being performed"
+    );
+    recorder.set_hold_perform(false);
+    within(waiting).await;
+}

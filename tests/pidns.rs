@@ -6,7 +6,8 @@
 //! machine: the kernel kills the namespace's init, and its parent sees it die
 //! by SIGHUP (restart) or SIGINT (power-off). Every test here checks that the
 //! process about to reach the syscall is PID 1 of a namespace of its own, and
-//! skips, saying why, where it cannot make one (not root, say). A graceful
+//! fails, saying why, where it cannot make one (not root, say): the runners
+//! filter this file out there, so it shows as skipped, never as passed. A graceful
 //! request reaches the real binary only when it runs in a private mount
 //! namespace whose `/usr/sbin` is a tmpfs of stand-in commands
 //! ([`Namespaced::start_with`]): the host's own `reboot` would not be
@@ -54,25 +55,24 @@ fn unavailable() -> Option<String> {
     }
 }
 
-/// `true` (and says why) when the test must skip.
-fn skip() -> bool {
-    match unavailable() {
-        Some(reason) => {
-            println!("SKIPPED: {reason}");
-            true
-        }
-        None => false,
+/// Fails the test, saying why, where it cannot run: a test that checked
+/// nothing must never count as passed. Where there is no root, the runners
+/// select these tests out instead (`scripts/test` and CI use the nextest
+/// profile `unprivileged`), so they show as skipped.
+fn require_pid_namespaces() {
+    if let Some(reason) = unavailable() {
+        panic!(
+            "cannot run here ({reason}); run the suite with scripts/test, which filters these tests out where they cannot run"
+        );
     }
 }
 
 /// The real `roxyd` binary, which `scripts/test` builds without
-/// `test-backend` and names in `ROXYD_REAL_BINARY`.
-fn real_binary() -> Option<OsString> {
-    let path = std::env::var_os("ROXYD_REAL_BINARY");
-    if path.is_none() {
-        println!("SKIPPED: ROXYD_REAL_BINARY is not set; scripts/test builds and sets it");
-    }
-    path
+/// `test-backend` and names in `ROXYD_REAL_BINARY`; the test fails, saying
+/// so, without it.
+fn real_binary() -> OsString {
+    std::env::var_os("ROXYD_REAL_BINARY")
+        .expect("ROXYD_REAL_BINARY is not set; scripts/test builds the real binary and sets it")
 }
 
 // ---------------------------------------------------------------------------
@@ -85,9 +85,7 @@ const CHILD_OP: &str = "ROXYD_PIDNS_CHILD_OP";
 #[case::reboot("reboot", Signal::SIGHUP)]
 #[case::power_off("power-off", Signal::SIGINT)]
 fn linux_backend_ends_its_pid_namespace(#[case] op: &str, #[case] expected: Signal) {
-    if skip() {
-        return;
-    }
+    require_pid_namespaces();
     let status = Command::new("unshare")
         .args(["--pid", "--fork", "--kill-child", "--"])
         .arg(std::env::current_exe().unwrap())
@@ -112,9 +110,7 @@ async fn a_sync_that_never_returns_still_ends_in_reboot(
     #[case] op: &str,
     #[case] expected: Signal,
 ) {
-    if skip() {
-        return;
-    }
+    require_pid_namespaces();
     let mut child = tokio::process::Command::new("unshare")
         .args(["--pid", "--fork", "--kill-child", "--"])
         .arg(std::env::current_exe().unwrap())
@@ -439,10 +435,8 @@ async fn accept(lab: &Lab) -> AgentSession {
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn real_binary_replies_then_ends_its_namespace(#[case] request: Immediate) {
-    if skip() {
-        return;
-    }
-    let Some(binary) = real_binary() else { return };
+    require_pid_namespaces();
+    let binary = real_binary();
     let setup = setup(LabOptions::default());
     let addr = setup.lab.manager.local_addr().unwrap();
     let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &[]).await;
@@ -480,10 +474,8 @@ async fn real_binary_replies_then_ends_its_namespace(#[case] request: Immediate)
 async fn manager_stopping_the_stream_before_the_reply_leaves_roxyd_running(
     #[case] request: Immediate,
 ) {
-    if skip() {
-        return;
-    }
-    let Some(binary) = real_binary() else { return };
+    require_pid_namespaces();
+    let binary = real_binary();
     // Four bytes of credit per stream: roxyd's reply (5 or 6 bytes) cannot
     // be written in full until the Manager reads, which it never does.
     let setup = setup(LabOptions {
@@ -533,10 +525,8 @@ async fn manager_stopping_the_stream_before_the_reply_leaves_roxyd_running(
 
 #[tokio::test]
 async fn without_cap_sys_boot_immediate_requests_are_invalid_command() {
-    if skip() {
-        return;
-    }
-    let Some(binary) = real_binary() else { return };
+    require_pid_namespaces();
+    let binary = real_binary();
     let setup = setup(LabOptions::default());
     let addr = setup.lab.manager.local_addr().unwrap();
     let roxyd =
@@ -570,10 +560,8 @@ async fn without_cap_sys_boot_immediate_requests_are_invalid_command() {
 
 #[tokio::test]
 async fn sigterm_while_the_reply_write_is_held_up_cancels() {
-    if skip() {
-        return;
-    }
-    let Some(binary) = real_binary() else { return };
+    require_pid_namespaces();
+    let binary = real_binary();
     let setup = setup(LabOptions {
         stream_receive_window: Some(4),
         ..LabOptions::default()
@@ -605,10 +593,8 @@ async fn sigterm_while_the_reply_write_is_held_up_cancels() {
 /// Manager's acknowledgement cuts the wait short and releases it.
 #[tokio::test]
 async fn sigterm_after_the_reply_was_written_releases_at_once() {
-    if skip() {
-        return;
-    }
-    let Some(binary) = real_binary() else { return };
+    require_pid_namespaces();
+    let binary = real_binary();
     let setup = setup(LabOptions::default());
     let relay = UdpRelay::start(setup.lab.manager.local_addr().unwrap(), 1)
         .await
@@ -668,10 +654,8 @@ async fn real_binary_after_a_graceful_request_carries_out_an_immediate_one(
     #[case] stand_in: &str,
     #[case] graceful_end: Option<&[&str]>,
 ) {
-    if skip() {
-        return;
-    }
-    let Some(binary) = real_binary() else { return };
+    require_pid_namespaces();
+    let binary = real_binary();
     let setup = setup(LabOptions::default());
     let addr = setup.lab.manager.local_addr().unwrap();
     let mut roxyd = Namespaced::start_with(
@@ -717,7 +701,7 @@ async fn real_binary_after_a_graceful_request_carries_out_an_immediate_one(
 /// it connects anywhere.
 #[tokio::test]
 async fn real_binary_refuses_the_recorder_in_one_line() {
-    let Some(binary) = real_binary() else { return };
+    let binary = real_binary();
     let mut command = tokio::process::Command::new(&binary);
     command
         .args(["--backend", "recorder", "--cert", "c", "--key", "k"])
@@ -761,10 +745,8 @@ async fn real_binary_carries_out_a_fire_and_forget_request(
     #[case] request: NodePowerRequest,
     #[case] expected: Signal,
 ) {
-    if skip() {
-        return;
-    }
-    let Some(binary) = real_binary() else { return };
+    require_pid_namespaces();
+    let binary = real_binary();
     let setup = setup(LabOptions::default());
     let addr = setup.lab.manager.local_addr().unwrap();
     let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &[]).await;
@@ -793,10 +775,8 @@ async fn real_binary_carries_out_a_fire_and_forget_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "stress run: scripts/test --run-ignored only --no-capture -E 'test(stress)'"]
 async fn stress_fire_and_forget_is_carried_out() {
-    if skip() {
-        return;
-    }
-    let Some(binary) = real_binary() else { return };
+    require_pid_namespaces();
+    let binary = real_binary();
     let runs: usize = std::env::var("ROXYD_STRESS_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -865,10 +845,8 @@ fn log_time(line: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "stress run: scripts/test --run-ignored only --no-capture -E 'test(stress)'"]
 async fn stress_reply_delivered_before_the_namespace_dies() {
-    if skip() {
-        return;
-    }
-    let Some(binary) = real_binary() else { return };
+    require_pid_namespaces();
+    let binary = real_binary();
     let runs: usize = std::env::var("ROXYD_STRESS_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
