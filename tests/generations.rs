@@ -21,7 +21,10 @@ use roxyd_lab::{
     manager::{AgentSession, Generation},
 };
 use rstest::rstest;
-use support::lab_agent::{LabAgent, LabAgents};
+use support::{
+    immediate::Immediate,
+    lab_agent::{LabAgent, LabAgents},
+};
 
 /// Fails the test if one step takes longer than any step here can.
 async fn within<F: Future>(future: F) -> F::Output {
@@ -45,44 +48,6 @@ impl DispatchObserver for Observer {
 
     fn hold_reply_until_stopped(&self, _op: ImmediateOp) -> bool {
         self.hold
-    }
-}
-
-/// An immediate request in one wire form.
-#[derive(Clone, Copy, Debug)]
-enum Immediate {
-    GroupedReboot,
-    GroupedShutdown,
-    FlatReboot,
-    FlatShutdown,
-}
-
-impl Immediate {
-    fn code_and_body(self) -> (u32, Vec<u8>) {
-        match self {
-            Self::GroupedReboot => (
-                RequestCode::NODE_POWER,
-                wire::encode(&NodePowerRequest::Reboot),
-            ),
-            Self::GroupedShutdown => (
-                RequestCode::NODE_POWER,
-                wire::encode(&NodePowerRequest::Shutdown),
-            ),
-            Self::FlatReboot => (RequestCode::FLAT_REBOOT, Vec::new()),
-            Self::FlatShutdown => (RequestCode::FLAT_SHUTDOWN, Vec::new()),
-        }
-    }
-
-    fn op(self) -> ImmediateOp {
-        match self {
-            Self::GroupedReboot | Self::FlatReboot => ImmediateOp::Reboot,
-            Self::GroupedShutdown | Self::FlatShutdown => ImmediateOp::PowerOff,
-        }
-    }
-
-    fn frame(self) -> Vec<u8> {
-        let (code, body) = self.code_and_body();
-        wire::encode_request(code, &body)
     }
 }
 

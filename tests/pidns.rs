@@ -37,7 +37,7 @@ use roxyd_lab::{
     pki::PkiFiles,
 };
 use rstest::rstest;
-use support::{HANG, Roxyd, signal_pid};
+use support::{HANG, Roxyd, immediate::Immediate, signal_pid};
 use tempfile::TempDir;
 
 /// Why these tests cannot run here, if they cannot.
@@ -354,47 +354,23 @@ const RELEASED: &str = "releasing power operation";
 /// What roxyd logs when the wait for the Manager's acknowledgement ends.
 const SETTLED: &str = "reply delivery settled";
 
-/// A request that is safe to send to the real binary: immediate ones and
-/// echo only.
-#[derive(Clone, Copy, Debug)]
-enum Immediate {
-    GroupedReboot,
-    GroupedShutdown,
-    FlatReboot,
-    FlatShutdown,
+/// What the real binary's test needs of an immediate request beyond
+/// [`Immediate`] itself.
+trait ImmediateOnRealBinary {
+    /// The signal its `reboot(2)` ends the namespace by.
+    fn signal(self) -> Signal;
+    /// Sends it and returns the reply payload.
+    async fn send(self, session: &AgentSession) -> Vec<u8>;
 }
 
-impl Immediate {
-    fn code_and_body(self) -> (u32, Vec<u8>) {
-        match self {
-            Self::GroupedReboot => (
-                RequestCode::NODE_POWER,
-                wire::encode(&NodePowerRequest::Reboot),
-            ),
-            Self::GroupedShutdown => (
-                RequestCode::NODE_POWER,
-                wire::encode(&NodePowerRequest::Shutdown),
-            ),
-            Self::FlatReboot => (RequestCode::FLAT_REBOOT, Vec::new()),
-            Self::FlatShutdown => (RequestCode::FLAT_SHUTDOWN, Vec::new()),
-        }
-    }
-
-    fn form(self) -> WireForm {
-        match self {
-            Self::GroupedReboot | Self::GroupedShutdown => WireForm::Grouped,
-            Self::FlatReboot | Self::FlatShutdown => WireForm::Flat,
-        }
-    }
-
+impl ImmediateOnRealBinary for Immediate {
     fn signal(self) -> Signal {
-        match self {
-            Self::GroupedReboot | Self::FlatReboot => Signal::SIGHUP,
-            Self::GroupedShutdown | Self::FlatShutdown => Signal::SIGINT,
+        match self.op() {
+            ImmediateOp::Reboot => Signal::SIGHUP,
+            ImmediateOp::PowerOff => Signal::SIGINT,
         }
     }
 
-    /// Sends it and returns the reply payload.
     async fn send(self, session: &AgentSession) -> Vec<u8> {
         let (code, body) = self.code_and_body();
         tokio::time::timeout(HANG, session.request_raw(code, &body))
