@@ -107,6 +107,23 @@ impl Rig {
             .unwrap()
     }
 
+    /// Opens a stream and writes `request` on it; both halves are the
+    /// test's to finish, stop or drop.
+    async fn open_with(&self, request: Immediate) -> (quinn::SendStream, quinn::RecvStream) {
+        let (mut send, recv) = self.session.open_stream().await.unwrap();
+        wire::write_frame(&mut send, &request.frame())
+            .await
+            .unwrap();
+        (send, recv)
+    }
+
+    /// Checks that `op` was released and carried out, once.
+    async fn assert_carried_out(&self, op: ImmediateOp) {
+        assert_eq!(self.settlement(op).await, Settlement::Released);
+        self.until(Entry::Perform(op)).await;
+        assert_eq!(self.journal().power_operations(), vec![Entry::Perform(op)]);
+    }
+
     /// Checks that `op` was carried out once, after a decline.
     async fn assert_carried_out_after_decline(&self, op: ImmediateOp) {
         assert_eq!(self.settlement(op).await, Settlement::Released);
@@ -168,9 +185,7 @@ async fn fire_and_forget_manager_gets_its_operation(
     let rig = Rig::new(false).await;
     let sent = within(rig.session.node_power_as(Generation::V0_19, request)).await;
     assert_eq!(sent.unwrap(), None, "a 0.19 Manager reads no reply");
-    assert_eq!(rig.settlement(op).await, Settlement::Released);
-    rig.until(Entry::Perform(op)).await;
-    assert_eq!(rig.journal().power_operations(), vec![Entry::Perform(op)]);
+    rig.assert_carried_out(op).await;
 }
 
 /// The Manager stops the stream only once the reply was written: carried
@@ -181,10 +196,7 @@ async fn fire_and_forget_manager_gets_its_operation(
 #[tokio::test]
 async fn stop_after_the_write_is_carried_out(#[case] request: Immediate) {
     let rig = Rig::new(false).await;
-    let (mut send, recv) = rig.session.open_stream().await.unwrap();
-    wire::write_frame(&mut send, &request.frame())
-        .await
-        .unwrap();
+    let (mut send, recv) = rig.open_with(request).await;
     send.finish().unwrap();
     let (code, _) = request.code_and_body();
     rig.until(Entry::Dispatch(DispatchEvent::ReplyWritten {
@@ -194,9 +206,7 @@ async fn stop_after_the_write_is_carried_out(#[case] request: Immediate) {
     .await;
     drop(recv);
     let op = request.op();
-    assert_eq!(rig.settlement(op).await, Settlement::Released);
-    rig.until(Entry::Perform(op)).await;
-    assert_eq!(rig.journal().power_operations(), vec![Entry::Perform(op)]);
+    rig.assert_carried_out(op).await;
 }
 
 /// On a lossy path the FIN can come after the `STOP_SENDING`: the agent
@@ -209,10 +219,7 @@ async fn stop_after_the_write_is_carried_out(#[case] request: Immediate) {
 #[tokio::test]
 async fn stop_first_fin_later_is_carried_out(#[case] request: Immediate) {
     let rig = Rig::new(true).await;
-    let (mut send, recv) = rig.session.open_stream().await.unwrap();
-    wire::write_frame(&mut send, &request.frame())
-        .await
-        .unwrap();
+    let (mut send, recv) = rig.open_with(request).await;
     drop(recv);
     let (code, _) = request.code_and_body();
     // The reply failed on the stop; the agent now waits for the FIN.
@@ -237,10 +244,7 @@ async fn stop_without_fin_drops(#[case] request: Immediate) {
         ..DispatchConfig::default()
     };
     let rig = Rig::with(true, config, LabOptions::default()).await;
-    let (mut send, recv) = rig.session.open_stream().await.unwrap();
-    wire::write_frame(&mut send, &request.frame())
-        .await
-        .unwrap();
+    let (send, recv) = rig.open_with(request).await;
     drop(recv);
     rig.assert_dropped(request.op()).await;
     // Only now may the Manager's side end.
@@ -268,10 +272,7 @@ async fn stop_and_fin_after_the_reply_was_held_up_drops(#[case] request: Immedia
         ..LabOptions::default()
     };
     let rig = Rig::with(false, config, options).await;
-    let (mut send, recv) = rig.session.open_stream().await.unwrap();
-    wire::write_frame(&mut send, &request.frame())
-        .await
-        .unwrap();
+    let (mut send, recv) = rig.open_with(request).await;
     send.finish().unwrap();
     rig.until(Entry::Dispatch(DispatchEvent::Prepared(request.op())))
         .await;
@@ -292,10 +293,7 @@ async fn stop_and_fin_after_the_reply_was_held_up_drops(#[case] request: Immedia
 #[tokio::test]
 async fn stop_with_an_error_code_drops(#[case] request: Immediate) {
     let rig = Rig::new(true).await;
-    let (mut send, mut recv) = rig.session.open_stream().await.unwrap();
-    wire::write_frame(&mut send, &request.frame())
-        .await
-        .unwrap();
+    let (mut send, mut recv) = rig.open_with(request).await;
     send.finish().unwrap();
     recv.stop(7u32.into()).unwrap();
     rig.assert_dropped(request.op()).await;
@@ -309,10 +307,7 @@ async fn stop_with_an_error_code_drops(#[case] request: Immediate) {
 #[tokio::test]
 async fn stream_reset_drops(#[case] request: Immediate) {
     let rig = Rig::new(true).await;
-    let (mut send, mut recv) = rig.session.open_stream().await.unwrap();
-    wire::write_frame(&mut send, &request.frame())
-        .await
-        .unwrap();
+    let (mut send, mut recv) = rig.open_with(request).await;
     // Only once the agent has read the request: a reset before that would
     // discard it unread.
     rig.until(Entry::Dispatch(DispatchEvent::Prepared(request.op())))
