@@ -397,6 +397,23 @@ fn setup(options: LabOptions) -> Setup {
     }
 }
 
+/// The real binary, with all privileges, as PID 1 of a fresh namespace,
+/// connected to a lab Manager and answering echo. Keep the [`Setup`]: it
+/// holds the Manager.
+async fn serving_real_binary() -> (Setup, Namespaced, AgentSession) {
+    require_pid_namespaces();
+    let binary = real_binary();
+    let setup = setup(LabOptions::default());
+    let addr = setup.lab.manager.local_addr().unwrap();
+    let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &[]).await;
+    let session = accept(&setup.lab).await;
+    assert_eq!(
+        session.unit_request(RequestCode::ECHO).await.unwrap(),
+        Ok(())
+    );
+    (setup, roxyd, session)
+}
+
 async fn accept(lab: &Lab) -> AgentSession {
     tokio::time::timeout(HANG, lab.manager.accept())
         .await
@@ -411,16 +428,7 @@ async fn accept(lab: &Lab) -> AgentSession {
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn real_binary_replies_then_ends_its_namespace(#[case] request: Immediate) {
-    require_pid_namespaces();
-    let binary = real_binary();
-    let setup = setup(LabOptions::default());
-    let addr = setup.lab.manager.local_addr().unwrap();
-    let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &[]).await;
-    let session = accept(&setup.lab).await;
-    assert_eq!(
-        session.unit_request(RequestCode::ECHO).await.unwrap(),
-        Ok(())
-    );
+    let (_setup, roxyd, session) = serving_real_binary().await;
 
     // Both ends watched at once: when the Manager has the reply, and when
     // the namespace is gone.
@@ -721,16 +729,7 @@ async fn real_binary_carries_out_a_fire_and_forget_request(
     #[case] request: NodePowerRequest,
     #[case] expected: Signal,
 ) {
-    require_pid_namespaces();
-    let binary = real_binary();
-    let setup = setup(LabOptions::default());
-    let addr = setup.lab.manager.local_addr().unwrap();
-    let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &[]).await;
-    let session = accept(&setup.lab).await;
-    assert_eq!(
-        session.unit_request(RequestCode::ECHO).await.unwrap(),
-        Ok(())
-    );
+    let (_setup, roxyd, session) = serving_real_binary().await;
     let sent = tokio::time::timeout(HANG, session.node_power_as(Generation::V0_19, request))
         .await
         .expect("the request is sent");
