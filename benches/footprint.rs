@@ -52,7 +52,7 @@ async fn suite() -> BenchResult<()> {
     connect_times(&lab, &files, 50 / divisor).await?;
 
     common::progress(NAME, "memory");
-    let mut roxyd = RoxydProcess::spawn(&common::this_roxyd(), &files, manager).await?;
+    let roxyd = RoxydProcess::spawn(&common::this_roxyd(), &files, manager).await?;
     let roxyd_target = Target(common::accept_roxyd(&lab).await?.connection().clone());
     let server = common::bare_server(&lab)?;
     let (mut bare, bare_connection) = common::spawn_bare(&files, &server, "one").await?;
@@ -112,14 +112,13 @@ async fn suite() -> BenchResult<()> {
         common::millis(idle_cpu),
         idle_cpu.as_secs_f64() / Duration::from_secs(idle_secs).as_secs_f64().max(1.0) * 100.0
     );
-    let evictions = roxyd.count_lines(EVICTION_WARNING);
+    bare_connection.close(0u32.into(), b"done");
+    tokio::time::timeout(HANG, bare.wait()).await??;
+    let evictions = roxyd.stop().await?.matches(EVICTION_WARNING).count();
     if evictions > 0 {
         println!("roxyd logged {evictions} stream-eviction warnings ({EVICTION_WARNING:?})");
     }
-
-    bare_connection.close(0u32.into(), b"done");
-    tokio::time::timeout(HANG, bare.wait()).await??;
-    roxyd.stop().await
+    Ok(())
 }
 
 /// Section 1: `starts` starts of the real binary, each to the startup line

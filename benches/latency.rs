@@ -23,7 +23,7 @@ mod common;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
-use common::{BenchResult, HANG, LabAgents, RoxydProcess, Spread, Target};
+use common::{BenchResult, HANG, LabAgents, Spread, Target};
 use roxyd::{config::Config, dispatch::Dispatcher, dispatch::journal::Recorder};
 use roxyd_lab::Lab;
 
@@ -53,26 +53,13 @@ async fn suite() -> BenchResult<()> {
     common::progress(NAME, "processes");
     let dir = tempfile::TempDir::new()?;
     let files = lab.pki.write_to(dir.path())?;
-    let manager = lab.manager.local_addr()?;
-    let mut names = vec!["roxyd".to_owned()];
-    let mut binaries = vec![common::this_roxyd()];
-    for (label, path) in common::also_binaries()? {
-        names.push(label);
-        binaries.push(path);
-    }
-    let mut roxyds = Vec::new();
-    let mut targets = Vec::new();
-    for binary in &binaries {
-        let process = RoxydProcess::spawn(binary, &files, manager).await?;
-        targets.push(Target(
-            common::accept_roxyd(&lab).await?.connection().clone(),
-        ));
-        roxyds.push(process);
-    }
+    let roxyds = common::Roxyds::spawn(&lab, &files).await?;
+    let mut names = roxyds.names.clone();
+    let mut targets = roxyds.targets.clone();
     let (mut bare, bare_connection) = common::spawn_bare(&files, &server, "one").await?;
     names.push("bare, one thread".to_owned());
     targets.push(Target(bare_connection.clone()));
-    let mut pids: Vec<u32> = roxyds.iter().map(|r| r.pid).collect();
+    let mut pids = roxyds.pids();
     pids.push(bare.id().ok_or("the bare agent exited")?);
     let before: Vec<Duration> = pids.iter().map(|pid| common::cpu_time(*pid)).collect();
     let processes = common::round_trips(&targets, count).await?;
@@ -95,10 +82,7 @@ async fn suite() -> BenchResult<()> {
 
     bare_connection.close(0u32.into(), b"done");
     tokio::time::timeout(HANG, bare.wait()).await??;
-    for roxyd in roxyds {
-        roxyd.stop().await?;
-    }
-    Ok(())
+    roxyds.stop().await
 }
 
 /// Prints one row per agent, the bare agent last, with each one's ratio to

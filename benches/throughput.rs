@@ -19,7 +19,7 @@ mod common;
 
 use std::{fmt::Write as _, process::ExitCode, time::Duration};
 
-use common::{BenchResult, HANG, RoxydProcess, Spread, Target};
+use common::{BenchResult, HANG, Spread, Target};
 use roxyd_lab::Lab;
 
 const NAME: &str = "throughput";
@@ -47,23 +47,10 @@ async fn suite() -> BenchResult<()> {
     let lab = Lab::new()?;
     let dir = tempfile::TempDir::new()?;
     let files = lab.pki.write_to(dir.path())?;
-    let manager = lab.manager.local_addr()?;
-    let mut names = vec!["roxyd".to_owned()];
-    let mut binaries = vec![common::this_roxyd()];
-    for (label, path) in common::also_binaries()? {
-        names.push(label);
-        binaries.push(path);
-    }
-    let mut roxyds = Vec::new();
-    let mut targets = Vec::new();
-    for binary in &binaries {
-        let process = RoxydProcess::spawn(binary, &files, manager).await?;
-        targets.push(Target(
-            common::accept_roxyd(&lab).await?.connection().clone(),
-        ));
-        roxyds.push(process);
-    }
-    let roxyd_count = roxyds.len();
+    let roxyds = common::Roxyds::spawn(&lab, &files).await?;
+    let mut names = roxyds.names.clone();
+    let mut targets = roxyds.targets.clone();
+    let roxyd_count = roxyds.processes.len();
     let server = common::bare_server(&lab)?;
     let (mut one, one_connection) = common::spawn_bare(&files, &server, "one").await?;
     let (mut multi, multi_connection) = common::spawn_bare(&files, &server, "multi").await?;
@@ -75,7 +62,7 @@ async fn suite() -> BenchResult<()> {
         Target(one_connection.clone()),
         Target(multi_connection.clone()),
     ]);
-    let mut pids: Vec<u32> = roxyds.iter().map(|r| r.pid).collect();
+    let mut pids = roxyds.pids();
     pids.extend([&one, &multi].map(|child| child.id().unwrap_or(0)));
 
     common::progress(NAME, "sequential round trips");
@@ -121,10 +108,7 @@ async fn suite() -> BenchResult<()> {
     for child in [&mut one, &mut multi] {
         tokio::time::timeout(HANG, child.wait()).await??;
     }
-    for roxyd in roxyds {
-        roxyd.stop().await?;
-    }
-    Ok(())
+    roxyds.stop().await
 }
 
 struct Report<'a> {

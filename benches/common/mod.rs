@@ -27,15 +27,13 @@ use roxyd::{
 };
 use roxyd_lab::{Lab, SERVER_NAME, manager::server_config, pki::PkiFiles};
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
-    sync::mpsc,
     task::JoinSet,
 };
 
-#[path = "../../tests/support/lab_agent.rs"]
-mod lab_agent;
-pub use lab_agent::LabAgents;
+#[path = "../../tests/support/mod.rs"]
+mod support;
+pub use support::lab_agent::LabAgents;
 
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
 pub type BenchResult<T> = Result<T, BenchError>;
@@ -316,21 +314,61 @@ pub fn this_roxyd() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_roxyd"))
 }
 
-/// A running `roxyd` with the recorder, whose output lines are read with the
-/// time each arrived.
+/// roxyd builds under test, each connected to the lab's Manager: this
+/// tree's first, then those of [`also_binaries`].
+pub struct Roxyds {
+    pub names: Vec<String>,
+    pub processes: Vec<RoxydProcess>,
+    pub targets: Vec<Target>,
+}
+
+impl Roxyds {
+    /// Starts and connects every build, one after the other.
+    pub async fn spawn(lab: &Lab, files: &PkiFiles) -> BenchResult<Self> {
+        let manager = lab.manager.local_addr()?;
+        let mut builds = vec![("roxyd".to_owned(), this_roxyd())];
+        builds.extend(also_binaries()?);
+        let mut roxyds = Self {
+            names: Vec::new(),
+            processes: Vec::new(),
+            targets: Vec::new(),
+        };
+        for (name, binary) in builds {
+            let process = RoxydProcess::spawn(&binary, files, manager).await?;
+            let session = accept_roxyd(lab).await?;
+            roxyds.names.push(name);
+            roxyds.processes.push(process);
+            roxyds.targets.push(Target(session.connection().clone()));
+        }
+        Ok(roxyds)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(|p| p.pid).collect()
+    }
+
+    /// Stops every build with SIGTERM and waits for each.
+    pub async fn stop(self) -> BenchResult<()> {
+        for process in self.processes {
+            process.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A running `roxyd` with the recorder, its output lines collected (the
+/// tests' [`support::Roxyd`]).
 pub struct RoxydProcess {
-    child: Child,
+    process: support::Roxyd,
     pub pid: u32,
-    lines: mpsc::UnboundedReceiver<(Instant, String)>,
-    seen: Vec<String>,
 }
 
 impl RoxydProcess {
-    /// Starts `binary` with the recorder against `manager`, its defaults
-    /// otherwise (every `ROXYD_` variable and `RUST_LOG` cleared; `RUST_LOG`
-    /// from `ROXYD_BENCH_RUST_LOG`, else [`DEFAULT_RUST_LOG`]), and returns
-    /// once its startup line has named the recorder; any other build is
-    /// killed and the run aborted, before anything is sent to it.
+    /// Starts `binary` with `--backend recorder` against `manager`, its
+    /// defaults otherwise (every `ROXYD_` variable and `RUST_LOG` cleared;
+    /// `RUST_LOG` from `ROXYD_BENCH_RUST_LOG`, else [`DEFAULT_RUST_LOG`]),
+    /// and returns once its startup line has named the recorder; any other
+    /// build is killed and the run aborted, before anything is sent to it.
     pub async fn spawn(binary: &Path, files: &PkiFiles, manager: SocketAddr) -> BenchResult<Self> {
         let mut process = Self::start(binary, files, manager)?;
         process.confirm_recorder().await?;
@@ -340,87 +378,24 @@ impl RoxydProcess {
     /// As [`Self::spawn`], without waiting for the startup line: the caller
     /// must call [`Self::confirm_recorder`] before any request.
     pub fn start(binary: &Path, files: &PkiFiles, manager: SocketAddr) -> BenchResult<Self> {
-        let args: [OsString; 9] = [
-            "--backend".into(),
-            "recorder".into(),
-            "--cert".into(),
-            files.agent_cert.clone().into(),
-            "--key".into(),
-            files.agent_key.clone().into(),
-            "--ca-certs".into(),
-            files.ca_cert.clone().into(),
-            format!("{SERVER_NAME}@{manager}").into(),
-        ];
-        let mut command = Command::new(binary);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ROXYD_") || key == "RUST_LOG" {
-                command.env_remove(key);
-            }
-        }
+        let mut args: Vec<OsString> = vec!["--backend".into(), "recorder".into()];
+        args.extend(support::lab_args(files, manager));
         let filter =
             std::env::var("ROXYD_BENCH_RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.to_owned());
-        command.env("RUST_LOG", filter);
-        let mut child = command.spawn()?;
-        let pid = child.id().ok_or("roxyd exited at once")?;
-        let (tx, lines) = mpsc::unbounded_channel();
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        for stream in [
-            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(stderr),
-        ] {
-            let tx = tx.clone();
-            // Read to the end, so that roxyd never blocks on a full pipe.
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    let _ = tx.send((Instant::now(), line));
-                }
-            });
-        }
-        Ok(Self {
-            child,
-            pid,
-            lines,
-            seen: Vec::new(),
-        })
-    }
-
-    /// Waits for the first line containing `needle`; returns when it arrived.
-    pub async fn wait_for_line(&mut self, needle: &str) -> BenchResult<(Instant, String)> {
-        let found = tokio::time::timeout(HANG, async {
-            while let Some((at, line)) = self.lines.recv().await {
-                if line.contains(needle) {
-                    return Some((at, line));
-                }
-                self.seen.push(line);
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(found)) => Ok(found),
-            _ => Err(format!(
-                "roxyd never printed {needle:?}; it printed:\n{}",
-                self.seen.join("\n")
-            )
-            .into()),
-        }
+        let process =
+            support::Roxyd::spawn_program(binary.as_os_str(), &args, &[("RUST_LOG", &filter)]);
+        let pid = u32::try_from(process.pid())?;
+        Ok(Self { process, pid })
     }
 
     /// Checks the startup line names the recording backend, and returns when
-    /// it arrived. Any other build is killed and the run aborted: it would
+    /// it was read. Any other build is killed and the run aborted: it would
     /// carry power requests out.
     pub async fn confirm_recorder(&mut self) -> BenchResult<Instant> {
-        let (at, line) = self.wait_for_line("roxyd starting").await?;
+        let line = self.process.wait_for_line(&["roxyd starting"]).await;
+        let at = Instant::now();
         if !line.contains(RECORDER_BACKEND) {
-            let _ = self.child.start_kill();
+            self.process.signal(nix::sys::signal::Signal::SIGKILL);
             return Err(
                 format!("ABORTED: not the recording build; its startup line: {line}").into(),
             );
@@ -428,25 +403,15 @@ impl RoxydProcess {
         Ok(at)
     }
 
-    /// How many of the lines printed so far, and not yet waited for,
-    /// contain `needle`.
-    pub fn count_lines(&mut self, needle: &str) -> usize {
-        let mut count = 0;
-        while let Ok((_, line)) = self.lines.try_recv() {
-            count += usize::from(line.contains(needle));
-        }
-        count
-    }
-
-    /// Stops roxyd with SIGTERM and waits for it to exit.
-    pub async fn stop(mut self) -> BenchResult<()> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid)?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let status = tokio::time::timeout(HANG, self.child.wait()).await??;
+    /// Stops roxyd with SIGTERM, waits for it to exit, and returns all it
+    /// printed.
+    pub async fn stop(self) -> BenchResult<String> {
+        self.process.signal(nix::sys::signal::Signal::SIGTERM);
+        let (status, output) = self.process.exit().await;
         if !status.success() {
             return Err(format!("roxyd exited with {status} after SIGTERM").into());
         }
-        Ok(())
+        Ok(output)
     }
 }
 
