@@ -21,7 +21,10 @@
 #[allow(dead_code)]
 mod common;
 
-use std::{process::ExitCode, time::Duration};
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use common::{BenchResult, HANG, RoxydProcess, Spread, Target};
 use roxyd_lab::{Lab, pki::PkiFiles};
@@ -128,12 +131,16 @@ async fn connect_times(lab: &Lab, files: &PkiFiles, starts: usize) -> BenchResul
     common::progress(NAME, &format!("connect, {starts} starts"));
     let (mut to_line, mut to_handshake) = (Vec::new(), Vec::new());
     for _ in 0..starts {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut roxyd = RoxydProcess::start(&common::this_roxyd(), files, manager)?;
-        let session = common::accept_roxyd(lab).await?;
-        let connected = std::time::Instant::now();
-        // Checked for every start, though nothing is sent here.
-        let logged = roxyd.confirm_recorder().await?;
+        // Both at once: each mark is taken the moment it happens.
+        let (session, logged) = tokio::join!(
+            async { (common::accept_roxyd(lab).await, Instant::now()) },
+            // Checked for every start, though nothing is sent here.
+            roxyd.confirm_recorder()
+        );
+        let (session, connected) = (session.0?, session.1);
+        let logged = logged?;
         to_line.push(logged - started);
         to_handshake.push(connected - started);
         roxyd.stop().await?;

@@ -108,8 +108,17 @@ async fn timeline(generation: Generation, runs: usize) -> BenchResult<Timeline> 
         if reply != expected {
             return Err(format!("immediate reboot answered {reply:?}").into());
         }
-        // The latch is freed only after `perform` returned: every mark is in
-        // the journal once this resolves.
+        // A 0.19 Manager's send returns once its frame was acknowledged,
+        // maybe before roxyd read it: wait for this run's `perform`, then
+        // for the latch to be free for the next run.
+        let performed = |entries: &[Entry]| {
+            entries
+                .iter()
+                .filter(|e| matches!(e, Entry::Perform(_)))
+                .count()
+                > run
+        };
+        tokio::time::timeout(HANG, journal.wait_for(performed)).await?;
         tokio::time::timeout(HANG, dispatcher.power().wait_idle()).await?;
         let entries = journal.timed_entries();
         let this = &entries[before..];
