@@ -16,7 +16,7 @@ use roxyd::{
     stop::Stop,
     tls,
 };
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{filter::Targets, prelude::*};
 
 /// A problem that stops roxyd before it can connect.
 #[derive(Debug, thiserror::Error)]
@@ -129,10 +129,14 @@ fn warn_if_key_exposed(path: &Path) {
 }
 
 /// Logs to the configured file, or standard output; `RUST_LOG` sets the
-/// filter (default `info`).
+/// filter (default `info`): a level, `target=level` directives, or both,
+/// comma-separated, as in `info,roxyd::platform::recorder=warn`.
 fn init_logging(config: &Config) -> Result<(), StartupError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| text.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE);
     if let Some(path) = &config.log_file {
         let file = OpenOptions::new()
             .create(true)
@@ -145,10 +149,12 @@ fn init_logging(config: &Config) -> Result<(), StartupError> {
         builder
             .with_ansi(false)
             .with_writer(std::sync::Mutex::new(file))
+            .finish()
+            .with(filter)
             .init();
     } else {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        builder.with_ansi(ansi).init();
+        builder.with_ansi(ansi).finish().with(filter).init();
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ use std::{
 pub mod journal;
 
 use tokio::{
-    io::{AsyncRead, AsyncWriteExt},
+    io::{AsyncRead, AsyncWriteExt, BufReader},
     sync::Notify,
 };
 
@@ -173,6 +173,11 @@ impl StreamActivity {
     }
 }
 
+/// Bytes read ahead from a request stream: a request frame of roxyd's
+/// families fits, so its header and payload arrive in one read; a larger
+/// payload is read straight into its own buffer.
+const READ_BUFFER: usize = 64;
+
 /// Runs `read`, marking the stream as waiting only while the read has to
 /// wait for the Manager: a request whose bytes have arrived is read at once
 /// and its stream is never taken for an idle one. `None` when the stream
@@ -280,6 +285,10 @@ impl<B: PowerBackend> Dispatcher<B> {
         R: AsyncRead + Unpin + Send + ?Sized,
         W: ReplySink + ?Sized,
     {
+        // One read from the transport brings a small frame's header and
+        // payload together, instead of one read for each.
+        let mut recv = BufReader::with_capacity(READ_BUFFER, recv);
+        let recv = &mut recv;
         loop {
             let read = tokio::time::timeout(
                 self.config.stream_idle_timeout,
