@@ -690,6 +690,7 @@ async fn a_second_power_request_is_refused_while_one_is_under_way() {
     let power = dispatcher.power();
 
     let pending = power.prepare(ImmediateOp::Reboot).unwrap();
+    assert!(power.is_busy());
     assert!(matches!(
         power.prepare(ImmediateOp::PowerOff),
         Err(PrepareError::InProgress)
