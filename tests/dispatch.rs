@@ -157,16 +157,7 @@ async fn immediate_reply_is_written_before_release(
         settled(&recorder),
         vec![Entry::Settled(op, Settlement::Released)]
     );
-    within(
-        recorder
-            .journal()
-            .wait_for(|e| e.contains(&Entry::Perform(op))),
-    )
-    .await;
-    assert_eq!(
-        recorder.journal().power_operations(),
-        vec![Entry::Perform(op)]
-    );
+    assert_performed_once(&recorder, op).await;
 }
 
 #[rstest]
@@ -313,6 +304,20 @@ impl ReplySink for ScriptedSink {
             _ => self.stop_code(),
         }
     }
+}
+
+/// Waits for `op`'s perform, then checks it was the only power operation.
+async fn assert_performed_once(recorder: &Recorder, op: ImmediateOp) {
+    within(
+        recorder
+            .journal()
+            .wait_for(|e| e.contains(&Entry::Perform(op))),
+    )
+    .await;
+    assert_eq!(
+        recorder.journal().power_operations(),
+        vec![Entry::Perform(op)]
+    );
 }
 
 /// The marks the pending operation left at the moment it was released or
@@ -497,16 +502,7 @@ async fn declined_reply_releases(
     let entries = recorder.journal().entries();
     let declined = position(&entries, &Entry::Dispatch(DispatchEvent::ReplyDeclined(op)));
     assert!(position(&entries, &Entry::Settled(op, Settlement::Released)) > declined);
-    within(
-        recorder
-            .journal()
-            .wait_for(|e| e.contains(&Entry::Perform(op))),
-    )
-    .await;
-    assert_eq!(
-        recorder.journal().power_operations(),
-        vec![Entry::Perform(op)]
-    );
+    assert_performed_once(&recorder, op).await;
 }
 
 /// Every failed write that is not a decline drops the operation.

@@ -64,38 +64,19 @@ impl Entry {
 }
 
 /// The shared, ordered list of [`Entry`]s, each with the time it was noted.
-#[derive(Clone, Debug)]
+///
+/// It keeps everything: tests, the demo and benchmarks read it whole. The
+/// daemon's recorder keeps nothing ([`crate::platform::recorder::LogLines`]).
+#[derive(Clone, Debug, Default)]
 pub struct Journal {
     entries: Arc<watch::Sender<Vec<(Instant, Entry)>>>,
-    /// Most entries kept; the oldest half goes when it is reached.
-    capacity: usize,
-}
-
-impl Default for Journal {
-    /// A journal that keeps everything, for tests that read it whole.
-    fn default() -> Self {
-        Self::with_capacity(usize::MAX)
-    }
 }
 
 impl Journal {
-    /// A journal that keeps at most about `capacity` recent entries.
-    #[must_use]
-    pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            entries: Arc::new(watch::Sender::new(Vec::new())),
-            capacity: capacity.max(2),
-        }
-    }
-
     /// Appends `entry` and wakes every waiter.
     pub fn push(&self, entry: Entry) {
-        self.entries.send_modify(|entries| {
-            if entries.len() >= self.capacity {
-                entries.drain(..self.capacity / 2);
-            }
-            entries.push((Instant::now(), entry));
-        });
+        self.entries
+            .send_modify(|entries| entries.push((Instant::now(), entry)));
     }
 
     /// A copy of everything recorded so far.
