@@ -38,6 +38,9 @@ struct Level {
     in_flight: usize,
     rates: Vec<f64>,
     cpu: Vec<Duration>,
+    /// Datagrams the agent sent and received per request, as the Manager's
+    /// side of each connection counted them.
+    datagrams: Vec<(f64, f64)>,
     other: usize,
 }
 
@@ -76,13 +79,18 @@ async fn suite() -> BenchResult<()> {
         // (where the scheduler puts each process) fall on every agent alike.
         let mut time = vec![0.0; targets.len()];
         let mut cpu = vec![Duration::ZERO; targets.len()];
+        let mut datagrams = vec![(0_u64, 0_u64); targets.len()];
         let mut other = 0;
         for _ in 0..SLICES {
             for (index, target) in targets.iter().enumerate() {
                 let before = common::cpu_time(pids[index]);
+                let counted = target.0.stats();
                 let (rate, not_ok) =
                     common::throughput(target, in_flight, per_level / SLICES).await?;
                 cpu[index] += common::cpu_time(pids[index]).saturating_sub(before);
+                let now = target.0.stats();
+                datagrams[index].0 += now.udp_rx.datagrams - counted.udp_rx.datagrams;
+                datagrams[index].1 += now.udp_tx.datagrams - counted.udp_tx.datagrams;
                 time[index] += 1.0 / rate;
                 if index < roxyd_count {
                     other += not_ok;
@@ -95,6 +103,14 @@ async fn suite() -> BenchResult<()> {
             #[allow(clippy::cast_precision_loss, reason = "a small count")]
             rates: time.iter().map(|t| SLICES as f64 / t).collect(),
             cpu: cpu.iter().map(|c| *c / per_request).collect(),
+            #[allow(clippy::cast_precision_loss, reason = "small counts")]
+            datagrams: datagrams
+                .iter()
+                .map(|(sent, received)| {
+                    let per = per_level as f64;
+                    (*sent as f64 / per, *received as f64 / per)
+                })
+                .collect(),
             other,
         });
     }
@@ -145,14 +161,14 @@ impl Report<'_> {
         let roxyds = &self.names[..self.roxyd_count];
         writeln!(
             out,
-            "| in flight | {} | {} / better bare | agent CPU per request ({}) | roxyd not Ok |",
+            "| in flight | {} | {} / better bare | agent CPU per request ({}) | agent datagrams sent / received per request | roxyd not Ok |",
             self.names.join(" | "),
             roxyds.join(" , "),
             self.names.join(" / "),
         )?;
         writeln!(
             out,
-            "|---:|{}---:|---:|---:|",
+            "|---:|{}---:|---:|---:|---:|",
             "---:|".repeat(self.names.len())
         )?;
         for level in levels {
@@ -170,13 +186,19 @@ impl Report<'_> {
                 .iter()
                 .map(|c| format!("{:.1}", c.as_secs_f64() * 1e6))
                 .collect();
+            let datagrams: Vec<String> = level
+                .datagrams
+                .iter()
+                .map(|(sent, received)| format!("{sent:.2}/{received:.2}"))
+                .collect();
             writeln!(
                 out,
-                "| {} | {} | {} | {} us | {} |",
+                "| {} | {} | {} | {} us | {} | {} |",
                 level.in_flight,
                 rates.join(" | "),
                 ratios.join(" , "),
                 cpu.join(" / "),
+                datagrams.join(" , "),
                 level.other
             )?;
         }
