@@ -3,22 +3,18 @@
 //! so that a stalled stream never delays a power request on another.
 
 use std::{
-    collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use tokio::{
-    sync::Notify,
-    task::{self, JoinSet},
-};
+use tokio::{task, time::Instant};
 
 use crate::{
-    dispatch::{Dispatcher, StreamActivity, StreamEnd},
+    dispatch::{Dispatcher, StreamActivity, StreamEnd, streams::Streams},
     handshake::{self, HandshakeError, Identity},
     platform::PowerBackend,
 };
@@ -202,63 +198,66 @@ pub async fn serve_connection_with<B: PowerBackend>(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) -> ConnectionEnd {
-    let mut streams = JoinSet::new();
-    let mut live: HashMap<task::Id, Arc<StreamActivity>> = HashMap::new();
-    let held = Arc::new(HeldSlots::default());
+    let mut tasks = StreamTasks(Streams::new(
+        usize::try_from(limits.max_streams).unwrap_or(usize::MAX),
+    ));
+    let counts = Arc::new(SlotCounts::default());
     let limit = usize::try_from(limits.max_streams).unwrap_or(usize::MAX);
+    let idle = dispatcher.config().stream_idle_timeout;
+    let idle_check = tokio::time::sleep(idle);
     let mut full = tokio::time::interval(FULL_RECHECK);
     full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Set while every slot is held by a stream roxyd has closed.
-    let mut all_held_since: Option<tokio::time::Instant> = None;
+    let mut all_held_since: Option<Instant> = None;
     let mut last_scan: Option<Instant> = None;
-    tokio::pin!(shutdown);
+    tokio::pin!(shutdown, idle_check);
     let end = loop {
-        let all_held = held.count() >= limit;
+        let held = counts.held();
+        let all_held = held >= limit;
         match (all_held, all_held_since) {
-            (true, None) => all_held_since = Some(tokio::time::Instant::now()),
+            (true, None) => all_held_since = Some(Instant::now()),
             (false, Some(_)) => all_held_since = None,
             _ => {}
         }
         let give_up_at = all_held_since.map(|since| since + limits.slots_held_timeout);
+        // Streams closed on roxyd's side are counted by their tasks, which
+        // wake nothing here: this tick looks again while any may be.
+        let watch_slots = crowded(counts.open(), limit) || held > 0;
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
-                Ok((mut send, mut recv)) => {
-                    let dispatcher = Arc::clone(&dispatcher);
+                Ok((send, recv)) => {
                     let activity = Arc::new(StreamActivity::default());
-                    let reporting = Arc::clone(&activity);
-                    let held = Arc::clone(&held);
-                    let connection = connection.clone();
-                    let task = streams.spawn(async move {
-                        let id = send.id();
-                        let end = dispatcher
-                            .serve_stream_reporting(&mut recv, &mut send, &reporting)
-                            .await;
-                        tracing::debug!(stream = %id, ?end, "request stream ended");
-                        if matches!(end, StreamEnd::ClosedToMakeRoom | StreamEnd::IdleTimeout) {
-                            let _ = send.finish();
-                            held.hold_until_answered(&mut recv, &connection).await;
-                        }
-                    });
-                    live.insert(task.id(), activity);
+                    let task = tokio::spawn(serve_stream(
+                        Arc::clone(&dispatcher),
+                        send,
+                        recv,
+                        Arc::clone(&activity),
+                        OpenStream::new(&counts),
+                    ));
+                    tasks.0.push(task, activity, task::JoinHandle::is_finished);
                     // Scanning every stream on every accept would cost more
                     // than the request while the Manager keeps the limit
                     // busy; nothing new becomes closable sooner than this.
-                    if crowded(streams.len(), limit)
+                    if crowded(counts.open(), limit)
                         && last_scan.is_none_or(|at| at.elapsed() >= SCAN_AT_MOST_EVERY)
                     {
                         last_scan = Some(Instant::now());
-                        close_longest_waiting(&mut live, limit);
+                        make_room(&tasks.0, limit);
                     }
                 }
                 Err(e) => break ConnectionEnd::Lost(e),
             },
             // Streams that were all at work when the last one came may wait
             // now: look again while streams run short.
-            _ = full.tick(), if crowded(streams.len(), limit) => {
-                close_longest_waiting(&mut live, limit);
+            _ = full.tick(), if watch_slots => {
+                if crowded(counts.open(), limit) {
+                    make_room(&tasks.0, limit);
+                }
             }
-            // Recount when a closed stream starts or stops holding a slot.
-            () = held.changed.notified() => {}
+            () = &mut idle_check => {
+                let next = tasks.0.close_idle(Instant::now(), idle);
+                idle_check.as_mut().reset(next);
+            }
             () = sleep_until_some(give_up_at) => {
                 tracing::warn!(
                     streams = limit,
@@ -269,23 +268,49 @@ pub async fn serve_connection_with<B: PowerBackend>(
                 connection.close(SLOTS_HELD_CODE.into(), SLOTS_HELD_REASON);
                 break ConnectionEnd::SlotsHeld;
             }
-            // Reap finished stream tasks so that a long connection does not
-            // accumulate them.
-            Some(joined) = streams.join_next_with_id(), if !streams.is_empty() => {
-                let id = match joined {
-                    Ok((id, ())) => id,
-                    Err(e) => e.id(),
-                };
-                live.remove(&id);
-            }
             () = &mut shutdown => {
                 connection.close(0u32.into(), b"roxyd stopping");
                 break ConnectionEnd::Stopped;
             }
         }
     };
-    while streams.join_next().await.is_some() {}
+    // Every stream task ends promptly now that the connection is closed.
+    let handles: Vec<_> = tasks.0.drain().collect();
+    for handle in handles {
+        let _ = handle.await;
+    }
     end
+}
+
+/// Serves one request stream; a stream closed on roxyd's side then holds
+/// its slot, counted in `open`, until the Manager ends its half.
+async fn serve_stream<B: PowerBackend>(
+    dispatcher: Arc<Dispatcher<B>>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    activity: Arc<StreamActivity>,
+    open: OpenStream,
+) {
+    let end = dispatcher
+        .serve_stream_reporting(&mut recv, &mut send, &activity)
+        .await;
+    tracing::debug!(stream = %send.id(), ?end, "request stream ended");
+    if matches!(end, StreamEnd::ClosedToMakeRoom | StreamEnd::IdleTimeout) {
+        let _ = send.finish();
+        open.hold_until_answered(&mut recv).await;
+    }
+}
+
+/// The stream tasks of a connection; dropping it (the connection's future
+/// dropped before its end) aborts every task, so that none outlives it.
+struct StreamTasks(Streams<task::JoinHandle<()>>);
+
+impl Drop for StreamTasks {
+    fn drop(&mut self) {
+        for handle in self.0.drain() {
+            handle.abort();
+        }
+    }
 }
 
 /// The reason roxyd gives the Manager with [`SLOTS_HELD_CODE`].
@@ -297,51 +322,66 @@ const SLOTS_HELD_REASON: &[u8] =
 const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// Resolves at `at`, or never when `None`.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
 
-/// How many stream slots are held by streams roxyd has closed on its side
-/// and the Manager has not yet ended; `changed` fires on every change.
+/// How many stream tasks run, and how many stream slots are held by
+/// streams roxyd has closed on its side and the Manager has not yet ended.
 #[derive(Debug, Default)]
-struct HeldSlots {
-    count: AtomicUsize,
-    changed: Notify,
+struct SlotCounts {
+    open: AtomicUsize,
+    held: AtomicUsize,
 }
 
-impl HeldSlots {
-    fn count(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
+impl SlotCounts {
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// A running stream task, counted in [`SlotCounts::open`] until it ends
+/// (also by a panic or an abort).
+struct OpenStream(Arc<SlotCounts>);
+
+impl OpenStream {
+    fn new(counts: &Arc<SlotCounts>) -> Self {
+        counts.open.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(counts))
     }
 
     /// Counts the stream as holding a slot until the Manager ends its half
     /// (FIN or `RESET_STREAM`) or the connection ends. What the Manager still
     /// sends is read and dropped, up to [`DRAIN_LIMIT`]: reading, unlike
     /// QUIC's `STOP_SENDING`, lets roxyd see the Manager's end. A Manager that
-    /// sends more is stopped and its stream counted as held until the
-    /// connection ends.
-    async fn hold_until_answered(
-        &self,
-        recv: &mut quinn::RecvStream,
-        connection: &quinn::Connection,
-    ) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.changed.notify_one();
+    /// sends more is stopped, and its stream stays counted as held for the
+    /// rest of the connection.
+    async fn hold_until_answered(&self, recv: &mut quinn::RecvStream) {
+        let held = &self.0.held;
+        held.fetch_add(1, Ordering::Relaxed);
         let mut drained = 0;
         // Ends on the Manager's FIN, its reset, or the connection's end.
         while let Ok(Some(chunk)) = recv.read_chunk(DRAIN_LIMIT, false).await {
             drained += chunk.bytes.len();
             if drained > DRAIN_LIMIT {
                 let _ = recv.stop(0u32.into());
-                connection.closed().await;
-                break;
+                return;
             }
         }
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        self.changed.notify_one();
+        held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -372,31 +412,19 @@ fn crowded(live: usize, limit: usize) -> bool {
 }
 
 /// Closes the streams that have waited longest for the Manager's bytes (and
-/// at least [`CLOSABLE_AFTER`]), up to [`room_to_make`] of them. Each is asked
-/// through its [`StreamActivity`], so only a stream parked at a read can go;
-/// a stream at work is never interrupted. A closed stream stops its receive
-/// side and finishes its send side: a Manager waiting for a reply sees the
-/// stream end and drops it, and the slot returns to it.
-fn close_longest_waiting(live: &mut HashMap<task::Id, Arc<StreamActivity>>, limit: usize) {
-    let mut waiting: Vec<(Instant, task::Id)> = live
-        .iter()
-        .filter_map(|(id, activity)| Some((activity.waiting_since()?, *id)))
-        .filter(|(since, _)| since.elapsed() >= CLOSABLE_AFTER)
-        .collect();
-    waiting.sort_unstable_by_key(|(since, _)| *since);
-    waiting.truncate(room_to_make(limit));
-    if let Some((oldest, _)) = waiting.first() {
+/// at least [`CLOSABLE_AFTER`]), up to [`room_to_make`] of them. Only a
+/// stream parked at a read can go; a stream at work is never interrupted. A
+/// closed stream stops its receive side and finishes its send side: a
+/// Manager waiting for a reply sees the stream end and drops it, and the
+/// slot returns to it.
+fn make_room<H>(streams: &Streams<H>, limit: usize) {
+    let (closing, longest) =
+        streams.close_longest_waiting(Instant::now(), CLOSABLE_AFTER, room_to_make(limit));
+    if closing > 0 {
         tracing::warn!(
-            closing = waiting.len(),
-            longest_wait_ms = oldest.elapsed().as_millis(),
+            closing,
+            longest_wait_ms = longest.as_millis(),
             "request streams run short; closing those that waited longest"
         );
-    }
-    // Forgotten here at once, so that they are not chosen again; their tasks
-    // end on their own and are reaped as usual.
-    for (_, id) in waiting {
-        if let Some(activity) = live.remove(&id) {
-            activity.close();
-        }
     }
 }

@@ -467,3 +467,27 @@ async fn a_journal_wait_that_never_holds_fails_with_a_message() {
         .wait_for_within(Duration::from_millis(10), |_| false)
         .await;
 }
+
+/// The connection's own sweep ends a silent stream (no timer of the
+/// stream's own): the stream is finished by roxyd without a reply, and the
+/// connection goes on serving.
+#[tokio::test]
+async fn a_silent_stream_is_ended_by_the_connection_after_the_idle_timeout() {
+    let config = DispatchConfig {
+        stream_idle_timeout: Duration::from_millis(200),
+        ..DispatchConfig::default()
+    };
+    let rig = rig_with(LabOptions::default(), config).await;
+    let (mut send, mut recv) = rig.session.open_stream().await.unwrap();
+    // Half a frame header, so that roxyd sees the stream; then silence.
+    send.write_all(&[0, 0]).await.unwrap();
+    // Fifty times the idle timeout: a bound, not a delay.
+    let ended = tokio::time::timeout(Duration::from_secs(10), wire::read_frame(&mut recv, 1024))
+        .await
+        .expect("roxyd ends a silent stream after its idle timeout");
+    assert!(
+        matches!(ended, Ok(None)),
+        "roxyd finished the stream without a reply: {ended:?}"
+    );
+    rig.still_serves_power(&[]).await;
+}

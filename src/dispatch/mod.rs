@@ -20,20 +20,16 @@
 //!   and the stream keeps serving; only an oversized or truncated frame (the
 //!   stream is out of step then) ends the stream.
 
-use std::{
-    pin::pin,
-    sync::{Arc, Mutex, PoisonError},
-    task::Poll,
-    time::{Duration, Instant},
-};
+use std::{pin::pin, sync::Arc, task::Poll, time::Duration};
 
 #[cfg(any(test, feature = "test-backend"))]
 pub mod journal;
+pub mod streams;
 
-use tokio::{
-    io::{AsyncRead, AsyncWriteExt, BufReader},
-    sync::Notify,
-};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
+
+use streams::CloseReason;
+pub use streams::StreamActivity;
 
 use crate::{
     platform::{GracefulOp, ImmediateOp, PowerBackend, PowerOp},
@@ -134,70 +130,10 @@ impl DispatchObserver for NoObserver {
     fn on_event(&self, _event: &DispatchEvent) {}
 }
 
-/// Whether a stream waits for the Manager's next frame, and since when, and
-/// a way to ask it to close. A stream closes only while it waits for a read:
-/// one at work (a request being answered, a power operation pending) never
-/// does, whatever asks and whenever.
-#[derive(Debug, Default)]
-pub struct StreamActivity {
-    waiting_since: Mutex<Option<Instant>>,
-    close: Notify,
-}
-
-impl StreamActivity {
-    /// Since when the stream waits for the Manager's bytes; `None` while it
-    /// works, before it started, and while bytes that have arrived are read.
-    #[must_use]
-    pub fn waiting_since(&self) -> Option<Instant> {
-        *self.lock()
-    }
-
-    /// Asks the stream to close the next time it waits for the Manager (now,
-    /// if it waits now).
-    pub fn close(&self) {
-        self.close.notify_one();
-    }
-
-    fn set_waiting(&self) {
-        *self.lock() = Some(Instant::now());
-    }
-
-    fn set_working(&self) {
-        *self.lock() = None;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.waiting_since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 /// Bytes read ahead from a request stream: a request frame of roxyd's
 /// families fits, so its header and payload arrive in one read; a larger
 /// payload is read straight into its own buffer.
 const READ_BUFFER: usize = 64;
-
-/// Runs `read`, marking the stream as waiting only while the read has to
-/// wait for the Manager: a request whose bytes have arrived is read at once
-/// and its stream is never taken for an idle one. `None` when the stream
-/// was asked to close while it waited.
-async fn wait_reporting<F: Future>(read: F, activity: &StreamActivity) -> Option<F::Output> {
-    let mut read = pin!(read);
-    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-    let output = match first {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => {
-            activity.set_waiting();
-            tokio::select! {
-                output = &mut read => Some(output),
-                () = activity.close.notified() => None,
-            }
-        }
-    };
-    activity.set_working();
-    output
-}
 
 /// Why serving a stream ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -214,7 +150,7 @@ pub enum StreamEnd {
     /// No request arrived within the idle timeout.
     IdleTimeout,
     /// The connection layer closed the waiting stream to make room for
-    /// others (see [`StreamActivity::close`]).
+    /// others (see [`streams::Streams::close_longest_waiting`]).
     ClosedToMakeRoom,
     /// A reply could not be written (any pending operation was cancelled).
     WriteFailed(String),
@@ -261,20 +197,27 @@ impl<B: PowerBackend> Dispatcher<B> {
     }
 
     /// Serves requests from `recv`, answering each on `send`, until the
-    /// Manager finishes the stream, an immediate operation is released, or
-    /// the stream fails.
+    /// Manager finishes the stream, an immediate operation is released, the
+    /// stream stays silent for [`DispatchConfig::stream_idle_timeout`], or
+    /// it fails.
     pub async fn serve_stream<R, W>(&self, recv: &mut R, send: &mut W) -> StreamEnd
     where
         R: AsyncRead + Unpin + Send + ?Sized,
         W: ReplySink + ?Sized,
     {
-        self.serve_stream_reporting(recv, send, &StreamActivity::default())
-            .await
+        let activity = StreamActivity::default();
+        tokio::select! {
+            end = self.serve_stream_reporting(recv, send, &activity) => end,
+            () = streams::close_when_idle(&activity, self.config.stream_idle_timeout) => {
+                unreachable!("close_when_idle never returns")
+            }
+        }
     }
 
-    /// As [`Self::serve_stream`], keeping `activity` up to date so that the
-    /// connection layer can tell a stream that waits for the Manager from
-    /// one that is doing work.
+    /// As [`Self::serve_stream`], but the stream is closed when idle, or to
+    /// make room, only by whoever holds `activity`, which this keeps up to
+    /// date (the connection layer holds every stream's, see
+    /// [`streams::Streams`]).
     pub async fn serve_stream_reporting<R, W>(
         &self,
         recv: &mut R,
@@ -290,15 +233,10 @@ impl<B: PowerBackend> Dispatcher<B> {
         let mut recv = BufReader::with_capacity(READ_BUFFER, recv);
         let recv = &mut recv;
         loop {
-            let read = tokio::time::timeout(
-                self.config.stream_idle_timeout,
-                wire::read_frame(recv, self.config.max_frame_len),
-            );
-            let Some(read) = wait_reporting(read, activity).await else {
-                return StreamEnd::ClosedToMakeRoom;
-            };
-            let payload = match read {
-                Err(_) => return StreamEnd::IdleTimeout,
+            let read = wire::read_frame(recv, self.config.max_frame_len);
+            let payload = match streams::wait(read, activity).await {
+                Err(CloseReason::Idle) => return StreamEnd::IdleTimeout,
+                Err(CloseReason::MakeRoom) => return StreamEnd::ClosedToMakeRoom,
                 Ok(Ok(Some(payload))) => payload,
                 Ok(Ok(None)) => return StreamEnd::Finished,
                 Ok(Err(e @ FrameError::TooLarge { .. })) => {
@@ -472,10 +410,16 @@ impl<B: PowerBackend> Dispatcher<B> {
 
     /// Runs a reply write, failing it when it takes longer than
     /// [`DispatchConfig::reply_timeout`] (a Manager that grants no credit).
+    /// A write that completes at once, as nearly all do, sets no timer.
     async fn write_bounded<T>(
         &self,
         write: impl Future<Output = std::io::Result<T>>,
     ) -> std::io::Result<T> {
+        let mut write = pin!(write);
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        if let Poll::Ready(written) = first {
+            return written;
+        }
         tokio::time::timeout(self.config.reply_timeout, write)
             .await
             .unwrap_or_else(|_| {

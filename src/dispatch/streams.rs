@@ -1,0 +1,234 @@
+//! Which request streams wait for the Manager, since when, and closing them:
+//! a stream silent for the idle timeout, and, when stream slots run short,
+//! the streams that have waited longest.
+//!
+//! A stream is closed only while its read is pending: one at work (a request
+//! being answered, a power operation pending) never is, and neither is one
+//! whose bytes have arrived. Neither side keeps a timer per stream: a stream
+//! marks itself waiting (one lock, no clock read unless its read is
+//! pending), and the owner of its [`StreamActivity`] decides, on a timer of
+//! its own, which to close. Per-stream timers and wake-up registrations were
+//! most of roxyd's cost per request when many were in flight (issue 12).
+
+use std::{
+    future::Future,
+    pin::pin,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    task::{Poll, Waker},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+/// Why a waiting stream was closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// It waited for the Manager's bytes for the idle timeout.
+    Idle,
+    /// Stream slots ran short and it had waited longest.
+    MakeRoom,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Since when the stream's read is pending; `None` while it works.
+    waiting_since: Option<Instant>,
+    /// Set by the owner while the stream waits; the stream then ends.
+    close: Option<CloseReason>,
+    /// Wakes the waiting stream when it is closed.
+    waker: Option<Waker>,
+}
+
+/// One stream's side of the bargain: whether it waits for the Manager's
+/// next bytes, and since when, and a way to close it while it does.
+#[derive(Debug, Default)]
+pub struct StreamActivity {
+    state: Mutex<State>,
+}
+
+impl StreamActivity {
+    /// Since when the stream waits for the Manager's bytes; `None` while it
+    /// works, before it started, and once bytes that arrived are read.
+    #[must_use]
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.lock().waiting_since
+    }
+
+    /// Closes the stream, for `reason`, if it has waited since `cutoff` or
+    /// earlier and is still waiting.
+    ///
+    /// # Errors
+    ///
+    /// When it was not closed: since when it waits, or `None` when it works
+    /// or is closing already.
+    pub fn close_if_waiting_since(
+        &self,
+        cutoff: Instant,
+        reason: CloseReason,
+    ) -> Result<(), Option<Instant>> {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return Err(None);
+        }
+        match state.waiting_since {
+            Some(since) if since <= cutoff => {
+                state.close = Some(reason);
+                let waker = state.waker.take();
+                drop(state);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                Ok(())
+            }
+            since => Err(since),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs `read`, marking the stream as waiting only while the read is
+/// pending.
+///
+/// # Errors
+///
+/// When the stream was closed while it waited: the read is dropped then,
+/// never once it has completed.
+pub async fn wait<F: Future>(read: F, activity: &StreamActivity) -> Result<F::Output, CloseReason> {
+    let mut read = pin!(read);
+    let mut waiting = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = read.as_mut().poll(cx) {
+            if waiting {
+                let mut state = activity.lock();
+                // A close that came with the bytes is moot: the stream works.
+                *state = State::default();
+            }
+            return Poll::Ready(Ok(output));
+        }
+        let mut state = activity.lock();
+        if let Some(reason) = state.close {
+            *state = State::default();
+            return Poll::Ready(Err(reason));
+        }
+        if !waiting {
+            waiting = true;
+            state.waiting_since = Some(Instant::now());
+        }
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Closes `activity`'s stream once it has waited `idle` for the Manager;
+/// never returns. For a stream served on its own, without a [`Streams`].
+pub async fn close_when_idle(activity: &StreamActivity, idle: Duration) {
+    let mut check = Instant::now() + idle;
+    loop {
+        tokio::time::sleep_until(check).await;
+        let now = Instant::now();
+        check = match activity.close_if_waiting_since(now - idle, CloseReason::Idle) {
+            Ok(()) | Err(None) => now + idle,
+            Err(Some(since)) => since + idle,
+        };
+    }
+}
+
+/// The streams of one connection, each with its [`StreamActivity`] and a
+/// handle on its task, whatever holds it. Entries of ended streams are
+/// dropped in bulk as the list grows, so that a long connection does not
+/// accumulate them.
+#[derive(Debug)]
+pub struct Streams<H> {
+    live: Vec<(H, Arc<StreamActivity>)>,
+    /// Length past which ended entries are dropped.
+    prune_at: usize,
+}
+
+impl<H> Streams<H> {
+    /// An empty list that expects at most about `limit` streams at once.
+    #[must_use]
+    pub fn new(limit: usize) -> Self {
+        Self {
+            live: Vec::new(),
+            prune_at: limit.saturating_mul(2).max(16),
+        }
+    }
+
+    /// Adds a stream; `ended` tells, for every handle, whether its stream
+    /// has ended.
+    pub fn push(&mut self, handle: H, activity: Arc<StreamActivity>, ended: impl Fn(&H) -> bool) {
+        if self.live.len() >= self.prune_at {
+            self.live.retain(|(handle, _)| !ended(handle));
+            self.prune_at = self.live.len().saturating_mul(2).max(self.prune_at);
+        }
+        self.live.push((handle, activity));
+    }
+
+    /// Every handle, ended streams' included; the list is left empty.
+    pub fn drain(&mut self) -> impl Iterator<Item = H> + '_ {
+        self.live.drain(..).map(|(handle, _)| handle)
+    }
+
+    /// Closes every stream that has waited `idle` or longer at `now`, and
+    /// returns when to look again: when the next waiting stream reaches
+    /// `idle`, or `idle` from now.
+    #[must_use = "the time to look again"]
+    pub fn close_idle(&self, now: Instant, idle: Duration) -> Instant {
+        let mut next = now + idle;
+        let cutoff = now.checked_sub(idle).unwrap_or(now);
+        for (_, activity) in &self.live {
+            if let Err(Some(since)) = activity.close_if_waiting_since(cutoff, CloseReason::Idle) {
+                next = next.min(since + idle);
+            }
+        }
+        next
+    }
+
+    /// Closes up to `count` of the streams that have waited longest, each for
+    /// at least `closable_after` at `now`; returns how many and the longest
+    /// wait among them.
+    #[must_use = "how many were closed"]
+    pub fn close_longest_waiting(
+        &self,
+        now: Instant,
+        closable_after: Duration,
+        count: usize,
+    ) -> (usize, Duration) {
+        let Some(cutoff) = now.checked_sub(closable_after) else {
+            return (0, Duration::ZERO);
+        };
+        let mut waiting: Vec<(Instant, &StreamActivity)> = self
+            .live
+            .iter()
+            .filter_map(|(_, activity)| Some((activity.waiting_since()?, &**activity)))
+            .filter(|(since, _)| *since <= cutoff)
+            .collect();
+        waiting.sort_unstable_by_key(|(since, _)| *since);
+        let longest = waiting
+            .first()
+            .map_or(Duration::ZERO, |(since, _)| now - *since);
+        let mut closed = 0;
+        for (_, activity) in waiting {
+            if closed == count {
+                break;
+            }
+            if activity
+                .close_if_waiting_since(cutoff, CloseReason::MakeRoom)
+                .is_ok()
+            {
+                closed += 1;
+            }
+        }
+        (closed, longest)
+    }
+}

@@ -1,0 +1,186 @@
+//! Closing waiting streams (`dispatch::streams`), in memory on paused time:
+//! only a stream whose read is pending is closed, for the idle timeout or to
+//! make room, and the owner's single timer looks again exactly when the
+//! next waiting stream reaches the idle timeout.
+
+use std::{sync::Arc, time::Duration};
+
+use roxyd::dispatch::streams::{self, CloseReason, StreamActivity, Streams};
+use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
+
+const IDLE: Duration = Duration::from_secs(60);
+
+/// A stream parked at a read that completes when the returned sender sends.
+fn parked(
+    activity: &Arc<StreamActivity>,
+) -> (oneshot::Sender<u8>, JoinHandle<Result<u8, CloseReason>>) {
+    let (bytes, read) = oneshot::channel::<u8>();
+    let activity = Arc::clone(activity);
+    let task =
+        tokio::spawn(
+            async move { streams::wait(async { read.await.unwrap_or(0) }, &activity).await },
+        );
+    (bytes, task)
+}
+
+/// Lets every spawned task run until it waits.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_that_completes_at_once_never_marks_the_stream_waiting() {
+    let activity = StreamActivity::default();
+    let output = streams::wait(async { 7 }, &activity).await;
+    assert_eq!(output, Ok(7));
+    assert_eq!(activity.waiting_since(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pending_read_is_marked_waiting_from_its_first_poll_until_it_completes() {
+    let activity = Arc::new(StreamActivity::default());
+    let start = Instant::now();
+    let (bytes, task) = parked(&activity);
+    settle().await;
+    assert_eq!(activity.waiting_since(), Some(start));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    bytes.send(3).unwrap();
+    assert_eq!(task.await.unwrap(), Ok(3));
+    assert_eq!(activity.waiting_since(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_stream_is_closed_only_once_it_has_waited_since_the_cutoff() {
+    let activity = Arc::new(StreamActivity::default());
+    let (_bytes, task) = parked(&activity);
+    settle().await;
+    let since = Instant::now();
+    let before = since - Duration::from_millis(1);
+    assert_eq!(
+        activity.close_if_waiting_since(before, CloseReason::Idle),
+        Err(Some(since))
+    );
+    assert!(!task.is_finished());
+    assert_eq!(
+        activity.close_if_waiting_since(since, CloseReason::MakeRoom),
+        Ok(())
+    );
+    // A second close finds it closing already.
+    assert_eq!(
+        activity.close_if_waiting_since(since, CloseReason::Idle),
+        Err(None)
+    );
+    assert_eq!(task.await.unwrap(), Err(CloseReason::MakeRoom));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_whose_bytes_arrived_as_it_was_closed_goes_on() {
+    let activity = Arc::new(StreamActivity::default());
+    let (bytes, task) = parked(&activity);
+    settle().await;
+    // The bytes arrive, then the close, before the stream runs again.
+    bytes.send(9).unwrap();
+    assert_eq!(
+        activity.close_if_waiting_since(Instant::now(), CloseReason::Idle),
+        Ok(())
+    );
+    assert_eq!(task.await.unwrap(), Ok(9));
+    // The close is not kept for a later wait.
+    let (_bytes, task) = parked(&activity);
+    settle().await;
+    assert!(!task.is_finished());
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_working_stream_is_never_closed() {
+    let activity = StreamActivity::default();
+    assert_eq!(
+        activity.close_if_waiting_since(Instant::now(), CloseReason::MakeRoom),
+        Err(None)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_sweep_closes_streams_past_the_timeout_and_looks_again_at_the_next_one() {
+    let mut list = Streams::new(8);
+    let first = Arc::new(StreamActivity::default());
+    let (_a, first_task) = parked(&first);
+    settle().await;
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let second = Arc::new(StreamActivity::default());
+    let (_b, second_task) = parked(&second);
+    settle().await;
+    let second_since = Instant::now();
+    let working = Arc::new(StreamActivity::default());
+    for (task, activity) in [(1, first), (2, second), (3, working)] {
+        list.push(task, activity, |_| false);
+    }
+
+    // Nothing is due yet: look again when the first reaches the timeout.
+    let next = list.close_idle(Instant::now(), IDLE);
+    assert_eq!(next, second_since - Duration::from_secs(20) + IDLE);
+    tokio::time::advance(next - Instant::now()).await;
+    let next = list.close_idle(Instant::now(), IDLE);
+    assert_eq!(first_task.await.unwrap(), Err(CloseReason::Idle));
+    assert!(!second_task.is_finished());
+    assert_eq!(next, second_since + IDLE);
+    tokio::time::advance(next - Instant::now()).await;
+    let next = list.close_idle(Instant::now(), IDLE);
+    assert_eq!(second_task.await.unwrap(), Err(CloseReason::Idle));
+    // None waits now: a stream that starts waiting later is due no sooner.
+    assert_eq!(next, Instant::now() + IDLE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn making_room_closes_the_longest_waiting_streams_that_waited_long_enough() {
+    let mut list = Streams::new(8);
+    let mut tasks = Vec::new();
+    // Four streams start waiting 10 ms apart.
+    for index in 0..4 {
+        let activity = Arc::new(StreamActivity::default());
+        let (bytes, task) = parked(&activity);
+        settle().await;
+        list.push(index, activity, |_| false);
+        tasks.push((bytes, task));
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+    // Now they have waited 40, 30, 20 and 10 ms; only those of 25 ms or
+    // more may go, and only two are asked for.
+    let (closed, longest) =
+        list.close_longest_waiting(Instant::now(), Duration::from_millis(25), 2);
+    assert_eq!((closed, longest), (2, Duration::from_millis(40)));
+    // The closed ones end before any bytes arrive.
+    settle().await;
+    let mut outcomes = Vec::new();
+    for (bytes, task) in tasks {
+        let _ = bytes.send(1);
+        outcomes.push(task.await.unwrap());
+    }
+    assert_eq!(
+        outcomes,
+        [
+            Err(CloseReason::MakeRoom),
+            Err(CloseReason::MakeRoom),
+            Ok(1),
+            Ok(1)
+        ]
+    );
+}
+
+#[test]
+fn ended_streams_are_dropped_from_the_list_as_it_grows() {
+    let mut list = Streams::new(4);
+    // Every even handle has ended; pushing far past the limit keeps the
+    // list near the live streams' count.
+    for handle in 0..1_000_u32 {
+        list.push(handle, Arc::new(StreamActivity::default()), |h| {
+            h % 2 == 0 || *h < handle.saturating_sub(8)
+        });
+    }
+    let kept: Vec<u32> = list.drain().collect();
+    assert!(kept.len() <= 24, "kept {} entries", kept.len());
+    assert!(kept.contains(&999));
+}
