@@ -344,6 +344,94 @@ proptest! {
     }
 }
 
+/// Bytes that arrive in chunks of the given sizes (cycled; 0 is read as 1).
+struct Chunked {
+    bytes: Vec<u8>,
+    sizes: Vec<usize>,
+    at: usize,
+    read: usize,
+}
+
+impl tokio::io::AsyncRead for Chunked {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let size = self.sizes[self.read % self.sizes.len()].max(1);
+        let n = size.min(out.remaining()).min(self.bytes.len() - self.at);
+        let at = self.at;
+        out.put_slice(&self.bytes[at..at + n]);
+        self.at += n;
+        self.read += 1;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The agent's read-ahead reader, whatever chunks the bytes come in,
+    /// reads the frames `read_frame` reads, with the same outcome at the
+    /// end (clean end, truncated, too large).
+    #[test]
+    fn the_read_ahead_reader_reads_what_read_frame_reads(
+        payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..150), 0..6),
+        tail in prop::collection::vec(any::<u8>(), 0..100),
+        sizes in prop::collection::vec(0..80_usize, 1..8),
+        max in prop_oneof![Just(u32::MAX), 0..160_u32],
+    ) {
+        let bytes = [frames_of(&payloads), tail].concat();
+        let (ours, plain) = block_on(async {
+            let chunked = Chunked { bytes: bytes.clone(), sizes, at: 0, read: 0 };
+            let mut reader = wire::FrameReader::new(chunked);
+            let mut ours = Vec::new();
+            let ended = loop {
+                match reader.read_frame(max).await {
+                    Ok(Some(payload)) => ours.push(payload.to_vec()),
+                    other => break other.map(|_| ()).map_err(|e| e.to_string()),
+                }
+            };
+            let mut plain_reader = bytes.as_slice();
+            let mut plain = Vec::new();
+            let plain_ended = loop {
+                match wire::read_frame(&mut plain_reader, max).await {
+                    Ok(Some(payload)) => plain.push(payload),
+                    other => break other.map(|_| ()).map_err(|e| e.to_string()),
+                }
+            };
+            ((ours, ended), (plain, plain_ended))
+        });
+        prop_assert_eq!(ours, plain);
+    }
+
+    /// After the frames it was asked for, the read-ahead reader hands on
+    /// every following byte, in order, as the stream's own reads would: what
+    /// an immediate request's stream reads after the request (the Manager's
+    /// end, or more data) is never lost in the buffer.
+    #[test]
+    fn the_read_ahead_reader_hands_on_the_bytes_after_a_frame(
+        payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..150), 1..6),
+        tail in prop::collection::vec(any::<u8>(), 0..100),
+        sizes in prop::collection::vec(0..80_usize, 1..8),
+    ) {
+        let bytes = [frames_of(&payloads), tail.clone()].concat();
+        let (read, rest) = block_on(async {
+            let chunked = Chunked { bytes, sizes, at: 0, read: 0 };
+            let mut reader = wire::FrameReader::new(chunked);
+            let mut read = Vec::new();
+            for _ in 0..payloads.len() {
+                read.push(reader.read_frame(u32::MAX).await.unwrap().unwrap().to_vec());
+            }
+            let mut rest = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut rest).await.unwrap();
+            (read, rest)
+        });
+        prop_assert_eq!(read, payloads);
+        prop_assert_eq!(rest, tail);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The model: which power operations the contract calls for.
 // ---------------------------------------------------------------------------

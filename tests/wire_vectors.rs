@@ -192,6 +192,22 @@ enum ReplyValue {
     UnknownCode(u32),
 }
 
+/// The echo reply, written from a constant rather than encoded each time, is
+/// the reference's `Ok(())` to the byte.
+#[tokio::test]
+async fn the_unit_reply_constant_is_the_reference_ok_unit() {
+    let (frame, _) = frame_of("response Ok(()) (agent->manager)");
+    assert_eq!(our_frame(reply::UNIT_PAYLOAD).await, frame);
+    let (mut agent, mut manager) = tokio::io::duplex(64);
+    reply::write_unit(&mut agent).await.unwrap();
+    drop(agent);
+    let mut written = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut manager, &mut written)
+        .await
+        .unwrap();
+    assert_eq!(written, frame);
+}
+
 #[rstest]
 #[case::initiated_grouped(
     "response Ok(NodePowerResponse::Initiated) (agent->manager)",

@@ -26,7 +26,7 @@ use std::{pin::pin, sync::Arc, task::Poll, time::Duration};
 pub mod journal;
 pub mod streams;
 
-use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use streams::CloseReason;
 pub use streams::StreamActivity;
@@ -130,11 +130,6 @@ impl DispatchObserver for NoObserver {
     fn on_event(&self, _event: &DispatchEvent) {}
 }
 
-/// Bytes read ahead from a request stream: a request frame of roxyd's
-/// families fits, so its header and payload arrive in one read; a larger
-/// payload is read straight into its own buffer.
-const READ_BUFFER: usize = 64;
-
 /// Why serving a stream ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -230,10 +225,10 @@ impl<B: PowerBackend> Dispatcher<B> {
     {
         // One read from the transport brings a small frame's header and
         // payload together, instead of one read for each.
-        let mut recv = BufReader::with_capacity(READ_BUFFER, recv);
+        let mut recv = wire::FrameReader::new(recv);
         let recv = &mut recv;
         loop {
-            let read = wire::read_frame(recv, self.config.max_frame_len);
+            let read = recv.read_frame(self.config.max_frame_len);
             let payload = match streams::wait(read, activity).await {
                 Err(CloseReason::Idle) => return StreamEnd::IdleTimeout,
                 Err(CloseReason::MakeRoom) => return StreamEnd::ClosedToMakeRoom,

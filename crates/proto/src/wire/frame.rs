@@ -1,6 +1,13 @@
 //! Length-prefixed frames: a 4-byte big-endian payload length, then the payload.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::{
+    io,
+    ops::Deref,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Default largest payload roxyd accepts: far above any request it serves,
 /// far below what would hurt an appliance if a peer claimed it.
@@ -64,6 +71,145 @@ where
     }
 }
 
+/// Bytes a [`FrameReader`] reads ahead, held inline: a small frame's header
+/// and payload arrive in one read and are served without an allocation.
+pub const READ_AHEAD: usize = 64;
+
+/// Reads frames from `R`, reading ahead into a small inline buffer; it
+/// reads as `R` does too (buffered bytes first), for whatever follows a
+/// frame. A frame of up to `READ_AHEAD - 4` payload bytes is returned inline;
+/// a larger one in a buffer of its exact size, allocated only after its
+/// length was checked.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: [u8; READ_AHEAD],
+    start: usize,
+    end: usize,
+}
+
+/// A frame's payload, inline when small.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// Up to `READ_AHEAD - 4` bytes.
+    Inline {
+        /// The bytes, of which the first `len` are the payload.
+        bytes: [u8; READ_AHEAD - 4],
+        /// The payload's length.
+        len: u8,
+    },
+    /// A larger payload.
+    Heap(Vec<u8>),
+}
+
+impl Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Inline { bytes, len } => &bytes[..usize::from(*len)],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader of `inner`'s frames.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            buf: [0; READ_AHEAD],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads more of `inner` into the buffer, after what it holds; 0 at the
+    /// end of the stream. The buffer's state changes only once a read
+    /// completed, so a dropped call loses nothing.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let read = self.inner.read(&mut self.buf[self.end..]).await?;
+        self.end += read;
+        Ok(read)
+    }
+
+    /// Reads one frame's payload, as [`read_frame`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_frame`].
+    pub async fn read_frame(&mut self, max_len: u32) -> Result<Option<Payload>, FrameError> {
+        while self.buffered() < 4 {
+            if self.fill().await? == 0 {
+                return if self.buffered() == 0 {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
+            }
+        }
+        let mut header = [0_u8; 4];
+        header.copy_from_slice(&self.buf[self.start..self.start + 4]);
+        let len = u32::from_be_bytes(header);
+        if len > max_len {
+            return Err(FrameError::TooLarge { len, max: max_len });
+        }
+        let len = len as usize;
+        if 4 + len <= READ_AHEAD {
+            while self.buffered() < 4 + len {
+                if self.fill().await? == 0 {
+                    return Err(FrameError::Truncated);
+                }
+            }
+            let from = self.start + 4;
+            let mut bytes = [0_u8; READ_AHEAD - 4];
+            bytes[..len].copy_from_slice(&self.buf[from..from + len]);
+            self.start = from + len;
+            #[allow(clippy::cast_possible_truncation, reason = "len <= READ_AHEAD - 4")]
+            return Ok(Some(Payload::Inline {
+                bytes,
+                len: len as u8,
+            }));
+        }
+        self.start += 4;
+        let mut payload = vec![0_u8; len];
+        let have = self.buffered().min(len);
+        payload[..have].copy_from_slice(&self.buf[self.start..self.start + have]);
+        self.start += have;
+        match self.inner.read_exact(&mut payload[have..]).await {
+            Ok(_) => Ok(Some(Payload::Heap(payload))),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
+            Err(e) => Err(FrameError::Io(e)),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for FrameReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.buffered() > 0 {
+            let n = this.buffered().min(out.remaining());
+            out.put_slice(&this.buf[this.start..this.start + n]);
+            this.start += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, out)
+    }
+}
+
 /// Writes `payload` as one frame, header and payload in a single write call
 /// so that a small reply leaves in one packet.
 ///
@@ -76,6 +222,14 @@ where
 {
     let len = u32::try_from(payload.len())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too long"))?;
+    if payload.len() <= READ_AHEAD - 4 {
+        // A small reply, as most are, is put together without an allocation.
+        let mut frame = [0_u8; READ_AHEAD];
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        frame[4..4 + payload.len()].copy_from_slice(payload);
+        writer.write_all(&frame[..4 + payload.len()]).await?;
+        return writer.flush().await;
+    }
     let mut frame = Vec::with_capacity(4 + payload.len());
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(payload);
