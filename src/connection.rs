@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{task, time::Instant};
+use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     dispatch::{Dispatcher, StreamActivity, StreamEnd, streams::Streams},
@@ -198,11 +198,12 @@ pub async fn serve_connection_with<B: PowerBackend>(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) -> ConnectionEnd {
-    let mut tasks = StreamTasks(Streams::new(
-        usize::try_from(limits.max_streams).unwrap_or(usize::MAX),
-    ));
-    let counts = Arc::new(SlotCounts::default());
     let limit = usize::try_from(limits.max_streams).unwrap_or(usize::MAX);
+    let mut streams = Streams::new(limit);
+    let counts = Arc::new(SlotCounts::default());
+    // Should this future be dropped before its end, every stream task ends
+    // promptly too: their reads and writes fail on the closed connection.
+    let _close_on_drop = CloseOnDrop(&connection);
     let idle = dispatcher.config().stream_idle_timeout;
     let idle_check = tokio::time::sleep(idle);
     let mut full = tokio::time::interval(FULL_RECHECK);
@@ -224,17 +225,19 @@ pub async fn serve_connection_with<B: PowerBackend>(
         // wake nothing here: this tick looks again while any may be.
         let watch_slots = crowded(counts.open(), limit) || held > 0;
         tokio::select! {
+            // The Manager's streams first: no other branch is polled while
+            // one is waiting, and accepting stops once the streams the
+            // Manager may open are, so the others are never starved.
+            biased;
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    let activity = Arc::new(StreamActivity::default());
-                    let task = tokio::spawn(serve_stream(
+                    tokio::spawn(serve_stream(
                         Arc::clone(&dispatcher),
                         send,
                         recv,
-                        Arc::clone(&activity),
+                        streams.track(),
                         OpenStream::new(&counts),
                     ));
-                    tasks.0.push(task, activity, task::JoinHandle::is_finished);
                     // Scanning every stream on every accept would cost more
                     // than the request while the Manager keeps the limit
                     // busy; nothing new becomes closable sooner than this.
@@ -242,7 +245,7 @@ pub async fn serve_connection_with<B: PowerBackend>(
                         && last_scan.is_none_or(|at| at.elapsed() >= SCAN_AT_MOST_EVERY)
                     {
                         last_scan = Some(Instant::now());
-                        make_room(&tasks.0, limit);
+                        make_room(&streams, limit);
                     }
                 }
                 Err(e) => break ConnectionEnd::Lost(e),
@@ -251,11 +254,11 @@ pub async fn serve_connection_with<B: PowerBackend>(
             // now: look again while streams run short.
             _ = full.tick(), if watch_slots => {
                 if crowded(counts.open(), limit) {
-                    make_room(&tasks.0, limit);
+                    make_room(&streams, limit);
                 }
             }
             () = &mut idle_check => {
-                let next = tasks.0.close_idle(Instant::now(), idle);
+                let next = streams.close_idle(Instant::now(), idle);
                 idle_check.as_mut().reset(next);
             }
             () = sleep_until_some(give_up_at) => {
@@ -275,10 +278,7 @@ pub async fn serve_connection_with<B: PowerBackend>(
         }
     };
     // Every stream task ends promptly now that the connection is closed.
-    let handles: Vec<_> = tasks.0.drain().collect();
-    for handle in handles {
-        let _ = handle.await;
-    }
+    counts.all_ended().await;
     end
 }
 
@@ -301,15 +301,12 @@ async fn serve_stream<B: PowerBackend>(
     }
 }
 
-/// The stream tasks of a connection; dropping it (the connection's future
-/// dropped before its end) aborts every task, so that none outlives it.
-struct StreamTasks(Streams<task::JoinHandle<()>>);
+/// Closes the connection when dropped.
+struct CloseOnDrop<'a>(&'a quinn::Connection);
 
-impl Drop for StreamTasks {
+impl Drop for CloseOnDrop<'_> {
     fn drop(&mut self) {
-        for handle in self.0.drain() {
-            handle.abort();
-        }
+        self.0.close(0u32.into(), b"roxyd stopping");
     }
 }
 
@@ -335,11 +332,21 @@ async fn sleep_until_some(at: Option<Instant>) {
 struct SlotCounts {
     open: AtomicUsize,
     held: AtomicUsize,
+    /// Fired whenever `open` drops to zero.
+    none_open: Notify,
 }
 
 impl SlotCounts {
     fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no stream task runs.
+    async fn all_ended(&self) {
+        // A zero reached before the wait leaves a permit: nothing is missed.
+        while self.open() > 0 {
+            self.none_open.notified().await;
+        }
     }
 
     fn held(&self) -> usize {
@@ -353,7 +360,7 @@ struct OpenStream(Arc<SlotCounts>);
 
 impl OpenStream {
     fn new(counts: &Arc<SlotCounts>) -> Self {
-        counts.open.fetch_add(1, Ordering::Relaxed);
+        counts.open.fetch_add(1, Ordering::AcqRel);
         Self(Arc::clone(counts))
     }
 
@@ -381,7 +388,9 @@ impl OpenStream {
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_open.notify_one();
+        }
     }
 }
 
@@ -417,7 +426,7 @@ fn crowded(live: usize, limit: usize) -> bool {
 /// closed stream stops its receive side and finishes its send side: a
 /// Manager waiting for a reply sees the stream end and drops it, and the
 /// slot returns to it.
-fn make_room<H>(streams: &Streams<H>, limit: usize) {
+fn make_room(streams: &Streams, limit: usize) {
     let (closing, longest) =
         streams.close_longest_waiting(Instant::now(), CLOSABLE_AFTER, room_to_make(limit));
     if closing > 0 {

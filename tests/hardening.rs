@@ -35,7 +35,7 @@ struct Rig {
     session: AgentSession,
     recorder: Recorder,
     dispatcher: Arc<Dispatcher<Recorder>>,
-    _serving: tokio::task::JoinHandle<connection::ConnectionEnd>,
+    serving: tokio::task::JoinHandle<connection::ConnectionEnd>,
 }
 
 fn dispatcher(recorder: &Recorder, config: DispatchConfig) -> Arc<Dispatcher<Recorder>> {
@@ -54,7 +54,7 @@ async fn rig_with(options: LabOptions, config: DispatchConfig) -> Rig {
         session,
         recorder,
         dispatcher,
-        _serving: agent.serving,
+        serving: agent.serving,
     }
 }
 
@@ -490,4 +490,37 @@ async fn a_silent_stream_is_ended_by_the_connection_after_the_idle_timeout() {
         "roxyd finished the stream without a reply: {ended:?}"
     );
     rig.still_serves_power(&[]).await;
+}
+
+/// Dropping the connection's future (its task aborted) ends every stream
+/// task with it, a silent one included, whose idle timeout would otherwise
+/// have had nobody to enforce it; the Manager sees the connection closed.
+#[tokio::test]
+async fn stream_tasks_do_not_outlive_the_connections_future() {
+    let rig = rig().await;
+    let (mut send, _recv) = rig.session.open_stream().await.unwrap();
+    send.write_all(&[0, 0]).await.unwrap();
+    // roxyd has the stream once its task holds the dispatcher.
+    within("roxyd to take the stream", async {
+        while Arc::strong_count(&rig.dispatcher) < 3 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    rig.serving.abort();
+    let closed = within(
+        "the Manager to see the connection closed",
+        rig.session.connection().closed(),
+    )
+    .await;
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(_)),
+        "{closed:?}"
+    );
+    within("every stream task to end", async {
+        while Arc::strong_count(&rig.dispatcher) > 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
 }

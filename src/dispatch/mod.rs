@@ -235,16 +235,7 @@ impl<B: PowerBackend> Dispatcher<B> {
                 Ok(Ok(Some(payload))) => payload,
                 Ok(Ok(None)) => return StreamEnd::Finished,
                 Ok(Err(e @ FrameError::TooLarge { .. })) => {
-                    tracing::warn!(error = %e, "refusing oversized frame; ending the stream");
-                    // The stream is out of step now; answer, then end it.
-                    if self
-                        .write_bounded(reply::write_error(send, &e.to_string()))
-                        .await
-                        .is_ok()
-                    {
-                        let _ = send.shutdown().await;
-                    }
-                    return StreamEnd::FrameTooLarge;
+                    return Box::pin(self.refuse_oversized(&e, send)).await;
                 }
                 Ok(Err(e)) => return StreamEnd::ReadFailed(e.to_string()),
             };
@@ -279,8 +270,7 @@ impl<B: PowerBackend> Dispatcher<B> {
             }
             RequestCode::NodePower => match wire::decode_prefix::<NodePowerRequest>(request.body) {
                 Ok(power) => {
-                    self.serve_power(code, power, WireForm::Grouped, recv, send)
-                        .await
+                    Box::pin(self.serve_power(code, power, WireForm::Grouped, recv, send)).await
                 }
                 Err(e) => {
                     let text = format!("malformed body for request code {code}: {e}");
@@ -290,13 +280,11 @@ impl<B: PowerBackend> Dispatcher<B> {
             // The flat forms' body is `()`, which any bytes decode as.
             RequestCode::FlatReboot => {
                 let request = NodePowerRequest::Reboot;
-                self.serve_power(code, request, WireForm::Flat, recv, send)
-                    .await
+                Box::pin(self.serve_power(code, request, WireForm::Flat, recv, send)).await
             }
             RequestCode::FlatShutdown => {
                 let request = NodePowerRequest::Shutdown;
-                self.serve_power(code, request, WireForm::Flat, recv, send)
-                    .await
+                Box::pin(self.serve_power(code, request, WireForm::Flat, recv, send)).await
             }
             RequestCode::NotSupported(_) => {
                 self.answer_error(code, send, reply_text::NOT_SUPPORTED)
@@ -327,7 +315,9 @@ impl<B: PowerBackend> Dispatcher<B> {
                 Ok(_run) => {
                     self.emit(&DispatchEvent::GracefulStarted(op));
                     // A graceful operation has nothing to release.
-                    let written = self.write_bounded(reply::write_initiated(send, form)).await;
+                    let written = self
+                        .write_bounded(pin!(reply::write_initiated(send, form)))
+                        .await;
                     self.after_write(code, true, written)
                 }
                 Err(e) => {
@@ -380,13 +370,33 @@ impl<B: PowerBackend> Dispatcher<B> {
         )
     }
 
+    /// Answers a frame over the limit, then ends the stream, which is out of
+    /// step now.
+    async fn refuse_oversized<W: ReplySink + ?Sized>(
+        &self,
+        e: &FrameError,
+        send: &mut W,
+    ) -> StreamEnd {
+        tracing::warn!(error = %e, "refusing oversized frame; ending the stream");
+        if self
+            .write_bounded(reply::write_error(send, &e.to_string()))
+            .await
+            .is_ok()
+        {
+            let _ = send.shutdown().await;
+        }
+        StreamEnd::FrameTooLarge
+    }
+
     async fn answer_error<W: ReplySink + ?Sized>(
         &self,
         code: u32,
         send: &mut W,
         text: &str,
     ) -> Option<StreamEnd> {
-        let written = self.write_bounded(reply::write_error(send, text)).await;
+        // Boxed, as error replies are rare: every stream task's future stays
+        // small (see `write_bounded`).
+        let written = Box::pin(self.write_bounded(reply::write_error(send, text))).await;
         self.after_write(code, false, written)
     }
 
@@ -415,7 +425,9 @@ impl<B: PowerBackend> Dispatcher<B> {
         if let Poll::Ready(written) = first {
             return written;
         }
-        tokio::time::timeout(self.config.reply_timeout, write)
+        // Boxed: the timer is rare, and would otherwise make every stream
+        // task's future larger.
+        Box::pin(tokio::time::timeout(self.config.reply_timeout, write))
             .await
             .unwrap_or_else(|_| {
                 Err(std::io::Error::new(

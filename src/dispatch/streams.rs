@@ -143,18 +143,18 @@ pub async fn close_when_idle(activity: &StreamActivity, idle: Duration) {
     }
 }
 
-/// The streams of one connection, each with its [`StreamActivity`] and a
-/// handle on its task, whatever holds it. Entries of ended streams are
-/// dropped in bulk as the list grows, so that a long connection does not
-/// accumulate them.
+/// The streams of one connection, by their [`StreamActivity`]. A stream is
+/// tracked while anyone else holds its activity (its task does, until it
+/// ends); entries of ended streams are dropped in bulk as the list grows, so
+/// that a long connection does not accumulate them.
 #[derive(Debug)]
-pub struct Streams<H> {
-    live: Vec<(H, Arc<StreamActivity>)>,
+pub struct Streams {
+    live: Vec<Arc<StreamActivity>>,
     /// Length past which ended entries are dropped.
     prune_at: usize,
 }
 
-impl<H> Streams<H> {
+impl Streams {
     /// An empty list that expects at most about `limit` streams at once.
     #[must_use]
     pub fn new(limit: usize) -> Self {
@@ -164,19 +164,28 @@ impl<H> Streams<H> {
         }
     }
 
-    /// Adds a stream; `ended` tells, for every handle, whether its stream
-    /// has ended.
-    pub fn push(&mut self, handle: H, activity: Arc<StreamActivity>, ended: impl Fn(&H) -> bool) {
+    /// A new stream's activity, tracked until every other holder dropped it.
+    pub fn track(&mut self) -> Arc<StreamActivity> {
         if self.live.len() >= self.prune_at {
-            self.live.retain(|(handle, _)| !ended(handle));
+            self.live.retain(|activity| Arc::strong_count(activity) > 1);
             self.prune_at = self.live.len().saturating_mul(2).max(self.prune_at);
         }
-        self.live.push((handle, activity));
+        let activity = Arc::new(StreamActivity::default());
+        self.live.push(Arc::clone(&activity));
+        activity
     }
 
-    /// Every handle, ended streams' included; the list is left empty.
-    pub fn drain(&mut self) -> impl Iterator<Item = H> + '_ {
-        self.live.drain(..).map(|(handle, _)| handle)
+    /// How many entries the list holds, ended streams' included until they
+    /// are dropped.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether the list holds no entry.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
     }
 
     /// Closes every stream that has waited `idle` or longer at `now`, and
@@ -186,7 +195,7 @@ impl<H> Streams<H> {
     pub fn close_idle(&self, now: Instant, idle: Duration) -> Instant {
         let mut next = now + idle;
         let cutoff = now.checked_sub(idle).unwrap_or(now);
-        for (_, activity) in &self.live {
+        for activity in &self.live {
             if let Err(Some(since)) = activity.close_if_waiting_since(cutoff, CloseReason::Idle) {
                 next = next.min(since + idle);
             }
@@ -210,7 +219,7 @@ impl<H> Streams<H> {
         let mut waiting: Vec<(Instant, &StreamActivity)> = self
             .live
             .iter()
-            .filter_map(|(_, activity)| Some((activity.waiting_since()?, &**activity)))
+            .filter_map(|activity| Some((activity.waiting_since()?, &**activity)))
             .filter(|(since, _)| *since <= cutoff)
             .collect();
         waiting.sort_unstable_by_key(|(since, _)| *since);
