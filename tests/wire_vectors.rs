@@ -198,6 +198,7 @@ enum ReplyValue {
 async fn the_unit_reply_constant_is_the_reference_ok_unit() {
     let (frame, _) = frame_of("response Ok(()) (agent->manager)");
     assert_eq!(our_frame(reply::UNIT_PAYLOAD).await, frame);
+    assert_eq!(reply::UNIT_FRAME.as_slice(), frame.as_slice());
     let (mut agent, mut manager) = tokio::io::duplex(64);
     reply::write_unit(&mut agent).await.unwrap();
     drop(agent);

@@ -73,7 +73,10 @@ where
 
 /// Bytes a [`FrameReader`] reads ahead, held inline: a small frame's header
 /// and payload arrive in one read and are served without an allocation.
-pub const READ_AHEAD: usize = 64;
+/// Every request of roxyd's families fits (the largest, a grouped power
+/// request, is a 9-byte frame); kept small because it is part of every
+/// stream task, whose size decides how costly the task's allocation is.
+pub const READ_AHEAD: usize = 32;
 
 /// Reads frames from `R`, reading ahead into a small inline buffer; it
 /// reads as `R` does too (buffered bytes first), for whatever follows a
