@@ -11,8 +11,10 @@
 //! ```
 //!
 //! `ROXYD_BENCH_MANAGER=one` puts the Manager side on one thread instead of
-//! two workers; `ROXYD_BENCH_QUICK=1` divides the counts by ten. Without
-//! `--bench` it does nothing.
+//! two workers; `ROXYD_BENCH_QUICK=1` divides the counts by ten;
+//! `ROXYD_BENCH_PIN=0` leaves the processes unpinned (by default the
+//! Manager runs on CPU 0 and every agent on CPU 1). Without `--bench` it
+//! does nothing.
 
 #[allow(dead_code)]
 mod common;
@@ -69,6 +71,11 @@ async fn suite() -> BenchResult<()> {
     ]);
     let mut pids = roxyds.pids();
     pids.extend([&one, &multi].map(|child| child.id().unwrap_or(0)));
+    // The Manager on one core, every agent on the other.
+    common::pin(std::process::id(), 0);
+    for pid in &pids {
+        common::pin(*pid, 1);
+    }
 
     common::progress(NAME, "sequential round trips");
     let spreads = common::round_trips(&targets, sequential).await?;

@@ -309,9 +309,65 @@ pub fn also_binaries() -> BenchResult<Vec<(String, PathBuf)>> {
         .collect()
 }
 
-/// This tree's roxyd, the `test-backend` build `cargo bench` made.
+/// Puts every thread of process `pid` on CPU `cpu` (`taskset`), so that
+/// the Manager and the agent under test each keep a core of their own and
+/// the scheduler's placement stops deciding the result: measured on this
+/// 2-core machine, unpinned runs of the same builds swung by 10-20% at one
+/// level. Skipped, with a note, where `taskset` is missing, there is only
+/// one CPU, or `ROXYD_BENCH_PIN=0`.
+pub fn pin(pid: u32, cpu: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if cpus < 2 || std::env::var("ROXYD_BENCH_PIN").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let pinned = std::process::Command::new("taskset")
+        .args(["-apc", &cpu.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status();
+    if !pinned.is_ok_and(|status| status.success()) {
+        eprintln!("bench: cannot pin process {pid} to CPU {cpu}; results will swing more");
+    }
+}
+
+/// This tree's roxyd as it ships, with the `test-backend` feature added:
+/// built once per run by cargo in `target/bench-shipped`. The binary
+/// `cargo bench` makes beside the benches is not it: that build takes the
+/// features of the dev-dependencies too (tokio's `test-util`, whose clock
+/// every timer consults, and its multi-thread scheduler), which a release
+/// build of roxyd does not have.
+///
+/// # Panics
+///
+/// When the build fails.
 pub fn this_roxyd() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_roxyd"))
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let target = manifest.join("target").join("bench-shipped");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            eprintln!(
+                "bench: building roxyd as it ships (release, test-backend) in {}",
+                target.display()
+            );
+            let status = std::process::Command::new(cargo)
+                .current_dir(manifest)
+                .args([
+                    "build",
+                    "--release",
+                    "--features",
+                    "test-backend",
+                    "--bin",
+                    "roxyd",
+                ])
+                .arg("--target-dir")
+                .arg(&target)
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building roxyd as it ships failed");
+            target.join("release").join("roxyd")
+        })
+        .clone()
 }
 
 /// roxyd builds under test, each connected to the lab's Manager: this
