@@ -291,13 +291,17 @@ async fn serve_stream<B: PowerBackend>(
     activity: Arc<StreamActivity>,
     open: OpenStream,
 ) {
-    let end = dispatcher
-        .serve_stream_reporting(&mut recv, &mut send, &activity)
-        .await;
-    tracing::debug!(stream = %send.id(), ?end, "request stream ended");
-    if matches!(end, StreamEnd::ClosedToMakeRoom | StreamEnd::IdleTimeout) {
+    let closed_here = {
+        let end = dispatcher
+            .serve_stream_reporting(&mut recv, &mut send, &activity)
+            .await;
+        tracing::debug!(stream = %send.id(), ?end, "request stream ended");
+        matches!(end, StreamEnd::ClosedToMakeRoom | StreamEnd::IdleTimeout)
+    };
+    if closed_here {
         let _ = send.finish();
-        open.hold_until_answered(&mut recv).await;
+        // Boxed: rare, and the task's future stays smaller without it.
+        Box::pin(open.hold_until_answered(&mut recv)).await;
     }
 }
 

@@ -75,8 +75,9 @@ where
 /// and payload arrive in one read and are served without an allocation.
 /// Every request of roxyd's families fits (the largest, a grouped power
 /// request, is a 9-byte frame); kept small because it is part of every
-/// stream task, whose size decides how costly the task's allocation is.
-pub const READ_AHEAD: usize = 32;
+/// stream task, whose size decides how costly the task's allocation is
+/// (glibc serves a chunk of 1 KiB or more on a slower path).
+pub const READ_AHEAD: usize = 16;
 
 /// Reads frames from `R`, reading ahead into a small inline buffer; it
 /// reads as `R` does too (buffered bytes first), for whatever follows a
@@ -213,6 +214,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameReader<R> {
     }
 }
 
+/// Frames up to this size are put together on the stack by [`write_frame`].
+const SMALL_FRAME: usize = 64;
+
 /// Writes `payload` as one frame, header and payload in a single write call
 /// so that a small reply leaves in one packet.
 ///
@@ -225,9 +229,9 @@ where
 {
     let len = u32::try_from(payload.len())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too long"))?;
-    if payload.len() <= READ_AHEAD - 4 {
+    if payload.len() <= SMALL_FRAME - 4 {
         // A small reply, as most are, is put together without an allocation.
-        let mut frame = [0_u8; READ_AHEAD];
+        let mut frame = [0_u8; SMALL_FRAME];
         frame[..4].copy_from_slice(&len.to_be_bytes());
         frame[4..4 + payload.len()].copy_from_slice(payload);
         writer.write_all(&frame[..4 + payload.len()]).await?;
