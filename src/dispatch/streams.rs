@@ -136,7 +136,11 @@ pub async fn close_when_idle(activity: &StreamActivity, idle: Duration) {
     loop {
         tokio::time::sleep_until(check).await;
         let now = Instant::now();
-        check = match activity.close_if_waiting_since(now - idle, CloseReason::Idle) {
+        let Some(cutoff) = now.checked_sub(idle) else {
+            check = now + idle;
+            continue;
+        };
+        check = match activity.close_if_waiting_since(cutoff, CloseReason::Idle) {
             Ok(()) | Err(None) => now + idle,
             Err(Some(since)) => since + idle,
         };
@@ -175,6 +179,13 @@ impl Streams {
         activity
     }
 
+    /// The streams whose task still runs (holds its activity).
+    fn running(&self) -> impl Iterator<Item = &Arc<StreamActivity>> {
+        self.live
+            .iter()
+            .filter(|activity| Arc::strong_count(activity) > 1)
+    }
+
     /// How many entries the list holds, ended streams' included until they
     /// are dropped.
     #[must_use]
@@ -194,8 +205,11 @@ impl Streams {
     #[must_use = "the time to look again"]
     pub fn close_idle(&self, now: Instant, idle: Duration) -> Instant {
         let mut next = now + idle;
-        let cutoff = now.checked_sub(idle).unwrap_or(now);
-        for activity in &self.live {
+        // Earlier than the clock's origin: no stream can have waited so long.
+        let Some(cutoff) = now.checked_sub(idle) else {
+            return next;
+        };
+        for activity in self.running() {
             if let Err(Some(since)) = activity.close_if_waiting_since(cutoff, CloseReason::Idle) {
                 next = next.min(since + idle);
             }
@@ -217,8 +231,7 @@ impl Streams {
             return (0, Duration::ZERO);
         };
         let mut waiting: Vec<(Instant, &StreamActivity)> = self
-            .live
-            .iter()
+            .running()
             .filter_map(|activity| Some((activity.waiting_since()?, &**activity)))
             .filter(|(since, _)| *since <= cutoff)
             .collect();
