@@ -179,3 +179,23 @@ fn ended_streams_are_dropped_from_the_list_as_it_grows() {
     assert!(list.len() <= 2 * 10 + 1, "kept {} entries", list.len());
     assert!(list.len() >= 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_served_on_its_own_is_closed_at_its_idle_timeout_not_before() {
+    let activity = Arc::new(StreamActivity::default());
+    let (_bytes, task) = parked(&activity);
+    settle().await;
+    let start = Instant::now();
+    let watchdog = tokio::spawn({
+        let activity = Arc::clone(&activity);
+        async move { streams::close_when_idle(&activity, IDLE).await }
+    });
+    settle().await;
+    tokio::time::advance(IDLE.checked_sub(Duration::from_millis(1)).unwrap()).await;
+    settle().await;
+    assert!(!task.is_finished(), "closed before its idle timeout");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(task.await.unwrap(), Err(CloseReason::Idle));
+    assert_eq!(Instant::now(), start + IDLE);
+    watchdog.abort();
+}

@@ -135,15 +135,23 @@ pub async fn close_when_idle(activity: &StreamActivity, idle: Duration) {
     let mut check = Instant::now() + idle;
     loop {
         tokio::time::sleep_until(check).await;
-        let now = Instant::now();
-        let Some(cutoff) = now.checked_sub(idle) else {
-            check = now + idle;
-            continue;
-        };
-        check = match activity.close_if_waiting_since(cutoff, CloseReason::Idle) {
-            Ok(()) | Err(None) => now + idle,
-            Err(Some(since)) => since + idle,
-        };
+        check = close_if_idle(activity, Instant::now(), idle);
+    }
+}
+
+/// Closes `activity`'s stream if it has waited `idle` or longer at `now`;
+/// returns when to look at it again: when it reaches `idle`, if it waits
+/// and was not closed, else `idle` from now (a stream that starts waiting
+/// later is due no sooner).
+fn close_if_idle(activity: &StreamActivity, now: Instant, idle: Duration) -> Instant {
+    let later = now + idle;
+    // Earlier than the clock's origin: no stream can have waited so long.
+    let Some(cutoff) = now.checked_sub(idle) else {
+        return later;
+    };
+    match activity.close_if_waiting_since(cutoff, CloseReason::Idle) {
+        Err(Some(since)) => since + idle,
+        Ok(()) | Err(None) => later,
     }
 }
 
@@ -204,17 +212,9 @@ impl Streams {
     /// `idle`, or `idle` from now.
     #[must_use = "the time to look again"]
     pub fn close_idle(&self, now: Instant, idle: Duration) -> Instant {
-        let mut next = now + idle;
-        // Earlier than the clock's origin: no stream can have waited so long.
-        let Some(cutoff) = now.checked_sub(idle) else {
-            return next;
-        };
-        for activity in self.running() {
-            if let Err(Some(since)) = activity.close_if_waiting_since(cutoff, CloseReason::Idle) {
-                next = next.min(since + idle);
-            }
-        }
-        next
+        self.running()
+            .map(|activity| close_if_idle(activity, now, idle))
+            .fold(now + idle, Instant::min)
     }
 
     /// Closes up to `count` of the streams that have waited longest, each for
