@@ -168,6 +168,7 @@ async fn making_room_closes_the_longest_waiting_streams_that_waited_long_enough(
 #[test]
 fn ended_streams_are_dropped_from_the_list_as_it_grows() {
     let mut list = Streams::new(4);
+    assert!(list.is_empty());
     // Only the last ten streams' activities are still held by anyone.
     let mut held = std::collections::VecDeque::new();
     for _ in 0..1_000 {
@@ -178,6 +179,7 @@ fn ended_streams_are_dropped_from_the_list_as_it_grows() {
     }
     assert!(list.len() <= 2 * 10 + 1, "kept {} entries", list.len());
     assert!(list.len() >= 10);
+    assert!(!list.is_empty());
 }
 
 #[tokio::test(start_paused = true)]
