@@ -201,3 +201,16 @@ async fn a_stream_served_on_its_own_is_closed_at_its_idle_timeout_not_before() {
     assert_eq!(Instant::now(), start + IDLE);
     watchdog.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_whose_task_ended_while_waiting_is_not_counted_as_room_made() {
+    let mut list = Streams::new(8);
+    let (_bytes, task) = parked(&list.track());
+    settle().await;
+    // The task is dropped at its read: its mark still says waiting.
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let (closed, _) = list.close_longest_waiting(Instant::now(), Duration::from_millis(50), 4);
+    assert_eq!(closed, 0);
+}
