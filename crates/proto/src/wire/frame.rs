@@ -59,15 +59,31 @@ where
         }
         filled += n;
     }
+    let mut payload = vec![0_u8; payload_len(header, max_len)?];
+    reader
+        .read_exact(&mut payload)
+        .await
+        .map_err(inside_frame)?;
+    Ok(Some(payload))
+}
+
+/// The payload length a frame header announces, refused past `max_len`
+/// before anything is allocated for it.
+fn payload_len(header: [u8; 4], max_len: u32) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(header);
     if len > max_len {
         return Err(FrameError::TooLarge { len, max: max_len });
     }
-    let mut payload = vec![0_u8; len as usize];
-    match reader.read_exact(&mut payload).await {
-        Ok(_) => Ok(Some(payload)),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
-        Err(e) => Err(FrameError::Io(e)),
+    Ok(len as usize)
+}
+
+/// The error of a read that was to fill the rest of a frame: the stream's
+/// end there is a truncated frame.
+fn inside_frame(e: io::Error) -> FrameError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        FrameError::Truncated
+    } else {
+        FrameError::Io(e)
     }
 }
 
@@ -163,11 +179,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let mut header = [0_u8; 4];
         header.copy_from_slice(&self.buf[self.start..self.start + 4]);
-        let len = u32::from_be_bytes(header);
-        if len > max_len {
-            return Err(FrameError::TooLarge { len, max: max_len });
-        }
-        let len = len as usize;
+        let len = payload_len(header, max_len)?;
         if 4 + len <= READ_AHEAD {
             while self.buffered() < 4 + len {
                 if self.fill().await? == 0 {
@@ -189,11 +201,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let have = self.buffered().min(len);
         payload[..have].copy_from_slice(&self.buf[self.start..self.start + have]);
         self.start += have;
-        match self.inner.read_exact(&mut payload[have..]).await {
-            Ok(_) => Ok(Some(Payload::Heap(payload))),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
-            Err(e) => Err(FrameError::Io(e)),
-        }
+        self.inner
+            .read_exact(&mut payload[have..])
+            .await
+            .map_err(inside_frame)?;
+        Ok(Some(Payload::Heap(payload)))
     }
 }
 
@@ -214,9 +226,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameReader<R> {
     }
 }
 
-/// Frames up to this size are put together on the stack by [`write_frame`].
-const SMALL_FRAME: usize = 64;
-
 /// Writes `payload` as one frame, header and payload in a single write call
 /// so that a small reply leaves in one packet.
 ///
@@ -229,14 +238,6 @@ where
 {
     let len = u32::try_from(payload.len())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too long"))?;
-    if payload.len() <= SMALL_FRAME - 4 {
-        // A small reply, as most are, is put together without an allocation.
-        let mut frame = [0_u8; SMALL_FRAME];
-        frame[..4].copy_from_slice(&len.to_be_bytes());
-        frame[4..4 + payload.len()].copy_from_slice(payload);
-        writer.write_all(&frame[..4 + payload.len()]).await?;
-        return writer.flush().await;
-    }
     let mut frame = Vec::with_capacity(4 + payload.len());
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(payload);
