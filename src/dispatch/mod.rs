@@ -315,9 +315,7 @@ impl<B: PowerBackend> Dispatcher<B> {
                 Ok(_run) => {
                     self.emit(&DispatchEvent::GracefulStarted(op));
                     // A graceful operation has nothing to release.
-                    let written = self
-                        .write_bounded(pin!(reply::write_initiated(send, form)))
-                        .await;
+                    let written = self.write_bounded(reply::write_initiated(send, form)).await;
                     self.after_write(code, true, written)
                 }
                 Err(e) => {
