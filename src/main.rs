@@ -74,7 +74,11 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    // The daemon runs as a task, not as the `block_on` future: the
+    // scheduler polls a woken task with the rest of its run queue, but the
+    // `block_on` future only after the queue is empty and the I/O driver was
+    // polled once more (an `epoll_wait` per wake-up of the connection loop).
+    let daemon = runtime.spawn(async move {
         let stop = Stop::on_signals()?;
         let endpoint = connection::client_endpoint(settings.manager.addr, client)?;
         let backend_name = backend.name();
@@ -103,7 +107,12 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
                 ExitCode::from(e.exit_status())
             }
         })
-    })
+    });
+    match runtime.block_on(daemon) {
+        Ok(outcome) => outcome,
+        // A panic in the daemon goes on as it would have on this thread.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// Warns when the private key file can be read by anyone but its owner: the
