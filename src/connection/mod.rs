@@ -13,6 +13,10 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 
+pub mod workers;
+
+use workers::Workers;
+
 use crate::{
     dispatch::{Dispatcher, StreamActivity, StreamEnd, streams::Streams},
     handshake::{self, HandshakeError, Identity},
@@ -204,6 +208,8 @@ pub async fn serve_connection_with<B: PowerBackend>(
     // Should this future be dropped before its end, every stream task ends
     // promptly too: their reads and writes fail on the closed connection.
     let _close_on_drop = CloseOnDrop(&connection);
+    // Idle stream tasks end with this future, closed or dropped.
+    let workers = Workers::default();
     let idle = dispatcher.config().stream_idle_timeout;
     let idle_check = tokio::time::sleep(idle);
     let mut full = tokio::time::interval(FULL_RECHECK);
@@ -231,13 +237,20 @@ pub async fn serve_connection_with<B: PowerBackend>(
             biased;
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    tokio::spawn(serve_stream(
-                        Arc::clone(&dispatcher),
+                    let job = StreamJob {
                         send,
                         recv,
-                        streams.track(),
-                        OpenStream::new(&counts),
-                    ));
+                        open: OpenStream::new(&counts),
+                    };
+                    if let Err(job) = workers.hand_off(job) {
+                        // A stream task keeps its activity for every stream
+                        // it serves: the connection tracks it once.
+                        let activity = streams.track();
+                        let dispatcher = Arc::clone(&dispatcher);
+                        tokio::spawn(workers.worker(job, async move |job| {
+                            serve_stream(&dispatcher, &activity, job).await;
+                        }));
+                    }
                     // Scanning every stream on every accept would cost more
                     // than the request while the Manager keeps the limit
                     // busy; nothing new becomes closable sooner than this.
@@ -277,23 +290,36 @@ pub async fn serve_connection_with<B: PowerBackend>(
             }
         }
     };
-    // Every stream task ends promptly now that the connection is closed.
+    // Every stream ends promptly now that the connection is closed; idle
+    // stream tasks end at once.
+    workers.close();
     counts.all_ended().await;
     end
 }
 
-/// Serves one request stream; a stream closed on roxyd's side then holds
-/// its slot, counted in `open`, until the Manager ends its half.
-async fn serve_stream<B: PowerBackend>(
-    dispatcher: Arc<Dispatcher<B>>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    activity: Arc<StreamActivity>,
+/// One accepted request stream, for a stream task.
+struct StreamJob {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
     open: OpenStream,
+}
+
+/// Serves one request stream, marking its waits on `activity`; a stream
+/// closed on roxyd's side then holds its slot, counted in `open`, until the
+/// Manager ends its half.
+async fn serve_stream<B: PowerBackend>(
+    dispatcher: &Dispatcher<B>,
+    activity: &StreamActivity,
+    job: StreamJob,
 ) {
+    let StreamJob {
+        mut send,
+        mut recv,
+        open,
+    } = job;
     let closed_here = {
         let end = dispatcher
-            .serve_stream_reporting(&mut recv, &mut send, &activity)
+            .serve_stream_reporting(&mut recv, &mut send, activity)
             .await;
         tracing::debug!(stream = %send.id(), ?end, "request stream ended");
         matches!(end, StreamEnd::ClosedToMakeRoom | StreamEnd::IdleTimeout)

@@ -98,23 +98,24 @@ impl StreamActivity {
 /// never once it has completed.
 pub async fn wait<F: Future>(read: F, activity: &StreamActivity) -> Result<F::Output, CloseReason> {
     let mut read = pin!(read);
-    let mut waiting = false;
+    let mut mark = Mark {
+        activity,
+        waiting: false,
+    };
     std::future::poll_fn(|cx| {
         if let Poll::Ready(output) = read.as_mut().poll(cx) {
-            if waiting {
-                let mut state = activity.lock();
-                // A close that came with the bytes is moot: the stream works.
-                *state = State::default();
-            }
+            // A close that came with the bytes is moot: the stream works.
+            mark.clear();
             return Poll::Ready(Ok(output));
         }
         let mut state = activity.lock();
         if let Some(reason) = state.close {
             *state = State::default();
+            mark.waiting = false;
             return Poll::Ready(Err(reason));
         }
-        if !waiting {
-            waiting = true;
+        if !mark.waiting {
+            mark.waiting = true;
             state.waiting_since = Some(Instant::now());
         }
         if !state
@@ -127,6 +128,28 @@ pub async fn wait<F: Future>(read: F, activity: &StreamActivity) -> Result<F::Ou
         Poll::Pending
     })
     .await
+}
+
+/// A stream's waiting mark, cleared when the wait ends, also by a drop: an
+/// activity outlives its stream (a stream task keeps it for the next one),
+/// and must not carry a mark or a close over.
+struct Mark<'a> {
+    activity: &'a StreamActivity,
+    waiting: bool,
+}
+
+impl Mark<'_> {
+    fn clear(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            *self.activity.lock() = State::default();
+        }
+    }
+}
+
+impl Drop for Mark<'_> {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// Closes `activity`'s stream once it has waited `idle` for the Manager;
