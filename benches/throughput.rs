@@ -2,9 +2,11 @@
 //!
 //! In one run: roxyd (and any `ROXYD_BENCH_ALSO` builds) beside the bare
 //! agent on a one-thread and on a two-worker runtime; for each of 1, 8, 32,
-//! 64, 128 and 256 echo requests in flight, 20,000 requests per agent in ten
-//! alternating slices, each agent process's CPU time per request; then
-//! 10,000 sequential round trips each and each process's peak RSS.
+//! 64, 128 and 256 echo requests in flight, 20,000 requests per agent (2,000
+//! per request in flight from 10 up) in ten alternating slices, each agent
+//! process's CPU time per request and the Manager's while it served that
+//! agent; then 10,000 sequential round trips each and each process's peak
+//! RSS.
 //!
 //! ```text
 //! scripts/safe-run cargo bench --features test-backend --bench throughput
@@ -13,8 +15,10 @@
 //! `ROXYD_BENCH_MANAGER=one` puts the Manager side on one thread instead of
 //! two workers; `ROXYD_BENCH_QUICK=1` divides the counts by ten;
 //! `ROXYD_BENCH_PIN=0` leaves the processes unpinned (by default the
-//! Manager runs on CPU 0 and every agent on CPU 1). Without `--bench` it
-//! does nothing.
+//! Manager runs on CPU 0 and every agent on CPU 1);
+//! `ROXYD_BENCH_LEVELS=64,256` measures only those levels;
+//! `ROXYD_BENCH_PER_LEVEL=N` sends N requests per agent at every level.
+//! Without `--bench` it does nothing.
 
 #[allow(dead_code)]
 mod common;
@@ -27,8 +31,10 @@ use roxyd_lab::Lab;
 const NAME: &str = "throughput";
 /// Requests in flight at each level of the matrix.
 const IN_FLIGHT: [usize; 6] = [1, 8, 32, 64, 128, 256];
-/// Each level's requests per agent are sent in this many alternating slices.
-const SLICES: usize = 10;
+/// Each level's requests per agent are sent in this many alternating
+/// slices; a multiple of three and of four, so that with three or four
+/// agents each starts a round equally often.
+const SLICES: usize = 12;
 
 fn main() -> ExitCode {
     common::main(NAME, common::manager_runtime(), suite)
@@ -40,15 +46,22 @@ struct Level {
     in_flight: usize,
     rates: Vec<f64>,
     cpu: Vec<Duration>,
+    /// The Manager's CPU time per request while it served each agent.
+    manager_cpu: Vec<Duration>,
     /// Datagrams the agent sent and received per request, as the Manager's
     /// side of each connection counted them.
     datagrams: Vec<(f64, f64)>,
     other: usize,
+    /// Requests each agent served at this level.
+    requests: usize,
 }
 
 async fn suite() -> BenchResult<()> {
     let divisor = common::divisor();
-    let per_level = 20_000 / divisor;
+    let fixed_count = std::env::var("ROXYD_BENCH_PER_LEVEL")
+        .ok()
+        .map(|v| v.parse::<usize>())
+        .transpose()?;
     let sequential = 10_000 / divisor;
 
     let lab = Lab::new()?;
@@ -72,29 +85,45 @@ async fn suite() -> BenchResult<()> {
     let mut pids = roxyds.pids();
     pids.extend([&one, &multi].map(|child| child.id().unwrap_or(0)));
     // The Manager on one core, every agent on the other.
-    common::pin(std::process::id(), 0);
     for pid in &pids {
         common::pin(*pid, 1);
     }
+    common::pin(std::process::id(), 0);
 
     common::progress(NAME, "sequential round trips");
     let spreads = common::round_trips(&targets, sequential).await?;
     let mut levels = Vec::new();
-    for in_flight in IN_FLIGHT {
+    for in_flight in in_flight_levels()? {
+        let per_level = fixed_count.unwrap_or_else(|| requests_at(in_flight) / divisor);
         common::progress(NAME, &format!("{in_flight} in flight"));
+        // Untimed: every agent's first round at this level (its streams
+        // and tasks growing to the new level) is not in any slice.
+        for target in &targets {
+            common::throughput(target, in_flight, in_flight * 20).await?;
+        }
         // Alternating slices, so that the swings of a shared 2-core machine
         // (where the scheduler puts each process) fall on every agent alike.
         let mut time = vec![0.0; targets.len()];
         let mut cpu = vec![Duration::ZERO; targets.len()];
+        let mut manager_cpu = vec![Duration::ZERO; targets.len()];
         let mut datagrams = vec![(0_u64, 0_u64); targets.len()];
         let mut other = 0;
-        for _ in 0..SLICES {
-            for (index, target) in targets.iter().enumerate() {
+        for slice in 0..SLICES {
+            for index in slice_order(slice, targets.len()) {
+                let target = &targets[index];
+                // What the agent before left behind (its streams' ends, the
+                // two-worker agent's threads parking) ends before the clock
+                // starts: in a fixed order it cost whichever agent came next
+                // 5-8% of its throughput.
+                tokio::time::sleep(SETTLE).await;
                 let before = common::cpu_time(pids[index]);
+                let manager_before = common::cpu_time(std::process::id());
                 let counted = target.0.stats();
                 let (rate, not_ok) =
                     common::throughput(target, in_flight, per_level / SLICES).await?;
                 cpu[index] += common::cpu_time(pids[index]).saturating_sub(before);
+                manager_cpu[index] +=
+                    common::cpu_time(std::process::id()).saturating_sub(manager_before);
                 let now = target.0.stats();
                 datagrams[index].0 += now.udp_rx.datagrams - counted.udp_rx.datagrams;
                 datagrams[index].1 += now.udp_tx.datagrams - counted.udp_tx.datagrams;
@@ -110,6 +139,7 @@ async fn suite() -> BenchResult<()> {
             #[allow(clippy::cast_precision_loss, reason = "a small count")]
             rates: time.iter().map(|t| SLICES as f64 / t).collect(),
             cpu: cpu.iter().map(|c| *c / per_request).collect(),
+            manager_cpu: manager_cpu.iter().map(|c| *c / per_request).collect(),
             #[allow(clippy::cast_precision_loss, reason = "small counts")]
             datagrams: datagrams
                 .iter()
@@ -119,13 +149,13 @@ async fn suite() -> BenchResult<()> {
                 })
                 .collect(),
             other,
+            requests: per_level,
         });
     }
     let peaks: Vec<_> = pids.iter().map(|pid| common::peak_rss(*pid)).collect();
     let report = Report {
         names: &names,
         roxyd_count,
-        per_level,
         sequential,
     };
     print!("{}", report.render(&levels, &spreads, &peaks)?);
@@ -139,11 +169,44 @@ async fn suite() -> BenchResult<()> {
     roxyds.stop().await
 }
 
+/// The pause before each slice.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// The order of the agents in slice `slice`: forwards, then backwards, and
+/// starting one agent later every two slices, so that no agent always
+/// comes first, last or after the same one. In a fixed order the first
+/// agent measured 3-5% below identical builds in other places.
+fn slice_order(slice: usize, agents: usize) -> Vec<usize> {
+    let start = slice / 2;
+    let order = (0..agents).map(|i| (i + start) % agents);
+    if slice % 2 == 0 {
+        order.collect()
+    } else {
+        order.rev().collect()
+    }
+}
+
+/// Requests per agent at `in_flight`: 20,000, and 2,000 per request in
+/// flight from 10 up, so that every slice is many rounds of the window, not
+/// its ramp-up and drain (at 256 in flight a 2,000-request slice was under
+/// eight rounds), and a level lasts long enough to average out the swings
+/// of a shared machine.
+fn requests_at(in_flight: usize) -> usize {
+    (in_flight * 2_000).max(20_000)
+}
+
+/// The in-flight levels: `ROXYD_BENCH_LEVELS` (`64,256`), else [`IN_FLIGHT`].
+fn in_flight_levels() -> BenchResult<Vec<usize>> {
+    match std::env::var("ROXYD_BENCH_LEVELS") {
+        Ok(list) => Ok(list.split(',').map(str::parse).collect::<Result<_, _>>()?),
+        Err(_) => Ok(IN_FLIGHT.to_vec()),
+    }
+}
+
 struct Report<'a> {
     names: &'a [String],
     /// The first this many agents are roxyd builds, the last two bare.
     roxyd_count: usize,
-    per_level: usize,
     sequential: usize,
 }
 
@@ -162,20 +225,19 @@ impl Report<'_> {
         };
         writeln!(
             out,
-            "\n## Throughput (echo requests per second, one connection, {} requests per level, Manager on {manager})\n",
-            self.per_level
+            "\n## Throughput (echo requests per second, one connection, Manager on {manager})\n"
         )?;
         let roxyds = &self.names[..self.roxyd_count];
         writeln!(
             out,
-            "| in flight | {} | {} / better bare | agent CPU per request ({}) | agent datagrams sent / received per request | roxyd not Ok |",
+            "| in flight | requests each | {} | {} / better bare | agent CPU per request ({}) | Manager CPU per request | agent datagrams sent / received per request | roxyd not Ok |",
             self.names.join(" | "),
             roxyds.join(" , "),
             self.names.join(" / "),
         )?;
         writeln!(
             out,
-            "|---:|{}---:|---:|---:|---:|",
+            "|---:|---:|{}---:|---:|---:|---:|---:|",
             "---:|".repeat(self.names.len())
         )?;
         for level in levels {
@@ -193,6 +255,11 @@ impl Report<'_> {
                 .iter()
                 .map(|c| format!("{:.1}", c.as_secs_f64() * 1e6))
                 .collect();
+            let manager_cpu: Vec<String> = level
+                .manager_cpu
+                .iter()
+                .map(|c| format!("{:.1}", c.as_secs_f64() * 1e6))
+                .collect();
             let datagrams: Vec<String> = level
                 .datagrams
                 .iter()
@@ -200,11 +267,13 @@ impl Report<'_> {
                 .collect();
             writeln!(
                 out,
-                "| {} | {} | {} | {} us | {} | {} |",
+                "| {} | {} | {} | {} | {} us | {} us | {} | {} |",
                 level.in_flight,
+                level.requests,
                 rates.join(" | "),
                 ratios.join(" , "),
                 cpu.join(" / "),
+                manager_cpu.join(" / "),
                 datagrams.join(" , "),
                 level.other
             )?;

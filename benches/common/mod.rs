@@ -316,7 +316,11 @@ pub fn also_binaries() -> BenchResult<Vec<(String, PathBuf)>> {
 /// level. Skipped, with a note, where `taskset` is missing, there is only
 /// one CPU, or `ROXYD_BENCH_PIN=0`.
 pub fn pin(pid: u32, cpu: usize) {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    // Counted once, before anything is pinned: once the bench has pinned
+    // itself, it sees only its own CPU, and every later call would skip.
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cpus = *CPUS
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
     if cpus < 2 || std::env::var("ROXYD_BENCH_PIN").is_ok_and(|v| v == "0") {
         return;
     }
