@@ -254,9 +254,8 @@ pub async fn serve_connection_with<B: PowerBackend>(
                 }
                 Err(e) => break ConnectionEnd::Lost(e),
             },
-            // Looked for on a tick, not on each new stream: a look (or even
-            // a clock read) on every accept cost 2-6% of throughput while the
-            // Manager kept the limit busy.
+            // Looked for on this tick only, not on each new stream: no
+            // clock read per stream while the Manager keeps the limit busy.
             _ = full.tick(), if watch_slots => {
                 if crowded(counts.open(), limit) {
                     make_room(&streams, limit);
