@@ -94,6 +94,28 @@ async fn ends(task: JoinHandle<()>) {
         .expect("the worker panicked");
 }
 
+/// A pool with one worker, 7, that has served job 1 and waits for the next.
+struct OneIdle {
+    pool: Workers<Job>,
+    served_tx: mpsc::UnboundedSender<(u32, u32)>,
+    served: mpsc::UnboundedReceiver<(u32, u32)>,
+    task: JoinHandle<()>,
+}
+
+async fn one_idle_worker() -> OneIdle {
+    let pool = Workers::default();
+    let (served_tx, mut served) = mpsc::unbounded_channel();
+    let task = start(&pool, 7, Job::quick(1), &served_tx);
+    assert_eq!(next(&mut served).await, (7, 1));
+    until_idle(&pool, 1).await;
+    OneIdle {
+        pool,
+        served_tx,
+        served,
+        task,
+    }
+}
+
 #[tokio::test]
 async fn with_no_worker_the_job_comes_back() {
     let pool = Workers::default();
@@ -105,11 +127,9 @@ async fn with_no_worker_the_job_comes_back() {
 
 #[tokio::test]
 async fn a_worker_done_with_its_job_takes_the_next_one() {
-    let pool = Workers::default();
-    let (served_tx, mut served) = mpsc::unbounded_channel();
-    let _task = start(&pool, 7, Job::quick(1), &served_tx);
-    assert_eq!(next(&mut served).await, (7, 1));
-    until_idle(&pool, 1).await;
+    let OneIdle {
+        pool, mut served, ..
+    } = one_idle_worker().await;
     assert!(pool.hand_off(Job::quick(2)).is_ok());
     assert_eq!(next(&mut served).await, (7, 2));
     until_idle(&pool, 1).await;
@@ -132,11 +152,9 @@ async fn a_busy_worker_is_not_handed_a_job() {
 
 #[tokio::test]
 async fn one_idle_worker_takes_one_job_and_the_next_comes_back() {
-    let pool = Workers::default();
-    let (served_tx, mut served) = mpsc::unbounded_channel();
-    let _task = start(&pool, 7, Job::quick(1), &served_tx);
-    next(&mut served).await;
-    until_idle(&pool, 1).await;
+    let OneIdle {
+        pool, mut served, ..
+    } = one_idle_worker().await;
     let (second, finish) = Job::held(2);
     assert!(pool.hand_off(second).is_ok());
     // Handed off but not yet taken: the idle worker is spoken for.
@@ -150,11 +168,7 @@ async fn one_idle_worker_takes_one_job_and_the_next_comes_back() {
 
 #[tokio::test]
 async fn close_ends_an_idle_worker_at_once() {
-    let pool = Workers::default();
-    let (served_tx, mut served) = mpsc::unbounded_channel();
-    let task = start(&pool, 7, Job::quick(1), &served_tx);
-    next(&mut served).await;
-    until_idle(&pool, 1).await;
+    let OneIdle { pool, task, .. } = one_idle_worker().await;
     pool.close();
     ends(task).await;
     assert_eq!(pool.idle(), 0);
@@ -176,11 +190,7 @@ async fn close_lets_a_busy_worker_finish_its_job_then_ends_it() {
 
 #[tokio::test]
 async fn after_close_every_job_comes_back() {
-    let pool = Workers::default();
-    let (served_tx, mut served) = mpsc::unbounded_channel();
-    let task = start(&pool, 7, Job::quick(1), &served_tx);
-    next(&mut served).await;
-    until_idle(&pool, 1).await;
+    let OneIdle { pool, task, .. } = one_idle_worker().await;
     pool.close();
     assert_eq!(pool.hand_off(Job::quick(2)).expect_err("closed").name, 2);
     ends(task).await;
@@ -188,11 +198,12 @@ async fn after_close_every_job_comes_back() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_job_not_yet_taken_at_close_is_dropped_unserved() {
-    let pool = Workers::default();
-    let (served_tx, mut served) = mpsc::unbounded_channel();
-    let task = start(&pool, 7, Job::quick(1), &served_tx);
-    next(&mut served).await;
-    until_idle(&pool, 1).await;
+    let OneIdle {
+        pool,
+        served_tx,
+        mut served,
+        task,
+    } = one_idle_worker().await;
     let (dropped_tx, dropped) = oneshot::channel();
     let mut job = Job::quick(2);
     job.dropped = Some(dropped_tx);
@@ -207,11 +218,7 @@ async fn a_job_not_yet_taken_at_close_is_dropped_unserved() {
 
 #[tokio::test]
 async fn dropping_the_pool_ends_its_idle_workers() {
-    let pool = Workers::default();
-    let (served_tx, mut served) = mpsc::unbounded_channel();
-    let task = start(&pool, 7, Job::quick(1), &served_tx);
-    next(&mut served).await;
-    until_idle(&pool, 1).await;
+    let OneIdle { pool, task, .. } = one_idle_worker().await;
     drop(pool);
     ends(task).await;
 }
