@@ -207,10 +207,31 @@ async fn a_stream_whose_task_ended_while_waiting_is_not_counted_as_room_made() {
     let mut list = Streams::new(8);
     let (_bytes, task) = parked(&list.track());
     settle().await;
-    // The task is dropped at its read: its mark still says waiting.
+    // The task is dropped at its read.
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     tokio::time::advance(Duration::from_secs(1)).await;
     let (closed, _) = list.close_longest_waiting(Instant::now(), Duration::from_millis(50), 4);
     assert_eq!(closed, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_dropped_while_pending_leaves_no_mark_and_no_close_for_the_next_stream() {
+    // A stream task keeps its activity for the streams it serves next.
+    let activity = Arc::new(StreamActivity::default());
+    let (_bytes, task) = parked(&activity);
+    settle().await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // Closed while it waits, and dropped before it saw the close.
+    assert_eq!(
+        activity.close_if_waiting_since(Instant::now(), CloseReason::Idle),
+        Ok(())
+    );
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(activity.waiting_since(), None);
+    let (bytes, next) = parked(&activity);
+    settle().await;
+    bytes.send(5).unwrap();
+    assert_eq!(next.await.unwrap(), Ok(5));
 }

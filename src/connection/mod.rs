@@ -179,8 +179,9 @@ impl ConnectionLimits {
 /// not even for a power request: roxyd closes the connection
 /// ([`ConnectionEnd::SlotsHeld`]) and the daemon reconnects.
 ///
-/// On the way out the connection is closed and every stream task is awaited:
-/// they end promptly, since their reads and writes now fail. A pending
+/// On the way out the connection is closed, idle stream tasks end, and
+/// every stream still being served is awaited: they end promptly, since
+/// their reads and writes now fail. A pending
 /// operation whose reply was not yet written is thereby cancelled; one whose
 /// reply was written is released (the Manager may already have been told).
 pub async fn serve_connection<B: PowerBackend>(
@@ -347,8 +348,9 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// How many stream tasks run, and how many stream slots are held by
-/// streams roxyd has closed on its side and the Manager has not yet ended.
+/// How many streams are being served (accepted and not yet done with), and
+/// how many stream slots are held by streams roxyd has closed on its side
+/// and the Manager has not yet ended.
 #[derive(Debug, Default)]
 struct SlotCounts {
     open: AtomicUsize,
@@ -362,7 +364,7 @@ impl SlotCounts {
         self.open.load(Ordering::Acquire)
     }
 
-    /// Resolves once no stream task runs.
+    /// Resolves once no stream is being served.
     async fn all_ended(&self) {
         // A zero reached before the wait leaves a permit: nothing is missed.
         while self.open() > 0 {
@@ -375,8 +377,9 @@ impl SlotCounts {
     }
 }
 
-/// A running stream task, counted in [`SlotCounts::open`] until it ends
-/// (also by a panic or an abort).
+/// A stream being served, counted in [`SlotCounts::open`] until it is
+/// dropped with its job: served, dropped unserved when the stream tasks
+/// are closed, or by a panic or an abort of its task.
 struct OpenStream(Arc<SlotCounts>);
 
 impl OpenStream {

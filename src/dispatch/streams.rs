@@ -178,10 +178,11 @@ fn close_if_idle(activity: &StreamActivity, now: Instant, idle: Duration) -> Ins
     }
 }
 
-/// The streams of one connection, by their [`StreamActivity`]. A stream is
-/// tracked while anyone else holds its activity (its task does, until it
-/// ends); entries of ended streams are dropped in bulk as the list grows, so
-/// that a long connection does not accumulate them.
+/// The stream tasks of one connection, by their [`StreamActivity`] (one per
+/// task, for every stream it serves). A task is tracked while anyone else
+/// holds its activity (the task does, until it ends); entries of ended tasks
+/// are dropped in bulk as the list grows, so that a long connection does not
+/// accumulate them.
 #[derive(Debug)]
 pub struct Streams {
     live: Vec<Arc<StreamActivity>>,
@@ -199,7 +200,8 @@ impl Streams {
         }
     }
 
-    /// A new stream's activity, tracked until every other holder dropped it.
+    /// A new stream task's activity, tracked until every other holder
+    /// dropped it.
     pub fn track(&mut self) -> Arc<StreamActivity> {
         if self.live.len() >= self.prune_at {
             self.live.retain(|activity| Arc::strong_count(activity) > 1);
@@ -210,7 +212,7 @@ impl Streams {
         activity
     }
 
-    /// The streams whose task still runs (holds its activity).
+    /// The activities whose task still runs (holds its activity).
     fn running(&self) -> impl Iterator<Item = &Arc<StreamActivity>> {
         self.live
             .iter()
