@@ -3,7 +3,7 @@
 //! In one run: roxyd (and any `ROXYD_BENCH_ALSO` builds) beside the bare
 //! agent on a one-thread and on a two-worker runtime; for each of 1, 8, 32,
 //! 64, 128 and 256 echo requests in flight, 20,000 requests per agent (2,000
-//! per request in flight from 10 up) in ten alternating slices, each agent
+//! per request in flight from 10 up) in twelve alternating slices, each agent
 //! process's CPU time per request and the Manager's while it served that
 //! agent; then 10,000 sequential round trips each and each process's peak
 //! RSS.
@@ -32,8 +32,8 @@ const NAME: &str = "throughput";
 /// Requests in flight at each level of the matrix.
 const IN_FLIGHT: [usize; 6] = [1, 8, 32, 64, 128, 256];
 /// Each level's requests per agent are sent in this many alternating
-/// slices; a multiple of three and of four, so that with three or four
-/// agents each starts a round equally often.
+/// slices: with the usual three agents, each starts a forward and a
+/// backward round equally often (see [`slice_order`]).
 const SLICES: usize = 12;
 
 fn main() -> ExitCode {
@@ -111,10 +111,9 @@ async fn suite() -> BenchResult<()> {
         for slice in 0..SLICES {
             for index in slice_order(slice, targets.len()) {
                 let target = &targets[index];
-                // What the agent before left behind (its streams' ends, the
-                // two-worker agent's threads parking) ends before the clock
-                // starts: in a fixed order it cost whichever agent came next
-                // 5-8% of its throughput.
+                // So that what the agent before left behind (its streams'
+                // ends, the two-worker agent's threads parking) is done
+                // before the clock starts.
                 tokio::time::sleep(SETTLE).await;
                 let before = common::cpu_time(pids[index]);
                 let manager_before = common::cpu_time(std::process::id());
@@ -167,6 +166,14 @@ async fn suite() -> BenchResult<()> {
         tokio::time::timeout(HANG, child.wait()).await??;
     }
     roxyds.stop().await
+}
+
+/// Each duration in microseconds, one decimal.
+fn micros_each(durations: &[Duration]) -> Vec<String> {
+    durations
+        .iter()
+        .map(|d| format!("{:.1}", d.as_secs_f64() * 1e6))
+        .collect()
 }
 
 /// The pause before each slice.
@@ -250,16 +257,8 @@ impl Report<'_> {
                 .iter()
                 .map(|r| format!("{:.2}x", r / bare))
                 .collect();
-            let cpu: Vec<String> = level
-                .cpu
-                .iter()
-                .map(|c| format!("{:.1}", c.as_secs_f64() * 1e6))
-                .collect();
-            let manager_cpu: Vec<String> = level
-                .manager_cpu
-                .iter()
-                .map(|c| format!("{:.1}", c.as_secs_f64() * 1e6))
-                .collect();
+            let cpu = micros_each(&level.cpu);
+            let manager_cpu = micros_each(&level.manager_cpu);
             let datagrams: Vec<String> = level
                 .datagrams
                 .iter()

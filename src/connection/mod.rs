@@ -181,9 +181,9 @@ impl ConnectionLimits {
 ///
 /// On the way out the connection is closed, idle stream tasks end, and
 /// every stream still being served is awaited: they end promptly, since
-/// their reads and writes now fail. A pending
-/// operation whose reply was not yet written is thereby cancelled; one whose
-/// reply was written is released (the Manager may already have been told).
+/// their reads and writes now fail. A pending operation whose reply was not
+/// yet written is thereby cancelled; one whose reply was written is released
+/// (the Manager may already have been told).
 pub async fn serve_connection<B: PowerBackend>(
     connection: quinn::Connection,
     dispatcher: Arc<Dispatcher<B>>,
