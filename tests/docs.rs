@@ -293,8 +293,18 @@ fn the_unit_names_files_the_package_installs() {
         .find_map(|line| line.strip_prefix("Documentation="))
         .expect("Documentation= in the unit");
     for url in documentation.split_whitespace() {
-        let path = url.strip_prefix("file://").expect("a file:// URL");
-        assert!(installed(path), "Documentation={path} is not installed");
+        // `man:roxyd(1)` is /usr/share/man/man1/roxyd.1 (cargo-deb gzips it).
+        let path = match url.strip_prefix("man:") {
+            Some(page) => {
+                let (name, section) = page.trim_end_matches(')').split_once('(').unwrap();
+                format!("/usr/share/man/man{section}/{name}.{section}")
+            }
+            None => url
+                .strip_prefix("file://")
+                .expect("a file:// or man: URL")
+                .to_owned(),
+        };
+        assert!(installed(&path), "Documentation={url} is not installed");
     }
     let exec = unit
         .lines()

@@ -1,5 +1,5 @@
 //! The Debian package's generated files match the code: the man page and the
-//! shell completions under `contrib/` are what clap_mangen and clap_complete
+//! shell completions under `contrib/` are what `clap_mangen` and `clap_complete`
 //! make of `roxyd::cli::Cli` now, and the package's synopsis fits the
 //! 80 columns Debian's tools show.
 //!
