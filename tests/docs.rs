@@ -465,8 +465,8 @@ fn every_path_the_docs_name_exists() {
             if link.contains("://") || link.starts_with('#') || link.starts_with("mailto:") {
                 continue;
             }
-            let path = bare_path(link);
-            if !doc.parent().unwrap().join(path).exists() {
+            let path = link.split('#').next().unwrap_or(link);
+            if !path.is_empty() && !doc.parent().unwrap().join(path).exists() {
                 missing.push(format!("{shown}: link ({path})"));
             }
         }
@@ -554,4 +554,60 @@ fn every_bench_and_test_the_docs_name_exists() {
         "named in the docs but not in the code:\n{}",
         missing.join("\n")
     );
+}
+
+/// The words of `text` that start with `prefix` and go on in capitals,
+/// digits and underscores.
+fn names_with_prefix(text: &str, prefix: &str) -> BTreeSet<String> {
+    text.match_indices(prefix)
+        .filter(|(at, _)| {
+            !text[..*at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|name| name.len() > prefix.len() && !name.ends_with('_'))
+        .collect()
+}
+
+/// Every test and benchmark setting the documentation names
+/// (`ROXYTEST_*`, `ROXYBENCH_*`) is read by a test, benchmark or script.
+#[test]
+fn every_test_and_bench_setting_the_docs_name_is_read() {
+    let mut code = String::new();
+    for path in tracked_files() {
+        let relative = path
+            .strip_prefix(repo())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let is_code = relative.ends_with(".rs") || relative.starts_with("scripts/");
+        if is_code && relative != "tests/docs.rs" && relative != "tests/knobs.rs" {
+            code.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+        }
+    }
+    let mut unread = Vec::new();
+    let mut named = 0;
+    for doc in reference_docs() {
+        let shown = doc.strip_prefix(repo()).unwrap().display().to_string();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for prefix in ["ROXYTEST_", "ROXYBENCH_"] {
+            for name in names_with_prefix(&text, prefix) {
+                named += 1;
+                if !code.contains(&name) {
+                    unread.push(format!(
+                        "{shown}: {name} is read by no test, bench or script"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(named >= 3, "found {named} settings in the docs");
+    assert!(unread.is_empty(), "{}", unread.join("\n"));
 }
