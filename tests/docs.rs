@@ -587,7 +587,8 @@ fn every_test_and_bench_setting_the_docs_name_is_read() {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        let is_code = relative.ends_with(".rs") || relative.starts_with("scripts/");
+        let is_code =
+            path.extension().is_some_and(|e| e == "rs") || relative.starts_with("scripts/");
         if is_code && relative != "tests/docs.rs" && relative != "tests/knobs.rs" {
             code.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
         }
