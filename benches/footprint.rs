@@ -15,8 +15,8 @@
 //! scripts/safe-run cargo bench --features test-backend --bench footprint
 //! ```
 //!
-//! `ROXYD_BENCH_IDLE_SECS=N` sets the idle window (default 60);
-//! `ROXYD_BENCH_QUICK=1` divides the counts by ten.
+//! `ROXYBENCH_IDLE_SECS=N` sets the idle window (default 60);
+//! `ROXYBENCH_QUICK=1` divides the counts by ten.
 
 #[allow(dead_code)]
 mod common;
@@ -41,10 +41,10 @@ fn main() -> ExitCode {
 
 async fn suite() -> BenchResult<()> {
     let divisor = common::divisor();
-    let idle_secs = match std::env::var("ROXYD_BENCH_IDLE_SECS") {
+    let idle_secs = match std::env::var("ROXYBENCH_IDLE_SECS") {
         Ok(text) => text
             .parse()
-            .map_err(|e| format!("ROXYD_BENCH_IDLE_SECS={text}: {e}"))?,
+            .map_err(|e| format!("ROXYBENCH_IDLE_SECS={text}: {e}"))?,
         Err(_) => 60,
     };
     let lab = Lab::new()?;

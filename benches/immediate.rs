@@ -15,7 +15,7 @@
 //! scripts/safe-run cargo bench --features test-backend --bench immediate
 //! ```
 //!
-//! `ROXYD_BENCH_QUICK=1` divides the counts by ten.
+//! `ROXYBENCH_QUICK=1` divides the counts by ten.
 
 #[allow(dead_code)]
 mod common;

@@ -7,7 +7,7 @@
 //!
 //! - in-process: roxyd serving with a `Dispatcher` on the recorder, and the
 //!   bare agent, both tasks on the bench's runtime (two workers);
-//! - processes: roxyd's real binary (and any `ROXYD_BENCH_ALSO` builds) and
+//! - processes: roxyd's real binary (and any `ROXYBENCH_ALSO` builds) and
 //!   the bare agent on a one-thread runtime like roxyd's, with each agent
 //!   process's CPU time per request.
 //!
@@ -16,7 +16,7 @@
 //! ```
 //!
 //! The target (issues 10 and 12): roxyd's median within 1.1 times the bare
-//! agent's. `ROXYD_BENCH_QUICK=1` divides the counts by ten.
+//! agent's. `ROXYBENCH_QUICK=1` divides the counts by ten.
 
 #[allow(dead_code)]
 mod common;

@@ -1,6 +1,6 @@
 //! Throughput matrix: requests per second at 1 to 256 in flight on one connection, roxyd's real binary beside bare quinn agents.
 //!
-//! In one run: roxyd (and any `ROXYD_BENCH_ALSO` builds) beside the bare
+//! In one run: roxyd (and any `ROXYBENCH_ALSO` builds) beside the bare
 //! agent on a one-thread and on a two-worker runtime; for each of 1, 8, 32,
 //! 64, 128 and 256 echo requests in flight, 20,000 requests per agent (2,000
 //! per request in flight from 10 up) in twelve alternating slices, each agent
@@ -12,12 +12,12 @@
 //! scripts/safe-run cargo bench --features test-backend --bench throughput
 //! ```
 //!
-//! `ROXYD_BENCH_MANAGER=one` puts the Manager side on one thread instead of
-//! two workers; `ROXYD_BENCH_QUICK=1` divides the counts by ten;
-//! `ROXYD_BENCH_PIN=0` leaves the processes unpinned (by default the
+//! `ROXYBENCH_MANAGER=one` puts the Manager side on one thread instead of
+//! two workers; `ROXYBENCH_QUICK=1` divides the counts by ten;
+//! `ROXYBENCH_PIN=0` leaves the processes unpinned (by default the
 //! Manager runs on CPU 0 and every agent on CPU 1);
-//! `ROXYD_BENCH_LEVELS=64,256` measures only those levels;
-//! `ROXYD_BENCH_PER_LEVEL=N` sends N requests per agent at every level.
+//! `ROXYBENCH_LEVELS=64,256` measures only those levels;
+//! `ROXYBENCH_PER_LEVEL=N` sends N requests per agent at every level.
 //! Without `--bench` it does nothing.
 
 #[allow(dead_code)]
@@ -58,7 +58,7 @@ struct Level {
 
 async fn suite() -> BenchResult<()> {
     let divisor = common::divisor();
-    let fixed_count = std::env::var("ROXYD_BENCH_PER_LEVEL")
+    let fixed_count = std::env::var("ROXYBENCH_PER_LEVEL")
         .ok()
         .map(|v| v.parse::<usize>())
         .transpose()?;
@@ -202,9 +202,9 @@ fn requests_at(in_flight: usize) -> usize {
     (in_flight * 2_000).max(20_000)
 }
 
-/// The in-flight levels: `ROXYD_BENCH_LEVELS` (`64,256`), else [`IN_FLIGHT`].
+/// The in-flight levels: `ROXYBENCH_LEVELS` (`64,256`), else [`IN_FLIGHT`].
 fn in_flight_levels() -> BenchResult<Vec<usize>> {
-    match std::env::var("ROXYD_BENCH_LEVELS") {
+    match std::env::var("ROXYBENCH_LEVELS") {
         Ok(list) => Ok(list.split(',').map(str::parse).collect::<Result<_, _>>()?),
         Err(_) => Ok(IN_FLIGHT.to_vec()),
     }
@@ -225,7 +225,7 @@ impl Report<'_> {
         peaks: &[BenchResult<u64>],
     ) -> BenchResult<String> {
         let mut out = String::new();
-        let manager = if std::env::var("ROXYD_BENCH_MANAGER").is_ok_and(|v| v == "one") {
+        let manager = if std::env::var("ROXYBENCH_MANAGER").is_ok_and(|v| v == "one") {
             "one thread"
         } else {
             "two workers"

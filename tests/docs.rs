@@ -1,7 +1,8 @@
 //! What an operator reads holds up: nothing in the repository points outside
 //! it, the README's troubleshooting lines are ones roxyd prints, the exit
-//! statuses agree between `--help`, the README and the systemd unit, and the
-//! unit names files the Debian package installs.
+//! statuses agree between `--help`, the README and the systemd unit, the
+//! unit names files the Debian package installs, and every repository path,
+//! benchmark and test the documentation names exists.
 
 use std::{
     collections::BTreeSet,
@@ -292,8 +293,18 @@ fn the_unit_names_files_the_package_installs() {
         .find_map(|line| line.strip_prefix("Documentation="))
         .expect("Documentation= in the unit");
     for url in documentation.split_whitespace() {
-        let path = url.strip_prefix("file://").expect("a file:// URL");
-        assert!(installed(path), "Documentation={path} is not installed");
+        // `man:roxyd(1)` is /usr/share/man/man1/roxyd.1 (cargo-deb gzips it).
+        let path = match url.strip_prefix("man:") {
+            Some(page) => {
+                let (name, section) = page.trim_end_matches(')').split_once('(').unwrap();
+                format!("/usr/share/man/man{section}/{name}.{section}")
+            }
+            None => url
+                .strip_prefix("file://")
+                .expect("a file:// or man: URL")
+                .to_owned(),
+        };
+        assert!(installed(&path), "Documentation={url} is not installed");
     }
     let exec = unit
         .lines()
@@ -310,12 +321,34 @@ fn the_unit_names_files_the_package_installs() {
         .nth(1)
         .expect("-c CONFIG in ExecStart");
     assert!(installed(config), "ExecStart reads {config}, not installed");
-    assert!(
-        installed("/lib/systemd/system/roxyd.service"),
-        "the unit itself is not installed"
-    );
     let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
     let deb = &manifest["package"]["metadata"]["deb"];
+    // cargo-deb installs the unit from `unit-scripts` and writes the
+    // maintainer scripts for it; the package must not start a node before
+    // its Manager and certificates are configured.
+    let units = &deb["systemd-units"];
+    let unit_dir = units["unit-scripts"]
+        .as_str()
+        .expect("systemd-units.unit-scripts");
+    assert_eq!(
+        repo().join(unit_dir).join("roxyd.service"),
+        repo().join("contrib/roxyd.service"),
+        "the packaged unit is not contrib/roxyd.service"
+    );
+    assert_eq!(
+        units["enable"].as_bool(),
+        Some(false),
+        "enabled before configured"
+    );
+    assert_eq!(
+        units["start"].as_bool(),
+        Some(false),
+        "started before configured"
+    );
+    assert!(
+        deb.get("maintainer-scripts").is_some(),
+        "cargo-deb needs maintainer-scripts for systemd-units"
+    );
     assert_eq!(deb["default-features"].as_bool(), Some(false));
     assert!(
         !deb["features"]
@@ -333,4 +366,249 @@ fn the_unit_names_files_the_package_installs() {
             .any(|f| f.as_str() == Some(config)),
         "{config} must be a conffile"
     );
+}
+
+/// The documentation an operator or developer reads as true now; the
+/// changelog is history and may name what no longer exists.
+fn reference_docs() -> Vec<PathBuf> {
+    tracked_files()
+        .into_iter()
+        .filter(|path| {
+            let relative = path.strip_prefix(repo()).unwrap().to_string_lossy();
+            path.extension().is_some_and(|e| e == "md")
+                && relative != "CHANGELOG.md"
+                && !relative.starts_with("target/")
+        })
+        .collect()
+}
+
+/// The `code spans` and link targets of a Markdown text.
+fn spans_and_links(text: &str) -> (Vec<String>, Vec<String>) {
+    let spans = text
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    let links = text
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .map(str::to_owned)
+        .collect();
+    (spans, links)
+}
+
+/// The top-level names of the repository, from which a word in a code span
+/// is taken as a repository path.
+fn top_level_names() -> BTreeSet<String> {
+    tracked_files()
+        .iter()
+        .filter_map(|path| {
+            let relative = path.strip_prefix(repo()).ok()?;
+            Some(
+                relative
+                    .components()
+                    .next()?
+                    .as_os_str()
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Whether git ignores `relative` (build output, fuzz corpora): such paths
+/// exist only once made, and the docs may name them.
+fn ignored_by_git(relative: &str) -> bool {
+    Command::new("git")
+        .args(["check-ignore", "-q", "--no-index", relative])
+        .current_dir(repo())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// A word with the punctuation around it, a `#anchor` and a `:line` removed.
+fn bare_path(word: &str) -> &str {
+    let word = word.trim_matches(|c: char| "\"'(),;.:".contains(c));
+    let word = word.split('#').next().unwrap_or(word);
+    word.split(':').next().unwrap_or(word)
+}
+
+/// Every repository path named in a code span (from the repository's top)
+/// or as a link target (from the document's directory) exists.
+#[test]
+fn every_path_the_docs_name_exists() {
+    let tops = top_level_names();
+    let mut missing = Vec::new();
+    let docs = reference_docs();
+    assert!(docs.len() >= 4, "documentation found: {docs:?}");
+    for doc in &docs {
+        let shown = doc.strip_prefix(repo()).unwrap().display().to_string();
+        let (spans, links) = spans_and_links(&std::fs::read_to_string(doc).unwrap());
+        for span in &spans {
+            for word in span.split_whitespace() {
+                let path = bare_path(word);
+                let first = path.split('/').next().unwrap_or_default();
+                let named = path.contains('/') || path.contains('.');
+                if named
+                    && tops.contains(first)
+                    && !path.contains('*')
+                    && !repo().join(path).exists()
+                    && !ignored_by_git(path)
+                {
+                    missing.push(format!("{shown}: `{path}`"));
+                }
+            }
+        }
+        for link in &links {
+            if link.contains("://") || link.starts_with('#') || link.starts_with("mailto:") {
+                continue;
+            }
+            let path = link.split('#').next().unwrap_or(link);
+            if !path.is_empty() && !doc.parent().unwrap().join(path).exists() {
+                missing.push(format!("{shown}: link ({path})"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "named in the docs but not in the repository:\n{}",
+        missing.join("\n")
+    );
+}
+
+/// Every `--bench NAME` the docs, scripts and CI give is a benchmark of the
+/// manifest, and every `binary::test` the docs cite is a test in
+/// `tests/binary.rs`.
+#[test]
+fn every_bench_and_test_the_docs_name_exists() {
+    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+    let benches: BTreeSet<&str> = manifest["bench"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|bench| bench["name"].as_str().unwrap())
+        .collect();
+    let mut texts: Vec<(String, String)> = reference_docs()
+        .iter()
+        .map(|doc| {
+            (
+                doc.strip_prefix(repo()).unwrap().display().to_string(),
+                std::fs::read_to_string(doc).unwrap(),
+            )
+        })
+        .collect();
+    for extra in ["CHANGELOG.md", ".ci/run", ".github/workflows/ci.yml"] {
+        texts.push((extra.to_owned(), read(extra)));
+    }
+    let mut missing = Vec::new();
+    let mut benches_named = 0;
+    for (shown, text) in &texts {
+        for rest in text.split("--bench ").skip(1) {
+            let name = rest
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+                .next()
+                .unwrap();
+            // `--bench NAME`: a placeholder, not a name.
+            if name.chars().all(|c| c.is_ascii_uppercase()) {
+                continue;
+            }
+            benches_named += 1;
+            if !benches.contains(name) {
+                missing.push(format!("{shown}: --bench {name}"));
+            }
+        }
+        let (spans, _) = spans_and_links(text);
+        for span in spans {
+            let parts: Vec<&str> = span.split("::").collect();
+            let [binary, .., test] = parts.as_slice() else {
+                continue;
+            };
+            if parts.len() < 2
+                || !test
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                continue;
+            }
+            // `dispatch::streams` names a module of the crate, not a test.
+            let module = repo().join("src").join(parts.join("/"));
+            if module.with_extension("rs").exists() || module.is_dir() {
+                continue;
+            }
+            let file = repo().join("tests").join(format!("{binary}.rs"));
+            let Ok(source) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            if !source.contains(&format!("fn {test}(")) {
+                missing.push(format!(
+                    "{shown}: `{span}` (no fn {test} in tests/{binary}.rs)"
+                ));
+            }
+        }
+    }
+    assert!(benches_named >= 4, "found {benches_named} --bench names");
+    assert!(
+        missing.is_empty(),
+        "named in the docs but not in the code:\n{}",
+        missing.join("\n")
+    );
+}
+
+/// The words of `text` that start with `prefix` and go on in capitals,
+/// digits and underscores.
+fn names_with_prefix(text: &str, prefix: &str) -> BTreeSet<String> {
+    text.match_indices(prefix)
+        .filter(|(at, _)| {
+            !text[..*at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|name| name.len() > prefix.len() && !name.ends_with('_'))
+        .collect()
+}
+
+/// Every test and benchmark setting the documentation names
+/// (`ROXYTEST_*`, `ROXYBENCH_*`) is read by a test, benchmark or script.
+#[test]
+fn every_test_and_bench_setting_the_docs_name_is_read() {
+    let mut code = String::new();
+    for path in tracked_files() {
+        let relative = path
+            .strip_prefix(repo())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let is_code =
+            path.extension().is_some_and(|e| e == "rs") || relative.starts_with("scripts/");
+        if is_code && relative != "tests/docs.rs" && relative != "tests/knobs.rs" {
+            code.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+        }
+    }
+    let mut unread = Vec::new();
+    let mut named = 0;
+    for doc in reference_docs() {
+        let shown = doc.strip_prefix(repo()).unwrap().display().to_string();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for prefix in ["ROXYTEST_", "ROXYBENCH_"] {
+            for name in names_with_prefix(&text, prefix) {
+                named += 1;
+                if !code.contains(&name) {
+                    unread.push(format!(
+                        "{shown}: {name} is read by no test, bench or script"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(named >= 3, "found {named} settings in the docs");
+    assert!(unread.is_empty(), "{}", unread.join("\n"));
 }

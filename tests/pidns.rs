@@ -68,18 +68,18 @@ fn require_pid_namespaces() {
 }
 
 /// The real `roxyd` binary, which `scripts/test` builds without
-/// `test-backend` and names in `ROXYD_REAL_BINARY`; the test fails, saying
+/// `test-backend` and names in `ROXYTEST_REAL_BINARY`; the test fails, saying
 /// so, without it.
 fn real_binary() -> OsString {
-    std::env::var_os("ROXYD_REAL_BINARY")
-        .expect("ROXYD_REAL_BINARY is not set; scripts/test builds the real binary and sets it")
+    std::env::var_os("ROXYTEST_REAL_BINARY")
+        .expect("ROXYTEST_REAL_BINARY is not set; scripts/test builds the real binary and sets it")
 }
 
 // ---------------------------------------------------------------------------
 // The backend alone.
 
 /// What the namespaced child does: set by [`linux_backend_ends_its_pid_namespace`].
-const CHILD_OP: &str = "ROXYD_PIDNS_CHILD_OP";
+const CHILD_OP: &str = "ROXYTEST_PIDNS_CHILD_OP";
 
 #[rstest]
 #[case::reboot("reboot", Signal::SIGHUP)]
@@ -690,7 +690,7 @@ async fn real_binary_refuses_the_recorder_in_one_line() {
     command
         .args(["--backend", "recorder", "--cert", "c", "--key", "k"])
         .args(["--ca-certs", "ca", "m@127.0.0.1:9"]);
-    // roxyd refuses unknown ROXYD_ variables, ROXYD_REAL_BINARY among them.
+    // roxyd refuses unknown ROXYD_ variables, and the runner may export some.
     for (key, _) in std::env::vars() {
         if key.starts_with("ROXYD_") {
             command.env_remove(key);
@@ -746,13 +746,13 @@ async fn real_binary_carries_out_a_fire_and_forget_request(
 /// Repeats the real immediate reboot from a 0.19 Manager (fire-and-forget)
 /// and counts the tries whose namespace died by `reboot(2)`. Run it with
 /// `scripts/test --run-ignored only --no-capture -E 'test(stress)'`;
-/// `ROXYD_STRESS_RUNS` sets the number of tries (200).
+/// `ROXYTEST_STRESS_RUNS` sets the number of tries (200).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "stress run: scripts/test --run-ignored only --no-capture -E 'test(stress)'"]
 async fn stress_fire_and_forget_is_carried_out() {
     require_pid_namespaces();
     let binary = real_binary();
-    let runs: usize = std::env::var("ROXYD_STRESS_RUNS")
+    let runs: usize = std::env::var("ROXYTEST_STRESS_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
@@ -814,19 +814,19 @@ fn log_time(line: &str) -> Option<f64> {
 /// the release after the reply write (a positive gap) and, with the default
 /// wait, after the Manager's acknowledgement. Run it with
 /// `scripts/test --run-ignored only --no-capture -E 'test(stress)'`;
-/// `ROXYD_STRESS_RUNS` sets the number of tries (200), and
-/// `ROXYD_STRESS_DELIVERY_TIMEOUT_MS=0` measures roxyd without the wait for
+/// `ROXYTEST_STRESS_RUNS` sets the number of tries (200), and
+/// `ROXYTEST_STRESS_DELIVERY_TIMEOUT_MS=0` measures roxyd without the wait for
 /// the Manager's acknowledgement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "stress run: scripts/test --run-ignored only --no-capture -E 'test(stress)'"]
 async fn stress_reply_delivered_before_the_namespace_dies() {
     require_pid_namespaces();
     let binary = real_binary();
-    let runs: usize = std::env::var("ROXYD_STRESS_RUNS")
+    let runs: usize = std::env::var("ROXYTEST_STRESS_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let delivery = std::env::var("ROXYD_STRESS_DELIVERY_TIMEOUT_MS").ok();
+    let delivery = std::env::var("ROXYTEST_STRESS_DELIVERY_TIMEOUT_MS").ok();
     let mut env: Vec<(&str, &str)> = vec![("RUST_LOG", "roxyd=info")];
     if let Some(ms) = &delivery {
         env.push(("ROXYD_DELIVERY_TIMEOUT_MS", ms));

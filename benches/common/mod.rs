@@ -56,11 +56,11 @@ const DEFAULT_RUST_LOG: &str = "info,roxyd::platform::recorder=warn";
 
 /// Tells a child started from a bench binary to act as the bare agent, on
 /// the runtime flavour it names (`one` or `multi`).
-const BARE_FLAVOUR_ENV: &str = "ROXYD_BENCH_BARE_FLAVOUR";
-const BARE_MANAGER_ENV: &str = "ROXYD_BENCH_BARE_MANAGER";
-const BARE_CERT_ENV: &str = "ROXYD_BENCH_BARE_CERT";
-const BARE_KEY_ENV: &str = "ROXYD_BENCH_BARE_KEY";
-const BARE_CA_ENV: &str = "ROXYD_BENCH_BARE_CA";
+const BARE_FLAVOUR_ENV: &str = "ROXYBENCH_BARE_FLAVOUR";
+const BARE_MANAGER_ENV: &str = "ROXYBENCH_BARE_MANAGER";
+const BARE_CERT_ENV: &str = "ROXYBENCH_BARE_CERT";
+const BARE_KEY_ENV: &str = "ROXYBENCH_BARE_KEY";
+const BARE_CA_ENV: &str = "ROXYBENCH_BARE_CA";
 
 /// The entry point of every bench binary: the bare agent when started as
 /// one, nothing under test discovery or without `--bench`, else `suite` on
@@ -105,9 +105,9 @@ pub fn two_workers() -> tokio::runtime::Builder {
 }
 
 /// The Manager side's runtime: two workers, or one thread with
-/// `ROXYD_BENCH_MANAGER=one`.
+/// `ROXYBENCH_MANAGER=one`.
 pub fn manager_runtime() -> tokio::runtime::Builder {
-    if std::env::var("ROXYD_BENCH_MANAGER").is_ok_and(|v| v == "one") {
+    if std::env::var("ROXYBENCH_MANAGER").is_ok_and(|v| v == "one") {
         return tokio::runtime::Builder::new_current_thread();
     }
     two_workers()
@@ -164,10 +164,10 @@ fn check_frames() -> BenchResult<()> {
     Ok(())
 }
 
-/// Every count divided by this: 10 with `ROXYD_BENCH_QUICK=1`, for trying a
+/// Every count divided by this: 10 with `ROXYBENCH_QUICK=1`, for trying a
 /// change, else 1.
 pub fn divisor() -> usize {
-    if std::env::var("ROXYD_BENCH_QUICK").is_ok_and(|v| v == "1") {
+    if std::env::var("ROXYBENCH_QUICK").is_ok_and(|v| v == "1") {
         10
     } else {
         1
@@ -291,11 +291,11 @@ pub async fn in_process_bare(
 }
 
 /// Extra roxyd binaries to run beside this tree's, from
-/// `ROXYD_BENCH_ALSO=label=path;label=path`: an older build or another
+/// `ROXYBENCH_ALSO=label=path;label=path`: an older build or another
 /// profile, measured in the same run. Each is started like this tree's and
 /// must pass the same recorder check.
 pub fn also_binaries() -> BenchResult<Vec<(String, PathBuf)>> {
-    let Ok(text) = std::env::var("ROXYD_BENCH_ALSO") else {
+    let Ok(text) = std::env::var("ROXYBENCH_ALSO") else {
         return Ok(Vec::new());
     };
     text.split(';')
@@ -303,7 +303,7 @@ pub fn also_binaries() -> BenchResult<Vec<(String, PathBuf)>> {
         .map(|part| {
             let (label, path) = part
                 .split_once('=')
-                .ok_or_else(|| format!("ROXYD_BENCH_ALSO: {part:?} is not label=path"))?;
+                .ok_or_else(|| format!("ROXYBENCH_ALSO: {part:?} is not label=path"))?;
             Ok((label.to_owned(), PathBuf::from(path)))
         })
         .collect()
@@ -314,14 +314,14 @@ pub fn also_binaries() -> BenchResult<Vec<(String, PathBuf)>> {
 /// the scheduler's placement stops deciding the result: measured on this
 /// 2-core machine, unpinned runs of the same builds swung by 10-20% at one
 /// level. Skipped, with a note, where `taskset` is missing, there is only
-/// one CPU, or `ROXYD_BENCH_PIN=0`.
+/// one CPU, or `ROXYBENCH_PIN=0`.
 pub fn pin(pid: u32, cpu: usize) {
     // Counted once, before anything is pinned: once the bench has pinned
     // itself, it sees only its own CPU, and every later call would skip.
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cpus = *CPUS
         .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
-    if cpus < 2 || std::env::var("ROXYD_BENCH_PIN").is_ok_and(|v| v == "0") {
+    if cpus < 2 || std::env::var("ROXYBENCH_PIN").is_ok_and(|v| v == "0") {
         return;
     }
     let pinned = std::process::Command::new("taskset")
@@ -426,7 +426,7 @@ pub struct RoxydProcess {
 impl RoxydProcess {
     /// Starts `binary` with `--backend recorder` against `manager`, its
     /// defaults otherwise (every `ROXYD_` variable and `RUST_LOG` cleared;
-    /// `RUST_LOG` from `ROXYD_BENCH_RUST_LOG`, else [`DEFAULT_RUST_LOG`]),
+    /// `RUST_LOG` from `ROXYBENCH_RUST_LOG`, else [`DEFAULT_RUST_LOG`]),
     /// and returns once its startup line has named the recorder; any other
     /// build is killed and the run aborted, before anything is sent to it.
     pub async fn spawn(binary: &Path, files: &PkiFiles, manager: SocketAddr) -> BenchResult<Self> {
@@ -441,7 +441,7 @@ impl RoxydProcess {
         let mut args: Vec<OsString> = vec!["--backend".into(), "recorder".into()];
         args.extend(support::lab_args(files, manager));
         let filter =
-            std::env::var("ROXYD_BENCH_RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.to_owned());
+            std::env::var("ROXYBENCH_RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.to_owned());
         let process =
             support::Roxyd::spawn_program(binary.as_os_str(), &args, &[("RUST_LOG", &filter)]);
         let pid = u32::try_from(process.pid())?;
