@@ -63,7 +63,10 @@ impl Setup {
     /// The default arguments with `-c CONFIG` in front; the configuration
     /// is `text` with the state directory set to the set-up's directory.
     fn with_config(&self, text: &str) -> Vec<OsString> {
-        let text = format!("{text}\nstate_dir = {:?}\n", self.dir.path());
+        let text = format!(
+            "{text}\nstate_dir = {:?}\n",
+            self.dir.path().to_str().unwrap()
+        );
         let config = write_file(self.dir.path(), "roxyd.toml", &text);
         let mut args: Vec<OsString> = vec!["-c".into(), config.into()];
         args.extend(self.args());
