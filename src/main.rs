@@ -98,7 +98,9 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         let endpoint = connection::client_endpoint(settings.manager.addr, client)?;
         let backend_name = backend.name();
         let records = backend.records();
-        let dispatcher = Arc::new(Dispatcher::new(backend, config.dispatch()));
+        let dispatcher = Arc::new(
+            Dispatcher::new(backend, config.dispatch()).with_power_log(power_log.clone()),
+        );
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             backend = backend_name,

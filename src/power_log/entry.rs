@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     platform::{GracefulOp, ImmediateOp, PowerOp},
+    reply::WireForm,
     wire::NodePowerRequest,
 };
 
@@ -135,6 +136,21 @@ pub enum RequestForm {
     FlatReboot,
     /// The flat shutdown request.
     FlatShutdown,
+}
+
+impl RequestForm {
+    /// The form of `request` received in wire form `form`: the flat forms
+    /// carry only an immediate reboot or shutdown.
+    #[must_use]
+    pub fn of(request: NodePowerRequest, form: WireForm) -> Self {
+        match (form, request) {
+            (WireForm::Grouped, _) => Self::NodePower,
+            (WireForm::Flat, NodePowerRequest::Reboot | NodePowerRequest::GracefulReboot) => {
+                Self::FlatReboot
+            }
+            (WireForm::Flat, _) => Self::FlatShutdown,
+        }
+    }
 }
 
 impl fmt::Display for RequestForm {
