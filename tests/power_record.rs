@@ -2,8 +2,11 @@
 //! layer over in-memory streams: immediate ones (delivered, unconfirmed,
 //! cancelled, refused, and written before the backend performs), graceful
 //! ones with the recorder and with stand-in commands (started, exited with
-//! their status, refused).
+//! their status, refused); and live, over QUIC, from both Manager
+//! generations.
 #![cfg(all(unix, feature = "test-backend"))]
+
+mod support;
 
 use std::{
     io,
@@ -16,7 +19,7 @@ use std::{
 
 use roxyd::{
     dispatch::{
-        DispatchConfig, Dispatcher, StreamEnd,
+        DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher, StreamEnd,
         journal::{Entry as Step, Recorder},
     },
     platform::{GracefulCommands, GracefulOp, ImmediateOp, PowerBackend, linux::LinuxBackend},
@@ -26,7 +29,9 @@ use roxyd::{
     reply::{Delivery, ReplySink},
     wire::{self, NodePowerRequest, RequestCode},
 };
+use roxyd_lab::{Lab, SERVER_NAME, manager::Generation};
 use rstest::rstest;
+use support::lab_agent::LabAgents;
 use tempfile::TempDir;
 use tokio::io::AsyncWrite;
 
@@ -359,4 +364,90 @@ async fn a_hung_state_directory_does_not_stop_the_release() {
     )
     .await
     .expect("perform is called despite the hung state directory");
+}
+
+/// Holds each immediate reply until the Manager's `STOP_SENDING` has reached
+/// the agent, so that a 0.19 Manager's decline comes before the write.
+struct HoldReply;
+
+impl DispatchObserver for HoldReply {
+    fn on_event(&self, _event: &DispatchEvent) {}
+
+    fn hold_reply_until_stopped(&self, _op: ImmediateOp) -> bool {
+        true
+    }
+}
+
+/// Both Manager generations over real QUIC on loopback: a 0.18 Manager
+/// acknowledges the reply (`delivered`), a 0.19 Manager declines it
+/// (`declined`, its stop forced to arrive before the write).
+#[rstest]
+#[case::v0_18_reboot(
+    Generation::V0_18,
+    NodePowerRequest::Reboot,
+    Op::Reboot,
+    Reply::Delivered
+)]
+#[case::v0_18_shutdown(
+    Generation::V0_18,
+    NodePowerRequest::Shutdown,
+    Op::PowerOff,
+    Reply::Delivered
+)]
+#[case::v0_19_reboot(
+    Generation::V0_19,
+    NodePowerRequest::Reboot,
+    Op::Reboot,
+    Reply::Declined
+)]
+#[case::v0_19_shutdown(
+    Generation::V0_19,
+    NodePowerRequest::Shutdown,
+    Op::PowerOff,
+    Reply::Declined
+)]
+#[tokio::test]
+async fn a_live_immediate_request_is_recorded_with_what_the_manager_made_of_the_reply(
+    #[case] generation: Generation,
+    #[case] request: NodePowerRequest,
+    #[case] op: Op,
+    #[case] reply: Reply,
+) {
+    let dir = TempDir::new().unwrap();
+    let lab = Lab::new().unwrap();
+    let manager = format!("{SERVER_NAME}@{}", lab.manager.local_addr().unwrap());
+    let log = PowerLog::start(dir.path(), &manager);
+    let recorder = Recorder::new();
+    let mut dispatcher =
+        Dispatcher::new(recorder.clone(), DispatchConfig::default()).with_power_log(log.clone());
+    if generation == Generation::V0_19 {
+        dispatcher = dispatcher.with_observer(Arc::new(HoldReply));
+    }
+    let dispatcher = Arc::new(dispatcher);
+    let (session, _agent) = lab.connect(Arc::clone(&dispatcher)).await.unwrap();
+    tokio::time::timeout(WAIT, session.node_power_as(generation, request))
+        .await
+        .expect("the request is sent")
+        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        recorder
+            .journal()
+            .wait_for(|steps| steps.iter().any(|s| matches!(s, Step::Perform(_)))),
+    )
+    .await
+    .expect("perform is called");
+    flush(&log);
+    assert_eq!(
+        power_entries(dir.path()),
+        [PowerRecord {
+            op,
+            request: RequestForm::NodePower,
+            manager,
+            reply,
+            outcome: Outcome::Released,
+            exit_status: None,
+            reason: None,
+        }]
+    );
 }
