@@ -170,6 +170,8 @@ impl<B: PowerBackend> PendingPowerOp<B> {
             let recorded = asked.map(|asked| log.released(asked, reply));
             if recorded == Some(Recorded::TimedOut) {
                 tracing::warn!(%op, wait_ms = power_log::RELEASE_WAIT.as_millis(), "the power log did not take the entry in time; going on without it");
+            } else {
+                tracing::debug!(%op, ?recorded, "release recorded in the power log");
             }
             let result = backend.perform(op);
             drop(latch);
