@@ -133,8 +133,6 @@ impl<B: PowerBackend> PowerHandler<B> {
             Arc::clone(&self.backend),
             Arc::clone(&self.performing),
             latch,
-        )
-        .recorded_in(
             self.log.clone(),
             Asked {
                 op: PowerOp::Immediate(op).into(),

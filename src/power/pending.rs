@@ -102,34 +102,31 @@ pub struct PendingPowerOp<B: PowerBackend> {
     performing: Arc<watch::Sender<bool>>,
     /// `Some` until released; a drop with it still here is a cancellation.
     latch: Option<PowerLatch>,
-    /// Where the release is recorded, and what was asked.
+    /// Where the release is recorded.
     log: PowerLog,
-    asked: Option<Asked>,
+    /// What was asked, as the power log records it.
+    asked: Asked,
 }
 
 impl<B: PowerBackend> PendingPowerOp<B> {
-    /// A pending `op` holding the immediate `latch`.
+    /// A pending `op`, asked as `asked`, holding the immediate `latch`; its
+    /// release is recorded in `log`.
     pub(super) fn new(
         op: ImmediateOp,
         backend: Arc<B>,
         performing: Arc<watch::Sender<bool>>,
         latch: PowerLatch,
+        log: PowerLog,
+        asked: Asked,
     ) -> Self {
         Self {
             op,
             backend,
             performing,
             latch: Some(latch),
-            log: PowerLog::off(),
-            asked: None,
+            log,
+            asked,
         }
-    }
-
-    /// Records the release of this operation, asked as `asked`, in `log`.
-    pub(super) fn recorded_in(mut self, log: PowerLog, asked: Asked) -> Self {
-        self.log = log;
-        self.asked = Some(asked);
-        self
     }
 }
 
@@ -165,10 +162,10 @@ impl<B: PowerBackend> PendingPowerOp<B> {
             ReleaseProof::Declined(_) => ("reply declined", Reply::Declined),
         };
         tracing::warn!(%op, after, "releasing power operation");
-        let (log, asked) = (std::mem::take(&mut self.log), self.asked.take());
+        let (log, asked) = (std::mem::take(&mut self.log), self.asked);
         run_detached("roxyd-power", move || {
-            let recorded = asked.map(|asked| log.released(asked, reply));
-            if recorded == Some(Recorded::TimedOut) {
+            let recorded = log.released(asked, reply);
+            if recorded == Recorded::TimedOut {
                 tracing::warn!(%op, wait_ms = power_log::RELEASE_WAIT.as_millis(), "the power log did not take the entry in time; going on without it");
             } else {
                 tracing::debug!(%op, ?recorded, "release recorded in the power log");
