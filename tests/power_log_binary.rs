@@ -315,3 +315,23 @@ async fn check_reports_whether_the_state_directory_is_writable() {
         "--check leaves nothing behind"
     );
 }
+
+#[tokio::test]
+async fn a_damaged_log_is_one_warning_naming_the_file_and_the_next_entry_is_still_written() {
+    let dir = TempDir::new().unwrap();
+    let text = format!(
+        "garbage\n{}\n{{\"truncated\":",
+        released_line("an-old-boot")
+    );
+    write_file(dir.path(), "power.log", &text);
+    let path = dir.path().join("power.log");
+    let path = path.to_str().unwrap();
+    let (line, entries) =
+        start_and_stop(dir.path(), &["skipped lines of the power log", path]).await;
+    assert!(
+        line.contains("WARN") && line.contains("skipped=2"),
+        "{line}"
+    );
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[1].event, Event::Start);
+}
