@@ -12,7 +12,7 @@
 //!   durable. A hung or unwritable state directory costs a release at most
 //!   [`RELEASE_WAIT`], and never a power request.
 //! - Nothing outside the writer thread touches the file while the daemon
-//!   runs: even reading it at start (for [`explain`]) happens there.
+//!   runs: even reading it at start (for [`explain()`]) happens there.
 //! - The log stays within [`MAX_LOG_ENTRIES`] and [`MAX_LOG_BYTES`]. It is
 //!   trimmed by writing the newest entries to a new file and renaming it over
 //!   the log, so a crash mid-trim leaves the old file or the new one, never a
@@ -144,7 +144,7 @@ impl PowerLog {
 
     /// Starts the writer thread for the log in `state_dir`, for requests from
     /// the Manager `manager` (`NAME@IP:PORT`). On that thread, it reads the
-    /// newest entries, logs the [`explain`] line, and appends a `start`
+    /// newest entries, logs the [`explain()`] line, and appends a `start`
     /// entry; an unwritable or missing state directory gets one WARN there.
     /// Returns at once.
     #[must_use]
