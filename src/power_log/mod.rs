@@ -423,16 +423,21 @@ impl LogFile {
             text.push('\n');
         }
         let new_path = self.dir.join(TRIM_FILE);
-        let replaced = open_private(
-            &new_path,
-            OpenOptions::new().write(true).create(true).truncate(true),
-        )
-        .and_then(|mut file| {
-            file.write_all(text.as_bytes())?;
-            file.sync_all()
-        })
-        .and_then(|()| fs::rename(&new_path, &self.path))
-        .and_then(|()| File::open(&self.dir)?.sync_all());
+        // A file left by a crash mid-trim goes first: created anew, the file
+        // gets mode 0600 whatever the leftover had.
+        match fs::remove_file(&new_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(path = %new_path.display(), error = %e, "cannot remove a leftover trim file");
+            }
+            _ => {}
+        }
+        let replaced = open_private(&new_path, OpenOptions::new().write(true).create_new(true))
+            .and_then(|mut file| {
+                file.write_all(text.as_bytes())?;
+                file.sync_all()
+            })
+            .and_then(|()| fs::rename(&new_path, &self.path))
+            .and_then(|()| File::open(&self.dir)?.sync_all());
         match replaced {
             Ok(()) => {
                 self.lines = kept_lines;
