@@ -24,6 +24,7 @@ use roxyd::{
     daemon::{self, Settings},
     dispatch::{DispatchEvent, Dispatcher},
     platform::{GracefulOp, ImmediateOp, Settlement},
+    power_log::{self, PowerLog},
     reply::Delivery,
     stop, tls,
     wire::{NodePowerRequest, RequestCode, reply_text},
@@ -254,11 +255,19 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
     )?;
     let recorder = Recorder::new();
     let journal = recorder.journal().clone();
-    let dispatcher = Arc::new(recorder.dispatcher(config.dispatch()));
     let manager = ManagerAddress {
         server_name: SERVER_NAME.to_owned(),
         addr,
     };
+    // The power log, in a state directory of this run's own.
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir(&state_dir)?;
+    let power_log = PowerLog::start(&state_dir, &manager.to_string());
+    let dispatcher = Arc::new(
+        recorder
+            .dispatcher(config.dispatch())
+            .with_power_log(power_log.clone()),
+    );
     let settings = Settings::from_config(&config, manager, false);
     let (stop, stopped) = stop::channel();
     let endpoint = connection::client_endpoint(addr, client)?;
@@ -293,6 +302,13 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
 
     stop.trigger();
     roxyd.await??;
+    let _ = power_log.flush(Duration::from_secs(5));
+    let path = power_log::log_path(&state_dir);
+    println!("What roxyd recorded in its power log ({}):", path.display());
+    for (entry, _) in power_log::read_log(&path)?.unwrap_or_default().entries {
+        println!("  {}", entry.human());
+    }
+    println!();
     let operations = journal.power_operations().len();
     println!(
         "{} in {:.1} s: {operations} recorded power operations, nothing acted on",

@@ -19,6 +19,8 @@ pub mod exit_status {
     pub const BAD_SETUP: u8 = 2;
     /// The Manager refused roxyd's protocol version: restarting cannot help.
     pub const VERSION_REFUSED: u8 = 3;
+    /// `--power-log` could not read the power log.
+    pub const POWER_LOG_UNREADABLE: u8 = 4;
 }
 
 /// The exit status table of `--help`. Statuses that a restart cannot cure
@@ -29,7 +31,8 @@ Exit status:
   0  stopped by SIGINT or SIGTERM, or --check succeeded
   1  --check could not connect to the Manager or verify it
   2  bad command line, environment, configuration, certificate, key or log file, or roxyd could not start; restarting cannot help
-  3  the Manager refused roxyd's protocol version; restarting cannot help";
+  3  the Manager refused roxyd's protocol version; restarting cannot help
+  4  --power-log could not read the power log";
 
 /// roxyd: carries out a Manager's power requests over QUIC with mutual TLS.
 #[derive(Debug, Parser)]
@@ -46,12 +49,22 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// roxyd's certificate chain (PEM, leaf first).
-    #[arg(long, value_name = "CERT.pem", env = "ROXYD_CERT")]
-    pub cert: PathBuf,
+    #[arg(
+        long,
+        value_name = "CERT.pem",
+        env = "ROXYD_CERT",
+        required_unless_present = "power_log"
+    )]
+    pub cert: Option<PathBuf>,
 
     /// roxyd's private key (PEM).
-    #[arg(long, value_name = "KEY.pem", env = "ROXYD_KEY")]
-    pub key: PathBuf,
+    #[arg(
+        long,
+        value_name = "KEY.pem",
+        env = "ROXYD_KEY",
+        required_unless_present = "power_log"
+    )]
+    pub key: Option<PathBuf>,
 
     /// CA certificates that the Manager's certificate must chain to (PEM),
     /// comma-separated.
@@ -59,7 +72,7 @@ pub struct Cli {
         long = "ca-certs",
         value_name = "CA.pem[,CA.pem]",
         value_delimiter = ',',
-        required = true,
+        required_unless_present = "power_log",
         env = "ROXYD_CA_CERTS"
     )]
     pub ca_certs: Vec<PathBuf>,
@@ -68,6 +81,16 @@ pub struct Cli {
     /// (0 when the Manager accepted roxyd), within `handshake_timeout_secs`.
     #[arg(long)]
     pub check: bool,
+
+    /// Print the power log (every power request roxyd carried out or
+    /// refused, and every start), newest last, and exit, without connecting.
+    #[arg(long, conflicts_with = "check")]
+    pub power_log: bool,
+
+    /// With `--power-log`: print the entries as stored, one JSON object a
+    /// line.
+    #[arg(long, requires = "power_log")]
+    pub json: bool,
 
     /// Which backend carries power requests out: `system` (this platform's
     /// own), or `recorder`, which only notes them in the log; the recorder
@@ -82,8 +105,8 @@ pub struct Cli {
     pub backend: BackendChoice,
 
     /// The Manager: its TLS server name, `@`, and its address.
-    #[arg(value_name = "NAME@IP:PORT")]
-    pub manager: ManagerAddress,
+    #[arg(value_name = "NAME@IP:PORT", required_unless_present = "power_log")]
+    pub manager: Option<ManagerAddress>,
 }
 
 impl Cli {
@@ -95,6 +118,18 @@ impl Cli {
         let version: &'static str = Box::leak(platform::version_text().into_boxed_str());
         let matches = Self::command().version(version).get_matches();
         Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// What connecting needs: the Manager, the certificate and the key.
+    /// `None` only with `--power-log`, which needs none of them (the command
+    /// line requires them otherwise).
+    #[must_use]
+    pub fn connection(&self) -> Option<(&ManagerAddress, &PathBuf, &PathBuf)> {
+        Some((
+            self.manager.as_ref()?,
+            self.cert.as_ref()?,
+            self.key.as_ref()?,
+        ))
     }
 }
 

@@ -24,12 +24,18 @@ use crate::{
 /// keep a node unreachable for power requests for too long.
 const MAX_STREAM_SLOTS_TIMEOUT_SECS: u64 = 3600;
 
+/// The state directory unless configured: the systemd unit's
+/// `StateDirectory=roxyd`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/roxyd";
+
 /// The configuration, with every default filled in.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where logs go; standard output when absent.
     pub log_file: Option<PathBuf>,
+    /// Where roxyd keeps its power log.
+    pub state_dir: PathBuf,
     /// The application name announced in the handshake.
     pub app_name: String,
     /// The Manager protocol release announced in the handshake.
@@ -69,6 +75,7 @@ impl Default for Config {
         let backoff = BackoffConfig::default();
         Self {
             log_file: None,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             app_name: DEFAULT_APP_NAME.to_owned(),
             protocol_version: DEFAULT_PROTOCOL_VERSION.to_owned(),
             max_frame_len: wire::DEFAULT_MAX_FRAME_LEN,
@@ -142,8 +149,9 @@ enum Kind {
 }
 
 /// Every key, for the environment overrides.
-const KEYS: [(&str, Kind); 13] = [
+const KEYS: [(&str, Kind); 14] = [
     ("log_file", Kind::Text),
+    ("state_dir", Kind::Text),
     ("app_name", Kind::Text),
     ("protocol_version", Kind::Text),
     ("max_frame_len", Kind::Number),
@@ -355,6 +363,12 @@ impl Config {
     #[must_use]
     pub fn sync_timeout(&self) -> Duration {
         Duration::from_millis(self.sync_timeout_ms)
+    }
+
+    /// Where the power log is kept.
+    #[must_use]
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// The reconnect bounds.

@@ -7,7 +7,8 @@
 //! operation and orders "write the reply, then release", and [`platform`]
 //! talks to the operating system. Around them: [`cli`] and [`config`] read
 //! the settings, [`daemon`] connects and reconnects ([`reconnect`]) until
-//! [`stop`] is asked for, [`tls`] and [`handshake`] open the session.
+//! [`stop`] is asked for, [`tls`] and [`handshake`] open the session;
+//! [`power_log`] records every power request in the state directory.
 
 pub mod cli;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod dispatch;
 pub mod handshake;
 pub mod platform;
 pub mod power;
+pub mod power_log;
 pub mod reconnect;
 pub mod reply;
 pub mod stop;

@@ -3,7 +3,7 @@
 //!
 //! Exit statuses: [`roxyd::cli::exit_status`], shown by `--help`.
 
-use std::{fs::OpenOptions, path::Path, process::ExitCode, sync::Arc};
+use std::{fs::OpenOptions, io::Write, path::Path, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::CommandFactory;
 use roxyd::{
@@ -13,6 +13,7 @@ use roxyd::{
     daemon::{self, Outcome, Settings},
     dispatch::Dispatcher,
     platform::{self, BackendOptions},
+    power_log::{self, PowerLog},
     stop::Stop,
     tls,
 };
@@ -55,6 +56,12 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         .collect();
     config::check_env_names(std::env::vars_os().map(|(name, _)| name), &options)?;
     let config = Config::load(cli.config.as_deref(), |var| std::env::var(var).ok())?;
+    if cli.power_log {
+        return Ok(print_power_log(config.state_dir(), cli.json));
+    }
+    let (manager, cert, key) = cli
+        .connection()
+        .expect("the command line requires the Manager, --cert and --key without --power-log");
     init_logging(&config)?;
     let backend = platform::daemon_backend(
         cli.backend,
@@ -62,12 +69,20 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
             sync_timeout: config.sync_timeout(),
         },
     )?;
-    let chain = tls::load_certs(&cli.cert)?;
-    let key = tls::load_private_key(&cli.key)?;
-    warn_if_key_exposed(&cli.key);
+    let chain = tls::load_certs(cert)?;
+    warn_if_key_exposed(key);
+    let key = tls::load_private_key(key)?;
     let roots = tls::load_roots(&cli.ca_certs)?;
     let client = tls::client_config(chain, key, roots, config.max_concurrent_streams)?;
-    let settings = Settings::from_config(&config, cli.manager.clone(), cli.check);
+    let settings = Settings::from_config(&config, manager.clone(), cli.check);
+    let power_log = if cli.check {
+        report_state_dir(config.state_dir());
+        PowerLog::off()
+    } else {
+        // Explains the previous power event and records this start, on the
+        // log's own thread: a hung state directory does not delay the start.
+        PowerLog::start(config.state_dir(), &settings.manager.to_string())
+    };
     // One thread serves everything: nothing on it blocks (power operations
     // and command reapers have threads of their own), and the benchmarks show
     // a multi-threaded runtime only adding wake-ups between threads.
@@ -83,7 +98,9 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         let endpoint = connection::client_endpoint(settings.manager.addr, client)?;
         let backend_name = backend.name();
         let records = backend.records();
-        let dispatcher = Arc::new(Dispatcher::new(backend, config.dispatch()));
+        let dispatcher = Arc::new(
+            Dispatcher::new(backend, config.dispatch()).with_power_log(power_log.clone()),
+        );
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             backend = backend_name,
@@ -93,7 +110,11 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         if records {
             tracing::warn!("recording backend chosen: power requests are answered and logged, never carried out");
         }
-        Ok(match daemon::run(&settings, &endpoint, dispatcher, stop).await {
+        let outcome = daemon::run(&settings, &endpoint, dispatcher, stop).await;
+        // Entries recorded just before the stop (a graceful command's exit,
+        // say) are written before roxyd exits, unless the disk hangs.
+        let _ = power_log.flush(POWER_LOG_FLUSH);
+        Ok(match outcome {
             Ok(Outcome::Stopped) => ExitCode::SUCCESS,
             Ok(Outcome::Checked { manager_protocol }) => {
                 println!(
@@ -112,6 +133,56 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         Ok(outcome) => outcome,
         // A panic in the daemon goes on as it would have on this thread.
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// How long roxyd, stopping, waits for the power log's last entries.
+const POWER_LOG_FLUSH: Duration = Duration::from_secs(1);
+
+/// `--power-log`: prints the log in `state_dir`, newest last, one line for a
+/// person per entry or, with `json`, each entry as stored. No log prints
+/// nothing; lines that are not entries are skipped with one line on standard
+/// error naming the file; an unreadable log is one line on standard error
+/// and [`exit_status::POWER_LOG_UNREADABLE`].
+fn print_power_log(state_dir: &Path, json: bool) -> ExitCode {
+    let path = power_log::log_path(state_dir);
+    let log = match power_log::read_log(&path) {
+        Ok(Some(log)) => log,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roxyd: cannot read the power log {}: {e}", path.display());
+            return ExitCode::from(exit_status::POWER_LOG_UNREADABLE);
+        }
+    };
+    if log.skipped > 0 {
+        eprintln!(
+            "roxyd: skipped {} lines of the power log {} that are not entries (corrupt, truncated or edited)",
+            log.skipped,
+            path.display()
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    for (entry, line) in &log.entries {
+        let shown = if json { line.clone() } else { entry.human() };
+        // A closed pipe (`| head`) ends the listing, nothing more.
+        if writeln!(out, "{shown}").is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `--check`: says whether the state directory takes the power log.
+fn report_state_dir(state_dir: &Path) {
+    match power_log::check_writable(state_dir) {
+        Ok(()) => println!(
+            "roxyd: the state directory {} is writable",
+            state_dir.display()
+        ),
+        Err(e) => println!(
+            "roxyd: the state directory {} is not writable ({e}): power requests would be carried out but not recorded",
+            state_dir.display()
+        ),
     }
 }
 

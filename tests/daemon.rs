@@ -60,9 +60,14 @@ impl Setup {
         args
     }
 
-    /// The default arguments with `-c CONFIG` in front.
+    /// The default arguments with `-c CONFIG` in front; the configuration
+    /// is `text` with the state directory set to the set-up's directory.
     fn with_config(&self, text: &str) -> Vec<OsString> {
-        let config = write_file(self.dir.path(), "roxyd.toml", text);
+        let text = format!(
+            "{text}\nstate_dir = {:?}\n",
+            self.dir.path().to_str().unwrap()
+        );
+        let config = write_file(self.dir.path(), "roxyd.toml", &text);
         let mut args: Vec<OsString> = vec!["-c".into(), config.into()];
         args.extend(self.args());
         args

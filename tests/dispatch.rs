@@ -16,6 +16,7 @@ use roxyd::dispatch::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher, StreamEnd},
     platform::{GracefulOp, ImmediateOp, PrepareError, Settlement, StartError},
+    power_log::RequestForm,
     reply::{self, Delivery, ReplySink, WireForm},
     wire::{self, NodePowerRequest, RequestCode, reply_text},
 };
@@ -685,20 +686,24 @@ async fn a_second_power_request_is_refused_while_one_is_under_way() {
     let dispatcher = dispatcher(&recorder, DispatchConfig::default());
     let power = dispatcher.power();
 
-    let pending = power.prepare(ImmediateOp::Reboot).unwrap();
+    let pending = power
+        .prepare(ImmediateOp::Reboot, RequestForm::NodePower)
+        .unwrap();
     assert!(power.is_busy());
     assert!(matches!(
-        power.prepare(ImmediateOp::PowerOff),
+        power.prepare(ImmediateOp::PowerOff, RequestForm::NodePower),
         Err(PrepareError::InProgress)
     ));
     assert!(matches!(
-        power.start_graceful(GracefulOp::Reboot),
+        power.start_graceful(GracefulOp::Reboot, RequestForm::NodePower),
         Err(StartError::InProgress)
     ));
     // Cancelling frees the latch.
     drop(pending);
     assert!(!power.is_busy());
-    let again = power.prepare(ImmediateOp::PowerOff).unwrap();
+    let again = power
+        .prepare(ImmediateOp::PowerOff, RequestForm::NodePower)
+        .unwrap();
     drop(again);
     assert_eq!(recorder.journal().power_operations(), vec![]);
 }

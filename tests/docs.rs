@@ -231,7 +231,7 @@ fn exit_statuses_agree_between_help_readme_and_unit() {
     let help = help_exit_statuses();
     assert_eq!(
         help.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-        [0, 1, 2, 3],
+        [0, 1, 2, 3, 4],
         "{help:?}"
     );
     let readme = read("README.md");

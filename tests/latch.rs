@@ -18,6 +18,7 @@ use roxyd::{
         GracefulCommands, GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError,
         StartError, graceful_command::CommandLine,
     },
+    power_log::RequestForm,
     reply::{self, WireForm},
     wire::{self, NodePowerRequest, RequestCode, reply_text},
 };
@@ -192,7 +193,7 @@ async fn graceful_exited_and_host_stayed_up_next_request_is_accepted(
     let run = rig
         .dispatcher
         .power()
-        .start_graceful(GracefulOp::Reboot)
+        .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
         .unwrap();
     let exited_0 = tokio::time::timeout(HANG, run.finished())
         .await
@@ -265,7 +266,7 @@ async fn a_command_whose_child_holds_its_output_is_reaped_at_once() {
     let run = rig
         .dispatcher
         .power()
-        .start_graceful(GracefulOp::Reboot)
+        .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
         .unwrap();
     let exited_0 = tokio::time::timeout(HANG, run.finished())
         .await

@@ -902,3 +902,139 @@ async fn stress_reply_delivered_before_the_namespace_dies() {
 fn reply_lost(output: &str) {
     println!("reply lost; roxyd said:\n{output}");
 }
+
+// ---------------------------------------------------------------------------
+// The power log across a "reboot" that only ends a PID namespace.
+
+/// The real binary carries out an immediate reboot as PID 1 of a namespace:
+/// the namespace ends, the host's boot id stays. The next start, in a new
+/// namespace on the same state directory, must say that the reboot did not
+/// take the host down; `--power-log` shows the release between the starts.
+#[tokio::test]
+async fn after_a_reboot_that_ended_only_its_namespace_the_next_start_says_so() {
+    require_pid_namespaces();
+    let binary = real_binary();
+    let setup = setup(LabOptions::default());
+    let addr = setup.lab.manager.local_addr().unwrap();
+    let state = TempDir::new().unwrap();
+    let env = [("ROXYD_STATE_DIR", state.path().to_str().unwrap())];
+
+    let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
+    let session = accept(&setup.lab).await;
+    let reply = tokio::spawn({
+        let session = session.clone();
+        async move { session.node_power(NodePowerRequest::Reboot).await }
+    });
+    let (status, output) = roxyd.exit().await;
+    assert_eq!(
+        status.signal(),
+        Some(Signal::SIGHUP as i32),
+        "{status}\n{output}"
+    );
+    let _ = tokio::time::timeout(HANG, reply).await;
+    session.connection().close(0u32.into(), b"next run");
+
+    let mut again = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
+    let manager = format!("{}@{addr}", roxyd_lab::SERVER_NAME);
+    let line = again
+        .roxyd
+        .wait_for_lines(&[&["did not take the host down"]])
+        .await
+        .swap_remove(0);
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains(&format!("the reboot asked by {manager} at ")),
+        "{line}"
+    );
+    let _session = accept(&setup.lab).await;
+    again.signal(Signal::SIGTERM);
+    let (status, output) = again.exit().await;
+    assert_eq!(status.code(), Some(0), "{status}\n{output}");
+
+    let shown = tokio::process::Command::new(&binary)
+        .arg("--power-log")
+        .env_clear()
+        .env("ROXYD_STATE_DIR", state.path())
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 3, "{shown}");
+    assert!(lines[0].contains("started"), "{shown}");
+    assert!(
+        lines[1].contains(&format!(
+            "reboot (node-power) asked by {manager}: reply delivered, released"
+        )),
+        "{shown}"
+    );
+    assert!(lines[2].contains("started"), "{shown}");
+    println!("roxyd --power-log after the namespace's reboot:\n{shown}start line: {line}");
+}
+
+/// What roxyd logs (at debug level) once the release's entry is in the
+/// power log, right before `sync(2)` and `reboot(2)`.
+const RECORDED: &str = "release recorded in the power log";
+
+/// Measures what recording the release adds to the immediate path: the time
+/// from the release to its entry being handed to the file (the step before
+/// `sync(2)` and `reboot(2)`), over repeated real reboots of the real binary
+/// as PID 1 of a namespace. Run it with
+/// `scripts/test --run-ignored only --no-capture -E 'test(stress_power_log)'`;
+/// `ROXYD_STRESS_RUNS` sets the number of tries (100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stress run: scripts/test --run-ignored only --no-capture -E 'test(stress_power_log)'"]
+async fn stress_power_log_added_time() {
+    require_pid_namespaces();
+    let binary = real_binary();
+    let runs: usize = std::env::var("ROXYD_STRESS_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let state = TempDir::new().unwrap();
+    let env = [
+        ("RUST_LOG", "roxyd=debug"),
+        ("ROXYD_STATE_DIR", state.path().to_str().unwrap()),
+    ];
+    let setup = setup(LabOptions::default());
+    let addr = setup.lab.manager.local_addr().unwrap();
+    let (mut added_us, mut written_to_recorded_us) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
+        let session = accept(&setup.lab).await;
+        let reply = tokio::spawn({
+            let session = session.clone();
+            async move { session.node_power(NodePowerRequest::Reboot).await }
+        });
+        let (status, output) = roxyd.exit().await;
+        assert_eq!(
+            status.signal(),
+            Some(Signal::SIGHUP as i32),
+            "{status}\n{output}"
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), reply).await;
+        let at = |needle: &str| {
+            output
+                .lines()
+                .find(|l| l.contains(needle))
+                .and_then(log_time)
+        };
+        match (at(WRITTEN), at(RELEASED), at(RECORDED)) {
+            (Some(written), Some(released), Some(recorded)) => {
+                added_us.push((recorded - released) * 1e6);
+                written_to_recorded_us.push((recorded - written) * 1e6);
+            }
+            _ => panic!("a step was not logged; roxyd said:\n{output}"),
+        }
+        session.connection().close(0u32.into(), b"next run");
+    }
+    let summary = |gaps: &mut Vec<f64>| {
+        gaps.sort_by(f64::total_cmp);
+        (gaps[gaps.len() / 2], gaps[gaps.len() - 1])
+    };
+    let (median, worst) = summary(&mut added_us);
+    let (w_median, w_worst) = summary(&mut written_to_recorded_us);
+    println!(
+        "stress: power log over {runs} real reboots: release to entry recorded: median {median:.0} µs, worst {worst:.0} µs; reply written to entry recorded (including the wait for the acknowledgement): median {w_median:.0} µs, worst {w_worst:.0} µs"
+    );
+}

@@ -17,6 +17,7 @@ use roxyd::{
         macos::MacosBackend,
         unsupported::UnsupportedBackend,
     },
+    power_log::RequestForm,
     reply::{self, WireForm},
     wire::{self, NodePowerRequest, RequestCode, reply_text},
 };
@@ -265,7 +266,7 @@ mod linux {
         let dispatcher = Dispatcher::new(backend_in(dir.path()), DispatchConfig::default());
         let going_down = dispatcher
             .power()
-            .start_graceful(op)
+            .start_graceful(op, RequestForm::NodePower)
             .unwrap()
             .finished()
             .await;
@@ -281,14 +282,20 @@ mod linux {
         let dispatcher = Dispatcher::new(backend_in(dir.path()), DispatchConfig::default());
         let power = dispatcher.power();
 
-        let failed = power.start_graceful(GracefulOp::Reboot).unwrap();
+        let failed = power
+            .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
+            .unwrap();
         assert!(!failed.finished().await);
         assert!(!power.is_busy());
-        let succeeded = power.start_graceful(GracefulOp::PowerOff).unwrap();
+        let succeeded = power
+            .start_graceful(GracefulOp::PowerOff, RequestForm::NodePower)
+            .unwrap();
         assert!(succeeded.finished().await);
         // Exit status 0 does not mean the host goes down: nothing is blocked.
         assert!(!power.is_busy());
-        let again = power.start_graceful(GracefulOp::Reboot).unwrap();
+        let again = power
+            .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
+            .unwrap();
         assert!(!again.finished().await);
         assert_eq!(
             calls(dir.path()),

@@ -37,6 +37,7 @@ use crate::{
         PowerHandler,
         immediate::{self, DeclineRule, Step},
     },
+    power_log::{Asked, PowerLog, RequestForm},
     reply::{self, Delivery, ReplySink, WireForm},
     wire::{self, FrameError, NodePowerRequest, Request, RequestCode, reply_text},
 };
@@ -175,6 +176,13 @@ impl<B: PowerBackend> Dispatcher<B> {
         self
     }
 
+    /// Records every power request in `log`.
+    #[must_use]
+    pub fn with_power_log(mut self, log: PowerLog) -> Self {
+        self.power = self.power.with_power_log(log);
+        self
+    }
+
     /// The power handler.
     #[must_use]
     pub fn power(&self) -> &PowerHandler<B> {
@@ -309,8 +317,9 @@ impl<B: PowerBackend> Dispatcher<B> {
         R: AsyncRead + Unpin + Send + ?Sized,
         W: ReplySink + ?Sized,
     {
+        let shape = RequestForm::of(request, form);
         match PowerOp::from(request) {
-            PowerOp::Graceful(op) => match self.power.start_graceful(op) {
+            PowerOp::Graceful(op) => match self.power.start_graceful(op, shape) {
                 // The command's end is logged by its reaper, not reported.
                 Ok(_run) => {
                     self.emit(&DispatchEvent::GracefulStarted(op));
@@ -320,10 +329,19 @@ impl<B: PowerBackend> Dispatcher<B> {
                 }
                 Err(e) => {
                     tracing::warn!(%op, error = %e, "graceful power operation not started");
+                    let asked = Asked::new(request, shape);
+                    let reason = e.to_string();
+                    self.power
+                        .power_log()
+                        .refused(asked, reply_text::FAIL, &reason);
                     self.answer_error(code, send, reply_text::FAIL).await
                 }
             },
-            PowerOp::Immediate(op) => self.serve_immediate(code, op, form, recv, send).await,
+            PowerOp::Immediate(op) => {
+                let asked = Asked::new(request, shape);
+                self.serve_immediate(code, op, asked, form, recv, send)
+                    .await
+            }
         }
     }
 
@@ -333,6 +351,7 @@ impl<B: PowerBackend> Dispatcher<B> {
         &self,
         code: u32,
         op: ImmediateOp,
+        asked: Asked,
         form: WireForm,
         recv: &mut R,
         send: &mut W,
@@ -341,10 +360,14 @@ impl<B: PowerBackend> Dispatcher<B> {
         R: AsyncRead + Unpin + Send + ?Sized,
         W: ReplySink + ?Sized,
     {
-        let pending = match self.power.prepare(op) {
+        let pending = match self.power.prepare(op, asked.request) {
             Ok(pending) => pending,
             Err(e) => {
                 tracing::warn!(%op, error = %e, "immediate power operation refused");
+                let reason = e.to_string();
+                self.power
+                    .power_log()
+                    .refused(asked, reply_text::INVALID_COMMAND, &reason);
                 return self
                     .answer_error(code, send, reply_text::INVALID_COMMAND)
                     .await;
@@ -363,7 +386,10 @@ impl<B: PowerBackend> Dispatcher<B> {
         Some(
             match immediate::serve(pending, form, recv, send, &limits, &steps).await {
                 immediate::Outcome::Released => StreamEnd::Released(op),
-                immediate::Outcome::Dropped(why) => StreamEnd::WriteFailed(why),
+                immediate::Outcome::Dropped(why) => {
+                    self.power.power_log().cancelled(asked, &why);
+                    StreamEnd::WriteFailed(why)
+                }
             },
         )
     }

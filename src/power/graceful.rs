@@ -8,10 +8,19 @@
 use tokio::sync::oneshot;
 
 use super::{latch::PowerLatch, pending::run_detached};
-use crate::platform::GracefulStart;
+use crate::{
+    platform::{CommandOutcome, GracefulStart},
+    power_log::{Asked, PowerLog},
+};
 
-/// Waits for `started` on a thread of its own, then frees `latch`.
-pub(super) fn reap(started: GracefulStart, latch: PowerLatch) -> GracefulRun {
+/// Waits for `started` on a thread of its own, then frees `latch` and
+/// records the command's exit in `log`.
+pub(super) fn reap(
+    started: GracefulStart,
+    latch: PowerLatch,
+    log: PowerLog,
+    asked: Asked,
+) -> GracefulRun {
     let (done, finished) = oneshot::channel();
     if let GracefulStart::Simulated = started {
         // Nothing runs: settle the latch now, before the reply is sent.
@@ -24,10 +33,25 @@ pub(super) fn reap(started: GracefulStart, latch: PowerLatch) -> GracefulRun {
         let going_down = outcome.host_going_down();
         // Exited, with any status: it no longer blocks anything.
         drop(latch);
+        record_exit(&log, asked, &outcome);
         // Nobody may be waiting; the outcome was logged either way.
         let _ = done.send(going_down);
     });
     GracefulRun { finished }
+}
+
+/// Records how the command ended: its exit status, or why it has none.
+fn record_exit(log: &PowerLog, asked: Asked, outcome: &CommandOutcome) {
+    match outcome {
+        CommandOutcome::Exited(status) => match status.code() {
+            Some(code) => log.command_exited(asked, Some(code), None),
+            None => log.command_exited(asked, None, Some(&status.to_string())),
+        },
+        CommandOutcome::WaitFailed(e) => {
+            log.command_exited(asked, None, Some(&format!("cannot wait for it: {e}")));
+        }
+        CommandOutcome::Simulated => {}
+    }
 }
 
 /// A started graceful command. Dropping it changes nothing: the command's end

@@ -129,6 +129,7 @@ where
             tracing::info!(%op, "reply written; awaiting its delivery");
             let delivery = confirm_delivery(send, limits.delivery_timeout).await;
             tracing::info!(%op, ?delivery, "reply delivery settled");
+            let written = written.confirmed(&delivery);
             steps.step(Step::DeliveryConfirmed(delivery));
             pending.release(written);
             steps.step(Step::Released);

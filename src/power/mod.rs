@@ -32,7 +32,10 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::platform::{GracefulOp, ImmediateOp, PowerBackend, PrepareError, StartError};
+use crate::{
+    platform::{GracefulOp, ImmediateOp, PowerBackend, PowerOp, PrepareError, StartError},
+    power_log::{Asked, PowerLog, RequestForm},
+};
 
 pub mod graceful;
 pub mod immediate;
@@ -52,6 +55,8 @@ pub struct PowerHandler<B> {
     busy: Arc<watch::Sender<Busy>>,
     /// `true` from a release until the backend's `perform` returned.
     performing: Arc<watch::Sender<bool>>,
+    /// Where releases and graceful commands are recorded.
+    log: PowerLog,
 }
 
 impl<B: PowerBackend> PowerHandler<B> {
@@ -61,7 +66,21 @@ impl<B: PowerBackend> PowerHandler<B> {
             backend: Arc::new(backend),
             busy: Arc::new(watch::Sender::new(Busy::default())),
             performing: Arc::new(watch::Sender::new(false)),
+            log: PowerLog::off(),
         }
+    }
+
+    /// Records releases and graceful commands in `log`.
+    #[must_use]
+    pub fn with_power_log(mut self, log: PowerLog) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// The power log.
+    #[must_use]
+    pub fn power_log(&self) -> &PowerLog {
+        &self.log
     }
 
     /// Whether a power operation is under way.
@@ -93,14 +112,19 @@ impl<B: PowerBackend> PowerHandler<B> {
         let _ = rx.wait_for(|performing| !*performing).await;
     }
 
-    /// Checks that `op` can run now and returns it pending, not run.
+    /// Checks that `op`, asked in wire form `request`, can run now and
+    /// returns it pending, not run.
     ///
     /// # Errors
     ///
     /// [`PrepareError::InProgress`] when another immediate operation is
     /// pending or running (a graceful command does not count), or the
     /// backend's reason; the Manager is told `invalid command`.
-    pub fn prepare(&self, op: ImmediateOp) -> Result<PendingPowerOp<B>, PrepareError> {
+    pub fn prepare(
+        &self,
+        op: ImmediateOp,
+        request: RequestForm,
+    ) -> Result<PendingPowerOp<B>, PrepareError> {
         let latch =
             PowerLatch::acquire(&self.busy, Kind::Immediate).ok_or(PrepareError::InProgress)?;
         self.backend.prepare(op)?;
@@ -109,21 +133,36 @@ impl<B: PowerBackend> PowerHandler<B> {
             Arc::clone(&self.backend),
             Arc::clone(&self.performing),
             latch,
+            self.log.clone(),
+            Asked {
+                op: PowerOp::Immediate(op).into(),
+                request,
+            },
         ))
     }
 
-    /// Starts `op`'s system command. Its end is waited for on a thread of its
-    /// own and logged.
+    /// Starts `op`'s system command, asked in wire form `request`, and
+    /// records it. Its end is waited for on a thread of its own, logged and
+    /// recorded.
     ///
     /// # Errors
     ///
     /// [`StartError::InProgress`] when an immediate operation is pending or
     /// running or another graceful command still runs, or the backend's
     /// reason; the Manager is told `fail`.
-    pub fn start_graceful(&self, op: GracefulOp) -> Result<GracefulRun, StartError> {
+    pub fn start_graceful(
+        &self,
+        op: GracefulOp,
+        request: RequestForm,
+    ) -> Result<GracefulRun, StartError> {
         let latch =
             PowerLatch::acquire(&self.busy, Kind::Graceful).ok_or(StartError::InProgress)?;
         let started = self.backend.start_graceful(op)?;
-        Ok(graceful::reap(started, latch))
+        let asked = Asked {
+            op: PowerOp::Graceful(op).into(),
+            request,
+        };
+        self.log.command_started(asked);
+        Ok(graceful::reap(started, latch, self.log.clone(), asked))
     }
 }

@@ -14,19 +14,35 @@ use std::{
 use tokio::sync::watch;
 
 use super::latch::PowerLatch;
-use crate::platform::{ImmediateOp, PowerBackend, Settlement};
+use crate::{
+    platform::{ImmediateOp, PowerBackend, Settlement},
+    power_log::{self, Asked, PowerLog, Recorded, Reply},
+    reply::Delivery,
+};
 
 /// Proof that a success reply for a power request was written on the
 /// request's stream. Only [`super::immediate::write_initiated`] makes one.
 #[derive(Debug)]
 pub struct ReplyWritten {
-    _private: (),
+    /// The Manager acknowledged it (see [`Self::confirmed`]).
+    acknowledged: bool,
 }
 
 impl ReplyWritten {
     /// Only the reply writer, [`super::immediate::write_initiated`], calls this.
     pub(super) fn new() -> Self {
-        Self { _private: () }
+        Self {
+            acknowledged: false,
+        }
+    }
+
+    /// The proof, with what the wait for the Manager's acknowledgement gave:
+    /// the power log records the reply `delivered` or `unconfirmed`.
+    #[must_use]
+    pub fn confirmed(self, delivery: &Delivery) -> Self {
+        Self {
+            acknowledged: matches!(delivery, Delivery::Acknowledged),
+        }
     }
 }
 
@@ -86,21 +102,30 @@ pub struct PendingPowerOp<B: PowerBackend> {
     performing: Arc<watch::Sender<bool>>,
     /// `Some` until released; a drop with it still here is a cancellation.
     latch: Option<PowerLatch>,
+    /// Where the release is recorded.
+    log: PowerLog,
+    /// What was asked, as the power log records it.
+    asked: Asked,
 }
 
 impl<B: PowerBackend> PendingPowerOp<B> {
-    /// A pending `op` holding the immediate `latch`.
+    /// A pending `op`, asked as `asked`, holding the immediate `latch`; its
+    /// release is recorded in `log`.
     pub(super) fn new(
         op: ImmediateOp,
         backend: Arc<B>,
         performing: Arc<watch::Sender<bool>>,
         latch: PowerLatch,
+        log: PowerLog,
+        asked: Asked,
     ) -> Self {
         Self {
             op,
             backend,
             performing,
             latch: Some(latch),
+            log,
+            asked,
         }
     }
 }
@@ -116,6 +141,10 @@ impl<B: PowerBackend> PendingPowerOp<B> {
     /// returns at once. The caller must have written the success reply on the
     /// request's stream, or seen the Manager decline it: `proof` says which.
     ///
+    /// On that thread, before the operation, the release is recorded in the
+    /// power log, waiting at most [`power_log::RELEASE_WAIT`]; the backend's
+    /// `sync(2)` then makes the entry durable.
+    ///
     /// An error from the backend is logged; the Manager was already told
     /// `Initiated`, or asked for no answer.
     pub fn release(mut self, proof: impl Into<ReleaseProof>) {
@@ -125,12 +154,22 @@ impl<B: PowerBackend> PendingPowerOp<B> {
         let performing = Arc::clone(&self.performing);
         performing.send_replace(true);
         backend.pending_settled(op, Settlement::Released);
-        let after = match proof.into() {
-            ReleaseProof::Written(_) => "reply written",
-            ReleaseProof::Declined(_) => "reply declined",
+        let (after, reply) = match proof.into() {
+            ReleaseProof::Written(ReplyWritten { acknowledged: true }) => {
+                ("reply written", Reply::Delivered)
+            }
+            ReleaseProof::Written(_) => ("reply written", Reply::Unconfirmed),
+            ReleaseProof::Declined(_) => ("reply declined", Reply::Declined),
         };
         tracing::warn!(%op, after, "releasing power operation");
+        let (log, asked) = (std::mem::take(&mut self.log), self.asked);
         run_detached("roxyd-power", move || {
+            let recorded = log.released(asked, reply);
+            if recorded == Recorded::TimedOut {
+                tracing::warn!(%op, wait_ms = power_log::RELEASE_WAIT.as_millis(), "the power log did not take the entry in time; going on without it");
+            } else {
+                tracing::debug!(%op, ?recorded, "release recorded in the power log");
+            }
             let result = backend.perform(op);
             drop(latch);
             match result {

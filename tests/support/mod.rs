@@ -45,6 +45,8 @@ pub fn lab_args(files: &PkiFiles, manager: std::net::SocketAddr) -> Vec<OsString
 /// A running roxyd whose output lines are collected.
 pub struct Roxyd {
     child: Child,
+    /// The state directory made for this run, unless the test chose one.
+    _state_dir: Option<tempfile::TempDir>,
     lines: mpsc::UnboundedReceiver<String>,
     seen: Vec<String>,
 }
@@ -63,7 +65,10 @@ impl Roxyd {
     }
 
     /// As [`Self::spawn`], but runs `program` (a wrapper that ends by
-    /// executing roxyd, say) with `args`.
+    /// executing roxyd, say) with `args`. Unless `env` (`ROXYD_STATE_DIR`)
+    /// or a configuration file (`-c`, which must then set `state_dir`)
+    /// names one, roxyd's state directory is a fresh temporary one, kept as
+    /// long as this handle.
     pub fn spawn_program(
         program: &std::ffi::OsStr,
         args: &[OsString],
@@ -82,6 +87,15 @@ impl Roxyd {
             }
         }
         command.envs(env.iter().copied());
+        let named = env.iter().any(|(key, _)| *key == "ROXYD_STATE_DIR")
+            || args.iter().any(|arg| arg == "-c" || arg == "--config");
+        let state_dir = if named {
+            None
+        } else {
+            let dir = tempfile::tempdir().expect("a state directory");
+            command.env("ROXYD_STATE_DIR", dir.path());
+            Some(dir)
+        };
         let mut child = command.spawn().expect("roxyd starts");
         let (tx, lines) = mpsc::unbounded_channel();
         let stdout = child.stdout.take().expect("piped stdout");
@@ -102,6 +116,7 @@ impl Roxyd {
         }
         Self {
             child,
+            _state_dir: state_dir,
             lines,
             seen: Vec::new(),
         }
@@ -124,6 +139,41 @@ impl Roxyd {
             Ok(Some(line)) => line,
             _ => panic!(
                 "roxyd never printed {needles:?}; it printed:\n{}",
+                self.seen.join("\n")
+            ),
+        }
+    }
+
+    /// Waits until roxyd has printed, in any order, a line for each of
+    /// `wanted` (a line containing every one of its needles); returns them
+    /// in the order of `wanted`.
+    pub async fn wait_for_lines(&mut self, wanted: &[&[&str]]) -> Vec<String> {
+        let mut found: Vec<Option<String>> = vec![None; wanted.len()];
+        let matches = |line: &str, needles: &[&str]| needles.iter().all(|n| line.contains(n));
+        for line in &self.seen {
+            for (slot, needles) in found.iter_mut().zip(wanted) {
+                if slot.is_none() && matches(line, needles) {
+                    *slot = Some(line.clone());
+                }
+            }
+        }
+        let all = tokio::time::timeout(HANG, async {
+            while found.iter().any(Option::is_none) {
+                let line = self.lines.recv().await?;
+                self.seen.push(line.clone());
+                for (slot, needles) in found.iter_mut().zip(wanted) {
+                    if slot.is_none() && matches(&line, needles) {
+                        *slot = Some(line.clone());
+                    }
+                }
+            }
+            Some(())
+        })
+        .await;
+        match all {
+            Ok(Some(())) => found.into_iter().flatten().collect(),
+            _ => panic!(
+                "roxyd never printed all of {wanted:?}; it printed:\n{}",
                 self.seen.join("\n")
             ),
         }
