@@ -981,13 +981,13 @@ const RECORDED: &str = "release recorded in the power log";
 /// `sync(2)` and `reboot(2)`), over repeated real reboots of the real binary
 /// as PID 1 of a namespace. Run it with
 /// `scripts/test --run-ignored only --no-capture -E 'test(stress_power_log)'`;
-/// `ROXYD_STRESS_RUNS` sets the number of tries (100).
+/// `ROXYTEST_STRESS_RUNS` sets the number of tries (100).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "stress run: scripts/test --run-ignored only --no-capture -E 'test(stress_power_log)'"]
 async fn stress_power_log_added_time() {
     require_pid_namespaces();
     let binary = real_binary();
-    let runs: usize = std::env::var("ROXYD_STRESS_RUNS")
+    let runs: usize = std::env::var("ROXYTEST_STRESS_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);

@@ -23,7 +23,7 @@ _roxyd() {
 
     case "${cmd}" in
         roxyd)
-            opts="-c -h -V --config --cert --key --ca-certs --check --backend --help --version"
+            opts="-c -h -V --config --cert --key --ca-certs --check --power-log --json --backend --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
