@@ -45,24 +45,19 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
-    /// roxyd's certificate chain (PEM, leaf first).
-    #[arg(long, value_name = "CERT.pem", env = "ROXYD_CERT")]
-    pub cert: PathBuf,
+    /// roxyd's certificate chain (PEM, leaf first); overrides the `cert`
+    /// key and `ROXYD_CERT`.
+    #[arg(long, value_name = "CERT.pem")]
+    pub cert: Option<PathBuf>,
 
-    /// roxyd's private key (PEM).
-    #[arg(long, value_name = "KEY.pem", env = "ROXYD_KEY")]
-    pub key: PathBuf,
+    /// roxyd's private key (PEM); overrides the `key` key and `ROXYD_KEY`.
+    #[arg(long, value_name = "KEY.pem")]
+    pub key: Option<PathBuf>,
 
     /// CA certificates that the Manager's certificate must chain to (PEM),
-    /// comma-separated.
-    #[arg(
-        long = "ca-certs",
-        value_name = "CA.pem[,CA.pem]",
-        value_delimiter = ',',
-        required = true,
-        env = "ROXYD_CA_CERTS"
-    )]
-    pub ca_certs: Vec<PathBuf>,
+    /// comma-separated; overrides the `ca_certs` key and `ROXYD_CA_CERTS`.
+    #[arg(long = "ca-certs", value_name = "CA.pem[,CA.pem]", value_parser = parse_path_list)]
+    pub ca_certs: Option<PathList>,
 
     /// Connect once, run the handshake, report, and exit with a status below
     /// (0 when the Manager accepted roxyd), within `handshake_timeout_secs`.
@@ -81,9 +76,40 @@ pub struct Cli {
     )]
     pub backend: BackendChoice,
 
-    /// The Manager: its TLS server name, `@`, and its address.
+    /// The Manager: its TLS server name, `@`, and its address; overrides
+    /// the `manager` key and `ROXYD_MANAGER`.
     #[arg(value_name = "NAME@IP:PORT")]
-    pub manager: ManagerAddress,
+    pub manager: Option<ManagerAddress>,
+}
+
+/// The paths of a comma-separated list, as `--ca-certs` takes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathList(pub Vec<PathBuf>);
+
+fn parse_path_list(text: &str) -> Result<PathList, String> {
+    path_list(text).map(PathList)
+}
+
+/// Splits a comma-separated list of paths, as `--ca-certs` and
+/// `ROXYD_CA_CERTS` give them.
+///
+/// # Errors
+///
+/// When an entry is empty (`"ca.pem,"`, `",ca.pem"`, `""`), naming which.
+pub fn path_list(text: &str) -> Result<Vec<PathBuf>, String> {
+    text.split(',')
+        .enumerate()
+        .map(|(at, path)| {
+            if path.is_empty() {
+                Err(format!(
+                    "comma-separated paths with none empty (entry {} of {text:?} is empty)",
+                    at + 1
+                ))
+            } else {
+                Ok(PathBuf::from(path))
+            }
+        })
+        .collect()
 }
 
 impl Cli {
@@ -118,6 +144,14 @@ pub struct AddressError {
     reason: &'static str,
 }
 
+impl AddressError {
+    /// What is wrong, without the input.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
 impl FromStr for ManagerAddress {
     type Err = AddressError;
 
@@ -137,7 +171,9 @@ impl FromStr for ManagerAddress {
         }
         let addr = addr
             .parse::<SocketAddr>()
-            .map_err(|_| fail("the address is not IP:PORT"))?;
+            .map_err(|_| {
+                fail("the address is not IP:PORT; host names are not resolved, and an IPv6 address needs brackets, as [2001:db8::1]:38390")
+            })?;
         if addr.port() == 0 {
             return Err(fail("the port is 0"));
         }

@@ -62,12 +62,23 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
             sync_timeout: config.sync_timeout(),
         },
     )?;
-    let chain = tls::load_certs(&cli.cert)?;
-    let key = tls::load_private_key(&cli.key)?;
-    warn_if_key_exposed(&cli.key);
-    let roots = tls::load_roots(&cli.ca_certs)?;
+    // The command line overrides the environment and the file.
+    let manager = config::required(cli.manager.clone().or(config.manager.clone()), "manager")?;
+    let cert_path = config::required(cli.cert.clone().or(config.cert.clone()), "cert")?;
+    let key_path = config::required(cli.key.clone().or(config.key.clone()), "key")?;
+    let ca_paths = config::required(
+        cli.ca_certs
+            .clone()
+            .map(|list| list.0)
+            .or(config.ca_certs.clone()),
+        "ca_certs",
+    )?;
+    let chain = tls::load_certs(&cert_path)?;
+    let key = tls::load_private_key(&key_path)?;
+    warn_if_key_exposed(&key_path);
+    let roots = tls::load_roots(&ca_paths)?;
     let client = tls::client_config(chain, key, roots, config.max_concurrent_streams)?;
-    let settings = Settings::from_config(&config, cli.manager.clone(), cli.check);
+    let settings = Settings::from_config(&config, manager, cli.check);
     // One thread serves everything: nothing on it blocks (power operations
     // and command reapers have threads of their own), and the benchmarks show
     // a multi-threaded runtime only adding wake-ups between threads.

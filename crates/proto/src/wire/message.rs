@@ -79,7 +79,7 @@ pub enum RequestCode {
     /// 106: the grouped power request, body [`NodePowerRequest`].
     NodePower,
     /// A code the protocol knows but roxyd does not implement, among them
-    /// 22 (DeleteCustomerData, newer than review-protocol 0.19.0): the
+    /// 22 (`DeleteCustomerData`, newer than review-protocol 0.19.0): the
     /// protocol's default handler answers it `not supported` too.
     NotSupported(u32),
     /// A code the reference does not know.
