@@ -6,7 +6,7 @@
 //! [`dispatch`] routes the request, [`power`] prepares or starts the
 //! operation and orders "write the reply, then release", and [`platform`]
 //! talks to the operating system. Around them: [`cli`] and [`config`] read
-//! the settings, [`daemon`] connects and reconnects ([`reconnect`]) until
+//! the settings, [`logging`] sets where lines go, [`daemon`] connects and reconnects ([`reconnect`]) until
 //! [`stop`] is asked for, [`tls`] and [`handshake`] open the session.
 
 pub mod cli;
@@ -15,6 +15,7 @@ pub mod connection;
 pub mod daemon;
 pub mod dispatch;
 pub mod handshake;
+pub mod logging;
 pub mod platform;
 pub mod power;
 pub mod reconnect;

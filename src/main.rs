@@ -1,9 +1,10 @@
 //! The roxyd daemon: reads its command line and configuration, sets up
-//! logging and TLS, and runs until SIGINT or SIGTERM.
+//! logging and TLS, and runs until SIGINT or SIGTERM; SIGHUP reopens the
+//! log file.
 //!
 //! Exit statuses: [`roxyd::cli::exit_status`], shown by `--help`.
 
-use std::{fs::OpenOptions, path::Path, process::ExitCode, sync::Arc};
+use std::{path::Path, process::ExitCode, sync::Arc};
 
 use clap::CommandFactory;
 use roxyd::{
@@ -12,6 +13,7 @@ use roxyd::{
     connection,
     daemon::{self, Outcome, Settings},
     dispatch::Dispatcher,
+    logging::LogSink,
     platform::{self, BackendOptions},
     stop::Stop,
     tls,
@@ -55,7 +57,7 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         .collect();
     config::check_env_names(std::env::vars_os().map(|(name, _)| name), &options)?;
     let config = Config::load(cli.config.as_deref(), |var| std::env::var(var).ok())?;
-    init_logging(&config)?;
+    let log = init_logging(&config)?;
     let backend = platform::daemon_backend(
         cli.backend,
         BackendOptions {
@@ -90,6 +92,7 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
     // `block_on` future only after the queue is empty and the I/O driver was
     // polled once more (an `epoll_wait` per wake-up of the connection loop).
     let daemon = runtime.spawn(async move {
+        reopen_log_on_hangup(log)?;
         let stop = Stop::on_signals()?;
         let endpoint = connection::client_endpoint(settings.manager.addr, client)?;
         let backend_name = backend.name();
@@ -151,30 +154,43 @@ fn warn_if_key_exposed(path: &Path) {
 /// Logs to the configured file, or standard output; `RUST_LOG` sets the
 /// filter (default `info`): a level, `target=level` directives, or both,
 /// comma-separated, as in `info,roxyd::platform::recorder=warn`.
-fn init_logging(config: &Config) -> Result<(), StartupError> {
+fn init_logging(config: &Config) -> Result<LogSink, StartupError> {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|text| text.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE);
-    if let Some(path) = &config.log_file {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| StartupError::LogFile {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        builder
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file))
-            .finish()
-            .with(filter)
-            .init();
-    } else {
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        builder.with_ansi(ansi).finish().with(filter).init();
+    let sink = match &config.log_file {
+        Some(path) => LogSink::file(path).map_err(|e| StartupError::LogFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?,
+        None => LogSink::stdout(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(sink.ansi())
+        .with_writer(sink.clone())
+        .finish()
+        .with(filter)
+        .init();
+    Ok(sink)
+}
+
+/// Reopens the log on every SIGHUP (after logrotate renamed it, say), for
+/// as long as roxyd runs; SIGHUP never stops roxyd. Call it early, inside
+/// the runtime: from then on SIGHUP no longer ends the process.
+fn reopen_log_on_hangup(log: LogSink) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                log.reopen();
+            }
+        });
     }
+    #[cfg(not(unix))]
+    let _ = log;
     Ok(())
 }
