@@ -305,7 +305,11 @@ async fn reconnects_after_the_manager_closes_the_connection() {
         Ok(())
     );
     roxyd
-        .wait_for_line(&["connection to the Manager ended", "manager restarting"])
+        .wait_for_line(&[
+            "INFO",
+            "the Manager closed the connection",
+            "manager restarting",
+        ])
         .await;
     roxyd.wait_for_line(&["reconnecting after a delay"]).await;
 }

@@ -259,7 +259,10 @@ impl<B: PowerBackend> Dispatcher<B> {
     {
         let request = match Request::parse(payload) {
             Ok(request) => request,
-            Err(e) => return self.answer_error(u32::MAX, send, &e.to_string()).await,
+            Err(e) => {
+                crate::warn_repeated!(crate::logging::BAD_REQUEST, error = %e, "malformed request");
+                return self.answer_error(u32::MAX, send, &e.to_string()).await;
+            }
         };
         let code = request.code.code();
         self.emit(&DispatchEvent::RequestReceived { code });
@@ -274,6 +277,7 @@ impl<B: PowerBackend> Dispatcher<B> {
                 }
                 Err(e) => {
                     let text = format!("malformed body for request code {code}: {e}");
+                    crate::warn_repeated!(crate::logging::BAD_REQUEST, code, error = %e, "malformed request");
                     self.answer_error(code, send, &text).await
                 }
             },
@@ -287,10 +291,12 @@ impl<B: PowerBackend> Dispatcher<B> {
                 Box::pin(self.serve_power(code, request, WireForm::Flat, recv, send)).await
             }
             RequestCode::NotSupported(_) => {
+                crate::warn_repeated!(crate::logging::BAD_REQUEST, code, "request not supported");
                 self.answer_error(code, send, reply_text::NOT_SUPPORTED)
                     .await
             }
             RequestCode::Unknown(_) => {
+                crate::warn_repeated!(crate::logging::BAD_REQUEST, code, "unknown request code");
                 let text = reply_text::unknown_request_code(code);
                 self.answer_error(code, send, &text).await
             }
@@ -319,7 +325,7 @@ impl<B: PowerBackend> Dispatcher<B> {
                     self.after_write(code, true, written)
                 }
                 Err(e) => {
-                    tracing::warn!(%op, error = %e, "graceful power operation not started");
+                    crate::warn_repeated!(crate::logging::REFUSED_REQUEST, %op, error = %e, "graceful power operation not started");
                     self.answer_error(code, send, reply_text::FAIL).await
                 }
             },
@@ -344,7 +350,7 @@ impl<B: PowerBackend> Dispatcher<B> {
         let pending = match self.power.prepare(op) {
             Ok(pending) => pending,
             Err(e) => {
-                tracing::warn!(%op, error = %e, "immediate power operation refused");
+                crate::warn_repeated!(crate::logging::REFUSED_REQUEST, %op, error = %e, "immediate power operation refused");
                 return self
                     .answer_error(code, send, reply_text::INVALID_COMMAND)
                     .await;
@@ -375,7 +381,7 @@ impl<B: PowerBackend> Dispatcher<B> {
         e: &FrameError,
         send: &mut W,
     ) -> StreamEnd {
-        tracing::warn!(error = %e, "refusing oversized frame; ending the stream");
+        crate::warn_repeated!(crate::logging::OVERSIZED_FRAME, error = %e, "refusing oversized frame; ending the stream");
         if self
             .write_bounded(reply::write_error(send, &e.to_string()))
             .await

@@ -129,7 +129,7 @@ impl<B: PowerBackend> PendingPowerOp<B> {
             ReleaseProof::Written(_) => "reply written",
             ReleaseProof::Declined(_) => "reply declined",
         };
-        tracing::warn!(%op, after, "releasing power operation");
+        tracing::info!(%op, after, "releasing power operation");
         run_detached("roxyd-power", move || {
             let result = backend.perform(op);
             drop(latch);
