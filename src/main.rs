@@ -4,7 +4,7 @@
 //!
 //! Exit statuses: [`roxyd::cli::exit_status`], shown by `--help`.
 
-use std::{path::Path, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, path::Path, process::ExitCode, sync::Arc};
 
 use clap::CommandFactory;
 use roxyd::{
@@ -107,7 +107,18 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         if records {
             tracing::warn!("recording backend chosen: power requests are answered and logged, never carried out");
         }
-        Ok(match daemon::run(&settings, &endpoint, dispatcher, stop).await {
+        let run = daemon::run(&settings, &endpoint, dispatcher, stop);
+        let result = if settings.check {
+            tokio::select! {
+                result = run => result,
+                refused = nothing_listens(settings.manager.addr) => {
+                    Err(daemon::DaemonError::CheckFailed(refused))
+                }
+            }
+        } else {
+            run.await
+        };
+        Ok(match result {
             Ok(Outcome::Stopped) => ExitCode::SUCCESS,
             Ok(Outcome::Checked { manager_protocol }) => {
                 println!(
@@ -193,4 +204,34 @@ fn reopen_log_on_hangup(log: LogSink) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = log;
     Ok(())
+}
+
+/// Resolves when the Manager's address answers a datagram with ICMP port
+/// unreachable: nothing listens there, and `--check` can say so at once.
+/// quinn's socket is not connected and does not ask for ICMP errors, so its
+/// handshake would wait out the whole timeout; a connected socket of its own
+/// gets the error as `ECONNREFUSED`. Never resolves otherwise: a Manager
+/// ignores the empty datagram, and the handshake decides.
+async fn nothing_listens(addr: SocketAddr) -> String {
+    let probe = async {
+        let local: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = tokio::net::UdpSocket::bind(local).await?;
+        socket.connect(addr).await?;
+        socket.send(&[]).await?;
+        let mut buf = [0u8; 1];
+        loop {
+            socket.recv(&mut buf).await?;
+        }
+    };
+    let result: std::io::Result<()> = probe.await;
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("nothing listens at {addr}: it answered ICMP port unreachable")
+        }
+        _ => std::future::pending().await,
+    }
 }
