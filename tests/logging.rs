@@ -13,7 +13,7 @@ use roxyd::{
     logging::{LogSink, Occurrence, REPEAT_INTERVAL, Repeated, one_line},
     wire::{self, RequestCode},
 };
-use roxyd_lab::Lab;
+use roxyd_lab::{Lab, SERVER_NAME};
 use rstest::rstest;
 use support::{Roxyd, lab_args, within};
 use tempfile::TempDir;
@@ -109,6 +109,13 @@ async fn a_flood_of_bad_requests_gives_a_bounded_number_of_lines_and_roxyd_keeps
     let session = within("the Manager accepting roxyd", lab.manager.accept())
         .await
         .unwrap();
+    // One `manager` format, NAME@IP:PORT, on every line that names it.
+    let connected = roxyd.wait_for_line(&["connected to the Manager"]).await;
+    let manager = format!(
+        "manager={SERVER_NAME}@{}",
+        lab.manager.local_addr().unwrap()
+    );
+    assert!(connected.contains(&manager), "{connected}");
     let (mut send, mut recv) = session.open_stream().await.unwrap();
     let writer = tokio::spawn(async move {
         let frame = wire::encode_request(9999, &[]);
@@ -151,6 +158,15 @@ async fn a_flood_of_bad_requests_gives_a_bounded_number_of_lines_and_roxyd_keeps
     assert!(
         (1..=bound).contains(&warnings),
         "{warnings} lines about bad requests in {elapsed:?}, at most {bound}:\n{output}"
+    );
+    // A request's lines name its connection and stream.
+    let first = output
+        .lines()
+        .find(|line| line.contains("unknown request code"))
+        .unwrap();
+    assert!(
+        first.contains("request{connection=") && first.contains(" stream="),
+        "{first}"
     );
     // Every bad request is counted: a line of its own, or in a count.
     let logged = output
