@@ -13,7 +13,7 @@ use roxyd::{
     connection,
     daemon::{self, Outcome, Settings},
     dispatch::Dispatcher,
-    logging::LogSink,
+    logging::{LogSink, one_line},
     platform::{self, BackendOptions},
     stop::Stop,
     tls,
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     match start(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("roxyd: {e}");
+            eprint!("{}", one_line(&format!("roxyd: {e}\n"), false));
             ExitCode::from(exit_status::BAD_SETUP)
         }
     }
@@ -121,14 +121,22 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         Ok(match result {
             Ok(Outcome::Stopped) => ExitCode::SUCCESS,
             Ok(Outcome::Checked { manager_protocol }) => {
-                println!(
-                    "roxyd: connected to the Manager at {}; it speaks protocol {manager_protocol}",
-                    settings.manager
+                // The version is the Manager's text: one line, escaped.
+                print!(
+                    "{}",
+                    one_line(
+                        &format!(
+                            "roxyd: connected to the Manager at {}; it speaks protocol {manager_protocol}\n",
+                            settings.manager
+                        ),
+                        false
+                    )
                 );
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("roxyd: {e}");
+                // May hold the Manager's text (a refusal): one line, escaped.
+                eprint!("{}", one_line(&format!("roxyd: {e}\n"), false));
                 ExitCode::from(e.exit_status())
             }
         })

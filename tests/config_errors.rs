@@ -114,6 +114,10 @@ fn file(s: &Setup, text: &str) -> Vec<OsString> {
     |s: &Setup| (s.args(), vec![("ROXYD_PROTOCOL_VERSION", "0.47".into())]),
     &["environment variable ROXYD_PROTOCOL_VERSION: protocol_version = \"0.47\"; expected a semantic version"]
 )]
+#[case::multi_line_value_stays_on_one_line(
+    |s: &Setup| (file(s, "protocol_version = \"\"\"\n0.47.0\n2026-12-04T15:00:00Z  INFO roxyd: forged\"\"\"\n"), vec![]),
+    &["line 1, column 20: protocol_version = \"\"\"\\n0.47.0\\n2026-12-04T15:00:00Z  INFO roxyd: forged\"\"\"; expected a semantic version"]
+)]
 #[case::backoff_inverted_names_both_sources(
     |s: &Setup| (file(s, "reconnect_initial_ms = 5000\n"), vec![("ROXYD_RECONNECT_MAX_MS", "10".into())]),
     &["reconnect_initial_ms = 5000 (config file", "line 1, column 24) exceeds reconnect_max_ms = 10 (environment variable ROXYD_RECONNECT_MAX_MS)"]
