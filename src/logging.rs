@@ -9,6 +9,7 @@
 //! with its [`Repeated`], never directly.
 
 use std::{
+    borrow::Cow,
     fmt::Write as _,
     fs::{File, OpenOptions},
     io::{self, Write},
@@ -114,7 +115,8 @@ impl Write for LineWriter<'_> {
     /// Takes a whole formatted event (the subscriber writes each in one
     /// call) and writes it as one line.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let line = one_line(&String::from_utf8_lossy(buf), self.sink.ansi);
+        let event = String::from_utf8_lossy(buf);
+        let line = one_line(&event, self.sink.ansi);
         match &mut *self.sink.lock() {
             Target::Stdout => io::stdout().lock().write_all(line.as_bytes())?,
             Target::File(file) => file.write_all(line.as_bytes())?,
@@ -133,22 +135,27 @@ impl Write for LineWriter<'_> {
 /// `event` with every control character escaped as Rust escapes it (`\n`,
 /// `\r`, `\t`, `\u{1b}`, ...), but its final line end; ESC is kept when
 /// `ansi`, as the colours need it.
+/// Borrows `event` when there is nothing to escape, the common case.
 #[must_use]
-pub fn one_line(event: &str, ansi: bool) -> String {
+pub fn one_line(event: &str, ansi: bool) -> Cow<'_, str> {
     let (body, end) = match event.strip_suffix('\n') {
         Some(body) => (body, "\n"),
         None => (event, ""),
     };
-    let mut line = String::with_capacity(event.len());
+    let escaped = |c: char| c.is_control() && !(ansi && c == '\u{1b}');
+    if !body.chars().any(escaped) {
+        return Cow::Borrowed(event);
+    }
+    let mut line = String::with_capacity(event.len() + 8);
     for c in body.chars() {
-        if c.is_control() && !(ansi && c == '\u{1b}') {
+        if escaped(c) {
             let _ = write!(line, "{}", c.escape_default());
         } else {
             line.push(c);
         }
     }
     line.push_str(end);
-    line
+    Cow::Owned(line)
 }
 
 /// How often at most a [`Repeated`] warning is logged after its first.
