@@ -233,7 +233,9 @@ async fn serves_a_power_request_then_stops_on_sigterm(
         ),
         None => assert_eq!(session.unit_request(code).await.unwrap(), Ok(())),
     }
-    roxyd.wait_for_line(&["recording backend: would", op]).await;
+    let done = roxyd.wait_for_line(&["recording backend: would", op]).await;
+    // On the operation's own thread too, a line about the request names it.
+    assert!(done.contains("request{connection="), "{done}");
     // Still serving after the operation.
     assert_eq!(
         session.unit_request(RequestCode::ECHO).await.unwrap(),

@@ -157,10 +157,12 @@ impl<B: PowerBackend> Drop for PendingPowerOp<B> {
 pub(super) fn run_detached(name: &str, job: impl FnOnce() + Send + 'static) {
     let slot = Arc::new(Mutex::new(Some(job)));
     let theirs = Arc::clone(&slot);
+    // The job's lines carry the request's span, as the caller's do.
+    let span = tracing::Span::current();
     let spawned = thread::Builder::new().name(name.to_owned()).spawn(move || {
         let job = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(job) = job {
-            job();
+            span.in_scope(job);
         }
     });
     if let Err(e) = spawned {
