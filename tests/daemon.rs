@@ -246,6 +246,13 @@ async fn serves_a_power_request_then_stops_on_sigterm(
     assert_eq!(exit.code(), Some(0), "{output}");
     assert!(output.contains("stopping signal=\"SIGTERM\""), "{output}");
     assert!(output.contains("stopped"), "{output}");
+    // What the Manager asked for and roxyd did is INFO: no warning but the
+    // recorder's own.
+    let warnings: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains("WARN") && !line.contains("recording backend chosen"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
     let closed = session.connection().closed().await;
     assert!(closed.to_string().contains("roxyd stopping"), "{closed}");
 }
