@@ -48,34 +48,19 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
-    /// roxyd's certificate chain (PEM, leaf first).
-    #[arg(
-        long,
-        value_name = "CERT.pem",
-        env = "ROXYD_CERT",
-        required_unless_present = "power_log"
-    )]
+    /// roxyd's certificate chain (PEM, leaf first); overrides the `cert`
+    /// key and `ROXYD_CERT`.
+    #[arg(long, value_name = "CERT.pem")]
     pub cert: Option<PathBuf>,
 
-    /// roxyd's private key (PEM).
-    #[arg(
-        long,
-        value_name = "KEY.pem",
-        env = "ROXYD_KEY",
-        required_unless_present = "power_log"
-    )]
+    /// roxyd's private key (PEM); overrides the `key` key and `ROXYD_KEY`.
+    #[arg(long, value_name = "KEY.pem")]
     pub key: Option<PathBuf>,
 
     /// CA certificates that the Manager's certificate must chain to (PEM),
-    /// comma-separated.
-    #[arg(
-        long = "ca-certs",
-        value_name = "CA.pem[,CA.pem]",
-        value_delimiter = ',',
-        required_unless_present = "power_log",
-        env = "ROXYD_CA_CERTS"
-    )]
-    pub ca_certs: Vec<PathBuf>,
+    /// comma-separated; overrides the `ca_certs` key and `ROXYD_CA_CERTS`.
+    #[arg(long = "ca-certs", value_name = "CA.pem[,CA.pem]", value_parser = parse_path_list)]
+    pub ca_certs: Option<PathList>,
 
     /// Connect once, run the handshake, report, and exit with a status below
     /// (0 when the Manager accepted roxyd), within `handshake_timeout_secs`.
@@ -104,9 +89,40 @@ pub struct Cli {
     )]
     pub backend: BackendChoice,
 
-    /// The Manager: its TLS server name, `@`, and its address.
-    #[arg(value_name = "NAME@IP:PORT", required_unless_present = "power_log")]
+    /// The Manager: its TLS server name, `@`, and its address; overrides
+    /// the `manager` key and `ROXYD_MANAGER`.
+    #[arg(value_name = "NAME@IP:PORT")]
     pub manager: Option<ManagerAddress>,
+}
+
+/// The paths of a comma-separated list, as `--ca-certs` takes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathList(pub Vec<PathBuf>);
+
+fn parse_path_list(text: &str) -> Result<PathList, String> {
+    path_list(text).map(PathList)
+}
+
+/// Splits a comma-separated list of paths, as `--ca-certs` and
+/// `ROXYD_CA_CERTS` give them.
+///
+/// # Errors
+///
+/// When an entry is empty (`"ca.pem,"`, `",ca.pem"`, `""`), naming which.
+pub fn path_list(text: &str) -> Result<Vec<PathBuf>, String> {
+    text.split(',')
+        .enumerate()
+        .map(|(at, path)| {
+            if path.is_empty() {
+                Err(format!(
+                    "comma-separated paths with none empty (entry {} of {text:?} is empty)",
+                    at + 1
+                ))
+            } else {
+                Ok(PathBuf::from(path))
+            }
+        })
+        .collect()
 }
 
 impl Cli {
@@ -118,18 +134,6 @@ impl Cli {
         let version: &'static str = Box::leak(platform::version_text().into_boxed_str());
         let matches = Self::command().version(version).get_matches();
         Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-    }
-
-    /// What connecting needs: the Manager, the certificate and the key.
-    /// `None` only with `--power-log`, which needs none of them (the command
-    /// line requires them otherwise).
-    #[must_use]
-    pub fn connection(&self) -> Option<(&ManagerAddress, &PathBuf, &PathBuf)> {
-        Some((
-            self.manager.as_ref()?,
-            self.cert.as_ref()?,
-            self.key.as_ref()?,
-        ))
     }
 }
 
@@ -153,6 +157,14 @@ pub struct AddressError {
     reason: &'static str,
 }
 
+impl AddressError {
+    /// What is wrong, without the input.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
 impl FromStr for ManagerAddress {
     type Err = AddressError;
 
@@ -172,7 +184,9 @@ impl FromStr for ManagerAddress {
         }
         let addr = addr
             .parse::<SocketAddr>()
-            .map_err(|_| fail("the address is not IP:PORT"))?;
+            .map_err(|_| {
+                fail("the address is not IP:PORT; host names are not resolved, and an IPv6 address needs brackets, as [2001:db8::1]:38390")
+            })?;
         if addr.port() == 0 {
             return Err(fail("the port is 0"));
         }

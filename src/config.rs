@@ -1,18 +1,21 @@
 //! The daemon's configuration: a TOML file, every key of which can be
 //! overridden by a `ROXYD_<KEY>` environment variable (`ROXYD_LOG_FILE`,
-//! `ROXYD_MAX_FRAME_LEN`, ...).
+//! `ROXYD_MAX_FRAME_LEN`, ...); the command line overrides both for the
+//! Manager address and the TLS files.
 //!
-//! Unknown keys are errors, and so are unknown `ROXYD_` variables, so that a
-//! typo is not silently ignored.
+//! Rules: unknown keys are errors, and so are unknown `ROXYD_` variables, so
+//! that a typo is not silently ignored. Every error is one line that names
+//! its source (the file with line and column, or the variable), the key, the
+//! value, and what the key accepts. A key is added in one place: [`KEYS`],
+//! then its field in [`Config::load`].
 
 use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::Deserialize;
-
 use crate::{
+    cli::ManagerAddress,
     connection::ConnectionLimits,
     dispatch::DispatchConfig,
     handshake::{DEFAULT_APP_NAME, DEFAULT_PROTOCOL_VERSION, Identity},
@@ -29,9 +32,17 @@ const MAX_STREAM_SLOTS_TIMEOUT_SECS: u64 = 3600;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/roxyd";
 
 /// The configuration, with every default filled in.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// The Manager, unless the command line gives it.
+    pub manager: Option<ManagerAddress>,
+    /// roxyd's certificate chain (PEM), unless the command line gives it.
+    pub cert: Option<PathBuf>,
+    /// roxyd's private key (PEM), unless the command line gives it.
+    pub key: Option<PathBuf>,
+    /// The CA certificates the Manager's must chain to, unless the command
+    /// line gives them.
+    pub ca_certs: Option<Vec<PathBuf>>,
     /// Where logs go; standard output when absent.
     pub log_file: Option<PathBuf>,
     /// Where roxyd keeps its power log.
@@ -74,6 +85,10 @@ impl Default for Config {
         let dispatch = DispatchConfig::default();
         let backoff = BackoffConfig::default();
         Self {
+            manager: None,
+            cert: None,
+            key: None,
+            ca_certs: None,
             log_file: None,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             app_name: DEFAULT_APP_NAME.to_owned(),
@@ -96,7 +111,34 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A configuration problem, naming the file or variable at fault.
+/// Where a setting came from, as an error names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A line of the configuration file.
+    File {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column, in characters.
+        column: usize,
+    },
+    /// A `ROXYD_` environment variable.
+    Env(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File { path, line, column } => {
+                write!(f, "config file {path}, line {line}, column {column}")
+            }
+            Self::Env(var) => write!(f, "environment variable {var}"),
+        }
+    }
+}
+
+/// A configuration problem, in one line that names the source at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -107,13 +149,65 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
-    /// The file or an override is not valid.
-    #[error("invalid config{}: {reason}", source_name(.path.as_deref()))]
-    Invalid {
-        /// The file, if the problem is in it.
-        path: Option<String>,
-        /// Why.
+    /// The file is not valid TOML, or holds a key twice.
+    #[error("invalid {origin}: {reason}; the line reads {text:?}")]
+    Syntax {
+        /// Where the parser stopped.
+        origin: Origin,
+        /// The parser's reason.
         reason: String,
+        /// The line at fault, trimmed.
+        text: String,
+    },
+    /// A key that roxyd does not know.
+    #[error("invalid {origin}: unknown key {key}; the keys are {}", key_list())]
+    UnknownKey {
+        /// Where the key is.
+        origin: Origin,
+        /// The key.
+        key: String,
+    },
+    /// A value outside what its key accepts.
+    #[error("invalid {origin}: {key} = {value}; expected {expected}")]
+    Value {
+        /// Where the value is.
+        origin: Origin,
+        /// The key.
+        key: &'static str,
+        /// The value as written.
+        value: String,
+        /// What the key accepts.
+        expected: String,
+    },
+    /// Two settings that contradict each other.
+    #[error(
+        "invalid configuration: {low_key} = {low} ({low_origin}) exceeds {high_key} = {high} ({high_origin}); expected {low_key} <= {high_key}"
+    )]
+    Order {
+        /// The key that must be the smaller.
+        low_key: &'static str,
+        /// Its value.
+        low: u64,
+        /// Where it was set ("default" when it was not).
+        low_origin: String,
+        /// The key that must be the larger.
+        high_key: &'static str,
+        /// Its value.
+        high: u64,
+        /// Where it was set.
+        high_origin: String,
+    },
+    /// A setting roxyd cannot run without, given nowhere.
+    #[error("no {what} given: pass {flag}, set {var}, or set {key} in the config file (-c)")]
+    Missing {
+        /// What is missing.
+        what: &'static str,
+        /// The command-line form.
+        flag: &'static str,
+        /// The environment variable.
+        var: String,
+        /// The configuration key.
+        key: &'static str,
     },
     /// A `ROXYD_` environment variable that is neither an option nor a key.
     #[error(
@@ -125,84 +219,63 @@ pub enum ConfigError {
         /// The command-line options' variables, comma-separated.
         options: String,
     },
-    /// An environment override does not parse.
-    #[error("invalid {var}: expected {expected}, got {value:?}")]
-    Env {
-        /// The variable.
-        var: String,
-        /// What it should hold.
-        expected: &'static str,
-        /// What it holds.
-        value: String,
-    },
 }
 
-fn source_name(path: Option<&str>) -> String {
-    path.map(|p| format!(" file {p}")).unwrap_or_default()
-}
-
-/// The kind of value a key holds, for parsing its environment override.
-#[derive(Clone, Copy)]
-enum Kind {
-    Text,
-    Number,
-}
-
-/// Every key, for the environment overrides.
-const KEYS: [(&str, Kind); 14] = [
-    ("log_file", Kind::Text),
-    ("state_dir", Kind::Text),
-    ("app_name", Kind::Text),
-    ("protocol_version", Kind::Text),
-    ("max_frame_len", Kind::Number),
-    ("max_concurrent_streams", Kind::Number),
-    ("handshake_timeout_secs", Kind::Number),
-    ("stream_idle_timeout_secs", Kind::Number),
-    ("reply_timeout_secs", Kind::Number),
-    ("stream_slots_timeout_secs", Kind::Number),
-    ("delivery_timeout_ms", Kind::Number),
-    ("reconnect_initial_ms", Kind::Number),
-    ("reconnect_max_ms", Kind::Number),
-    ("sync_timeout_ms", Kind::Number),
+/// Every key, in the order of the documentation.
+const KEYS: [&str; 18] = [
+    "manager",
+    "cert",
+    "key",
+    "ca_certs",
+    "log_file",
+    "state_dir",
+    "app_name",
+    "protocol_version",
+    "max_frame_len",
+    "max_concurrent_streams",
+    "handshake_timeout_secs",
+    "stream_idle_timeout_secs",
+    "reply_timeout_secs",
+    "stream_slots_timeout_secs",
+    "delivery_timeout_ms",
+    "reconnect_initial_ms",
+    "reconnect_max_ms",
+    "sync_timeout_ms",
 ];
 
-/// Each number's allowed range, inclusive (the lower bound is 0 or 1).
-/// Zero would mean "never" or "at once" for most; the upper bounds stop a typo from turning a bounded
-/// wait into one that never ends. `delivery_timeout_ms` may be 0 (do not
-/// wait: for measurements) but at most 10 s, as the wait holds a node that
-/// was told to go down.
-type Range = (&'static str, fn(&Config) -> u64, u64, u64);
-const RANGES: [Range; 9] = [
-    ("max_frame_len", |c| u64::from(c.max_frame_len), 1, 1 << 32),
-    (
-        "max_concurrent_streams",
-        |c| u64::from(c.max_concurrent_streams),
-        1,
-        10_000,
-    ),
-    (
-        "handshake_timeout_secs",
-        |c| c.handshake_timeout_secs,
-        1,
-        300,
-    ),
-    (
-        "stream_idle_timeout_secs",
-        |c| c.stream_idle_timeout_secs,
-        1,
-        86_400,
-    ),
-    ("reply_timeout_secs", |c| c.reply_timeout_secs, 1, 3600),
-    ("delivery_timeout_ms", |c| c.delivery_timeout_ms, 0, 10_000),
-    (
-        "reconnect_initial_ms",
-        |c| c.reconnect_initial_ms,
-        1,
-        3_600_000,
-    ),
-    ("reconnect_max_ms", |c| c.reconnect_max_ms, 1, 3_600_000),
-    ("sync_timeout_ms", |c| c.sync_timeout_ms, 1, 60_000),
-];
+fn key_list() -> String {
+    KEYS.join(", ")
+}
+
+/// The environment variable that overrides `key`.
+fn env_var(key: &str) -> String {
+    format!("ROXYD_{}", key.to_ascii_uppercase())
+}
+
+/// What a missing required setting is called, and its command-line form.
+fn missing(key: &'static str) -> ConfigError {
+    let (what, flag) = match key {
+        "manager" => ("Manager address", "NAME@IP:PORT as the last argument"),
+        "cert" => ("certificate", "--cert"),
+        "key" => ("private key", "--key"),
+        _ => ("CA certificates", "--ca-certs"),
+    };
+    ConfigError::Missing {
+        what,
+        flag,
+        var: env_var(key),
+        key,
+    }
+}
+
+/// `value`, or the error naming the three places `key` can be given.
+///
+/// # Errors
+///
+/// [`ConfigError::Missing`] when `value` is `None`.
+pub fn required<T>(value: Option<T>, key: &'static str) -> Result<T, ConfigError> {
+    value.ok_or_else(|| missing(key))
+}
 
 /// Checks that every variable among `names` that starts with `ROXYD_` is
 /// one roxyd reads: one of `options` (the command line's variables) or
@@ -220,9 +293,7 @@ pub fn check_env_names<S: AsRef<str>>(
 ) -> Result<(), ConfigError> {
     let known = |name: &str| {
         options.iter().any(|option| option.as_ref() == name)
-            || KEYS
-                .iter()
-                .any(|(key, _)| format!("ROXYD_{}", key.to_ascii_uppercase()) == name)
+            || KEYS.iter().any(|key| env_var(key) == name)
     };
     let mut unknown: Vec<String> = names
         .into_iter()
@@ -243,6 +314,229 @@ pub fn check_env_names<S: AsRef<str>>(
     }
 }
 
+/// The 1-based line and column of byte `at` in `text`, and that line.
+fn locate(text: &str, at: usize) -> (usize, usize, &str) {
+    let at = at.min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    (line, column, text[line_start..line_end].trim())
+}
+
+/// A value of the file, as far as the keys' kinds tell them apart.
+enum FileValue {
+    /// A whole number; `None` when negative or beyond 64 bits.
+    Number(Option<u64>),
+    Text(String),
+    /// An array; `None` for an item that is not a string.
+    Texts(Vec<Option<String>>),
+    /// Anything else: a float, a boolean, a date, a table.
+    Other,
+}
+
+impl FileValue {
+    fn of(value: &toml::de::DeValue<'_>) -> Self {
+        use toml::de::DeValue;
+        match value {
+            DeValue::Integer(n) => Self::Number(u64::from_str_radix(n.as_str(), n.radix()).ok()),
+            DeValue::String(s) => Self::Text(s.to_string()),
+            DeValue::Array(items) => Self::Texts(
+                items
+                    .iter()
+                    .map(|item| match item.get_ref() {
+                        DeValue::String(s) => Some(s.to_string()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => Self::Other,
+        }
+    }
+
+    fn text(&self) -> Option<&str> {
+        match self {
+            Self::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// One key's setting, as found in the file or the environment.
+enum Raw {
+    File {
+        /// The value as written, for errors.
+        written: String,
+        value: FileValue,
+    },
+    Env(String),
+}
+
+impl Raw {
+    /// The setting if it is text: a TOML string, or any variable.
+    fn text(&self) -> Option<&str> {
+        match self {
+            Self::File { value, .. } => value.text(),
+            Self::Env(s) => Some(s),
+        }
+    }
+}
+
+/// The settings found, with their origins: the environment's over the
+/// file's.
+struct Found {
+    settings: std::collections::BTreeMap<&'static str, (Raw, Origin)>,
+}
+
+impl Found {
+    fn read(
+        path: Option<&Path>,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut settings = std::collections::BTreeMap::new();
+        if let Some(path) = path {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+            let origin = |at: usize| {
+                let (line, column, _) = locate(&text, at);
+                Origin::File {
+                    path: shown.clone(),
+                    line,
+                    column,
+                }
+            };
+            // Parsed without typing the values, so that a number beyond 64
+            // bits reaches its key's check, which names the range.
+            let table = toml::de::DeTable::parse(&text).map_err(|e| {
+                let at = e.span().map_or(0, |span| span.start);
+                let (_, _, line) = locate(&text, at);
+                let mut reason = e.message().trim().to_owned();
+                if reason == "duplicate key" {
+                    let key = e.span().and_then(|span| text.get(span)).unwrap_or_default();
+                    reason = format!("duplicate key {}", key.trim());
+                }
+                ConfigError::Syntax {
+                    origin: origin(at),
+                    reason,
+                    text: line.to_owned(),
+                }
+            })?;
+            for (key, value) in table.get_ref() {
+                let Some(known) = KEYS.iter().find(|k| **k == key.get_ref().as_ref()) else {
+                    return Err(ConfigError::UnknownKey {
+                        origin: origin(key.span().start),
+                        key: key.get_ref().to_string(),
+                    });
+                };
+                let span = value.span();
+                let raw = Raw::File {
+                    written: text.get(span.clone()).unwrap_or_default().to_owned(),
+                    value: FileValue::of(value.get_ref()),
+                };
+                settings.insert(*known, (raw, origin(span.start)));
+            }
+        }
+        for key in KEYS {
+            let var = env_var(key);
+            if let Some(value) = env(&var) {
+                settings.insert(key, (Raw::Env(value), Origin::Env(var)));
+            }
+        }
+        Ok(Self { settings })
+    }
+
+    fn origin(&self, key: &str) -> String {
+        self.settings
+            .get(key)
+            .map_or_else(|| "default".to_owned(), |(_, origin)| origin.to_string())
+    }
+
+    /// `key`'s setting converted by `parse`, which says what it expected
+    /// when the setting does not convert.
+    fn get<T>(
+        &self,
+        key: &'static str,
+        parse: impl Fn(&Raw) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some((raw, origin)) = self.settings.get(key) else {
+            return Ok(None);
+        };
+        parse(raw).map(Some).map_err(|expected| ConfigError::Value {
+            origin: origin.clone(),
+            key,
+            value: match raw {
+                Raw::File { written, .. } => written.clone(),
+                Raw::Env(text) => format!("{text:?}"),
+            },
+            expected,
+        })
+    }
+
+    /// A whole number from `low` to `high`.
+    fn number<T: TryFrom<u64>>(
+        &self,
+        key: &'static str,
+        default: T,
+        low: u64,
+        high: u64,
+    ) -> Result<T, ConfigError> {
+        let parsed = self.get(key, |raw| {
+            let value = match raw {
+                Raw::File {
+                    value: FileValue::Number(n),
+                    ..
+                } => *n,
+                Raw::File { .. } => None,
+                Raw::Env(text) => text.trim().parse::<u64>().ok(),
+            };
+            value
+                .filter(|n| (low..=high).contains(n))
+                .and_then(|n| T::try_from(n).ok())
+                .ok_or_else(|| format!("a whole number from {low} to {high}"))
+        })?;
+        Ok(parsed.unwrap_or(default))
+    }
+
+    /// A non-empty string.
+    fn text(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        self.get(key, |raw| {
+            raw.text()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| "a non-empty string".to_owned())
+        })
+    }
+
+    /// A list of non-empty paths: a TOML array of strings, or the
+    /// variable's comma-separated text.
+    fn paths(&self, key: &'static str) -> Result<Option<Vec<PathBuf>>, ConfigError> {
+        self.get(key, |raw| match raw {
+            Raw::File {
+                value: FileValue::Texts(items),
+                ..
+            } if !items.is_empty() => items
+                .iter()
+                .map(|item| item.as_deref().filter(|s| !s.is_empty()).map(PathBuf::from))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| "an array of non-empty path strings".to_owned()),
+            Raw::File { .. } => Err("an array of non-empty path strings".to_owned()),
+            Raw::Env(text) => crate::cli::path_list(text),
+        })
+    }
+}
+
+/// Whether `text` is a semantic version, `MAJOR.MINOR.PATCH` with optional
+/// pre-release and build parts, as the Manager parses `protocol_version`.
+fn is_semver(text: &str) -> bool {
+    semver::Version::parse(text).is_ok()
+}
+
 impl Config {
     /// Reads `path` (defaults when `None`), applies the `ROXYD_*` overrides
     /// found by `env`, and checks the result.
@@ -254,74 +548,108 @@ impl Config {
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let shown = path.map(|p| p.display().to_string());
-        let mut table = match path {
-            None => toml::Table::new(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Invalid {
-                        path: shown.clone(),
-                        reason: e.message().to_owned(),
-                    })?
-            }
+        let found = Found::read(path, &env)?;
+        let defaults = Self::default();
+        let manager = found.get("manager", |raw| {
+            let text = raw.text().ok_or("a string NAME@IP:PORT")?;
+            text.parse::<ManagerAddress>()
+                .map_err(|e| format!("NAME@IP:PORT ({})", e.reason()))
+        })?;
+        let protocol_version = found
+            .get("protocol_version", |raw| {
+                raw.text()
+                    .filter(|s| is_semver(s))
+                    .map(str::to_owned)
+                    .ok_or_else(|| "a semantic version MAJOR.MINOR.PATCH, as 0.47.0".to_owned())
+            })?
+            .unwrap_or(defaults.protocol_version);
+        // The upper bounds stop a typo from turning a bounded wait into one
+        // that never ends; zero would mean "never" or "at once" for most.
+        // `delivery_timeout_ms` may be 0 (do not wait: for measurements) but
+        // at most 10 s, as the wait holds a node that was told to go down.
+        let config = Self {
+            manager,
+            cert: found.text("cert")?.map(PathBuf::from),
+            key: found.text("key")?.map(PathBuf::from),
+            ca_certs: found.paths("ca_certs")?,
+            log_file: found.text("log_file")?.map(PathBuf::from),
+            state_dir: found
+                .text("state_dir")?
+                .map_or(defaults.state_dir, PathBuf::from),
+            app_name: found.text("app_name")?.unwrap_or(defaults.app_name),
+            protocol_version,
+            max_frame_len: found.number(
+                "max_frame_len",
+                defaults.max_frame_len,
+                1,
+                u64::from(u32::MAX),
+            )?,
+            max_concurrent_streams: found.number(
+                "max_concurrent_streams",
+                defaults.max_concurrent_streams,
+                1,
+                10_000,
+            )?,
+            handshake_timeout_secs: found.number(
+                "handshake_timeout_secs",
+                defaults.handshake_timeout_secs,
+                1,
+                300,
+            )?,
+            stream_idle_timeout_secs: found.number(
+                "stream_idle_timeout_secs",
+                defaults.stream_idle_timeout_secs,
+                1,
+                86_400,
+            )?,
+            reply_timeout_secs: found.number(
+                "reply_timeout_secs",
+                defaults.reply_timeout_secs,
+                1,
+                3600,
+            )?,
+            stream_slots_timeout_secs: found.number(
+                "stream_slots_timeout_secs",
+                defaults.stream_slots_timeout_secs,
+                1,
+                MAX_STREAM_SLOTS_TIMEOUT_SECS,
+            )?,
+            delivery_timeout_ms: found.number(
+                "delivery_timeout_ms",
+                defaults.delivery_timeout_ms,
+                0,
+                10_000,
+            )?,
+            reconnect_initial_ms: found.number(
+                "reconnect_initial_ms",
+                defaults.reconnect_initial_ms,
+                1,
+                3_600_000,
+            )?,
+            reconnect_max_ms: found.number(
+                "reconnect_max_ms",
+                defaults.reconnect_max_ms,
+                1,
+                3_600_000,
+            )?,
+            sync_timeout_ms: found.number(
+                "sync_timeout_ms",
+                defaults.sync_timeout_ms,
+                1,
+                60_000,
+            )?,
         };
-        let mut overridden = false;
-        for (key, kind) in KEYS {
-            let var = format!("ROXYD_{}", key.to_ascii_uppercase());
-            let Some(value) = env(&var) else { continue };
-            overridden = true;
-            let value = match kind {
-                Kind::Text => toml::Value::String(value),
-                Kind::Number => value
-                    .trim()
-                    .parse::<i64>()
-                    .map(toml::Value::Integer)
-                    .map_err(|_| ConfigError::Env {
-                        var,
-                        expected: "a whole number",
-                        value,
-                    })?,
-            };
-            table.insert(key.to_owned(), value);
+        if config.reconnect_initial_ms > config.reconnect_max_ms {
+            return Err(ConfigError::Order {
+                low_key: "reconnect_initial_ms",
+                low: config.reconnect_initial_ms,
+                low_origin: found.origin("reconnect_initial_ms"),
+                high_key: "reconnect_max_ms",
+                high: config.reconnect_max_ms,
+                high_origin: found.origin("reconnect_max_ms"),
+            });
         }
-        let config = Self::deserialize(table).map_err(|e| ConfigError::Invalid {
-            // Name the file only when no override could be at fault.
-            path: if overridden { None } else { shown.clone() },
-            reason: e.message().to_owned(),
-        })?;
-        config.check().map_err(|reason| ConfigError::Invalid {
-            path: shown,
-            reason,
-        })?;
         Ok(config)
-    }
-
-    fn check(&self) -> Result<(), String> {
-        for (key, value, low, high) in RANGES {
-            let value = value(self);
-            if value < low {
-                return Err(format!("{key} must be greater than 0"));
-            }
-            if value > high {
-                return Err(format!("{key} is {value}; it must be at most {high}"));
-            }
-        }
-        if !(1..=MAX_STREAM_SLOTS_TIMEOUT_SECS).contains(&self.stream_slots_timeout_secs) {
-            return Err(format!(
-                "stream_slots_timeout_secs must be between 1 and {MAX_STREAM_SLOTS_TIMEOUT_SECS}"
-            ));
-        }
-        if self.reconnect_initial_ms > self.reconnect_max_ms {
-            return Err("reconnect_initial_ms must not exceed reconnect_max_ms".to_owned());
-        }
-        if self.app_name.is_empty() || self.protocol_version.is_empty() {
-            return Err("app_name and protocol_version must not be empty".to_owned());
-        }
-        Ok(())
     }
 
     /// What roxyd announces in the handshake.

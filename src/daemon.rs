@@ -16,6 +16,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tracing::Instrument;
+
 use crate::{
     cli::{ManagerAddress, exit_status},
     config::Config,
@@ -178,15 +180,24 @@ async fn serve_until_stopped<B: PowerBackend>(
                     max_streams: settings.max_streams,
                     slots_held_timeout: settings.slots_held_timeout,
                 };
+                let span = tracing::info_span!("connection", connection = connection.stable_id());
                 let end = connection::serve_connection_with(
                     connection,
                     Arc::clone(dispatcher),
                     limits,
                     stop.clone().requested_owned(),
                 )
+                .instrument(span)
                 .await;
+                crate::logging::summarise_repeats();
                 match end {
                     ConnectionEnd::Stopped => return (Ok(Outcome::Stopped), Peer::Served),
+                    // A clean close (code 0) is the Manager's choice, not a fault.
+                    ConnectionEnd::Lost(quinn::ConnectionError::ApplicationClosed(close))
+                        if close.error_code.into_inner() == 0 =>
+                    {
+                        tracing::info!(%manager, reason = %close, "the Manager closed the connection");
+                    }
                     ConnectionEnd::Lost(e) => {
                         tracing::warn!(%manager, reason = %e, "connection to the Manager ended");
                     }

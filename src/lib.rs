@@ -6,9 +6,10 @@
 //! [`dispatch`] routes the request, [`power`] prepares or starts the
 //! operation and orders "write the reply, then release", and [`platform`]
 //! talks to the operating system. Around them: [`cli`] and [`config`] read
-//! the settings, [`daemon`] connects and reconnects ([`reconnect`]) until
-//! [`stop`] is asked for, [`tls`] and [`handshake`] open the session;
-//! [`power_log`] records every power request in the state directory.
+//! the settings, [`logging`] sets where lines go, [`daemon`] connects and
+//! reconnects ([`reconnect`]) until [`stop`] is asked for, [`tls`] and
+//! [`handshake`] open the session; [`power_log`] records every power request
+//! in the state directory.
 
 pub mod cli;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod connection;
 pub mod daemon;
 pub mod dispatch;
 pub mod handshake;
+pub mod logging;
 pub mod platform;
 pub mod power;
 pub mod power_log;

@@ -1,9 +1,10 @@
 //! The roxyd daemon: reads its command line and configuration, sets up
-//! logging and TLS, and runs until SIGINT or SIGTERM.
+//! logging and TLS, and runs until SIGINT or SIGTERM; SIGHUP reopens the
+//! log file.
 //!
 //! Exit statuses: [`roxyd::cli::exit_status`], shown by `--help`.
 
-use std::{fs::OpenOptions, io::Write, path::Path, process::ExitCode, sync::Arc, time::Duration};
+use std::{io::Write, net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::CommandFactory;
 use roxyd::{
@@ -12,6 +13,7 @@ use roxyd::{
     connection,
     daemon::{self, Outcome, Settings},
     dispatch::Dispatcher,
+    logging::{LogSink, one_line},
     platform::{self, BackendOptions},
     power_log::{self, PowerLog},
     stop::Stop,
@@ -41,7 +43,7 @@ fn main() -> ExitCode {
     match start(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("roxyd: {e}");
+            eprint!("{}", one_line(&format!("roxyd: {e}\n"), false));
             ExitCode::from(exit_status::BAD_SETUP)
         }
     }
@@ -59,22 +61,30 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
     if cli.power_log {
         return Ok(print_power_log(config.state_dir(), cli.json));
     }
-    let (manager, cert, key) = cli
-        .connection()
-        .expect("the command line requires the Manager, --cert and --key without --power-log");
-    init_logging(&config)?;
+    let log = init_logging(&config)?;
     let backend = platform::daemon_backend(
         cli.backend,
         BackendOptions {
             sync_timeout: config.sync_timeout(),
         },
     )?;
-    let chain = tls::load_certs(cert)?;
-    warn_if_key_exposed(key);
-    let key = tls::load_private_key(key)?;
-    let roots = tls::load_roots(&cli.ca_certs)?;
+    // The command line overrides the environment and the file.
+    let manager = config::required(cli.manager.clone().or(config.manager.clone()), "manager")?;
+    let cert_path = config::required(cli.cert.clone().or(config.cert.clone()), "cert")?;
+    let key_path = config::required(cli.key.clone().or(config.key.clone()), "key")?;
+    let ca_paths = config::required(
+        cli.ca_certs
+            .clone()
+            .map(|list| list.0)
+            .or(config.ca_certs.clone()),
+        "ca_certs",
+    )?;
+    let chain = tls::load_certs(&cert_path)?;
+    let key = tls::load_private_key(&key_path)?;
+    warn_if_key_exposed(&key_path);
+    let roots = tls::load_roots(&ca_paths)?;
     let client = tls::client_config(chain, key, roots, config.max_concurrent_streams)?;
-    let settings = Settings::from_config(&config, manager.clone(), cli.check);
+    let settings = Settings::from_config(&config, manager, cli.check);
     let power_log = if cli.check {
         report_state_dir(config.state_dir());
         PowerLog::off()
@@ -94,6 +104,7 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
     // `block_on` future only after the queue is empty and the I/O driver was
     // polled once more (an `epoll_wait` per wake-up of the connection loop).
     let daemon = runtime.spawn(async move {
+        reopen_log_on_hangup(log)?;
         let stop = Stop::on_signals()?;
         let endpoint = connection::client_endpoint(settings.manager.addr, client)?;
         let backend_name = backend.name();
@@ -110,21 +121,39 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         if records {
             tracing::warn!("recording backend chosen: power requests are answered and logged, never carried out");
         }
-        let outcome = daemon::run(&settings, &endpoint, dispatcher, stop).await;
+        let run = daemon::run(&settings, &endpoint, dispatcher, stop);
+        let result = if settings.check {
+            tokio::select! {
+                result = run => result,
+                refused = nothing_listens(settings.manager.addr) => {
+                    Err(daemon::DaemonError::CheckFailed(refused))
+                }
+            }
+        } else {
+            run.await
+        };
         // Entries recorded just before the stop (a graceful command's exit,
         // say) are written before roxyd exits, unless the disk hangs.
         let _ = power_log.flush(POWER_LOG_FLUSH);
-        Ok(match outcome {
+        Ok(match result {
             Ok(Outcome::Stopped) => ExitCode::SUCCESS,
             Ok(Outcome::Checked { manager_protocol }) => {
-                println!(
-                    "roxyd: connected to the Manager at {}; it speaks protocol {manager_protocol}",
-                    settings.manager
+                // The version is the Manager's text: one line, escaped.
+                print!(
+                    "{}",
+                    one_line(
+                        &format!(
+                            "roxyd: connected to the Manager at {}; it speaks protocol {manager_protocol}\n",
+                            settings.manager
+                        ),
+                        false
+                    )
                 );
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("roxyd: {e}");
+                // May hold the Manager's text (a refusal): one line, escaped.
+                eprint!("{}", one_line(&format!("roxyd: {e}\n"), false));
                 ExitCode::from(e.exit_status())
             }
         })
@@ -211,30 +240,73 @@ fn warn_if_key_exposed(path: &Path) {
 /// Logs to the configured file, or standard output; `RUST_LOG` sets the
 /// filter (default `info`): a level, `target=level` directives, or both,
 /// comma-separated, as in `info,roxyd::platform::recorder=warn`.
-fn init_logging(config: &Config) -> Result<(), StartupError> {
+fn init_logging(config: &Config) -> Result<LogSink, StartupError> {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|text| text.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE);
-    if let Some(path) = &config.log_file {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| StartupError::LogFile {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        builder
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file))
-            .finish()
-            .with(filter)
-            .init();
-    } else {
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        builder.with_ansi(ansi).finish().with(filter).init();
+    let sink = match &config.log_file {
+        Some(path) => LogSink::file(path).map_err(|e| StartupError::LogFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?,
+        None => LogSink::stdout(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(sink.ansi())
+        .with_writer(sink.clone())
+        .finish()
+        .with(filter)
+        .init();
+    Ok(sink)
+}
+
+/// Reopens the log on every SIGHUP (after logrotate renamed it, say), for
+/// as long as roxyd runs; SIGHUP never stops roxyd. Call it early, inside
+/// the runtime: from then on SIGHUP no longer ends the process.
+fn reopen_log_on_hangup(log: LogSink) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                log.reopen();
+            }
+        });
     }
+    #[cfg(not(unix))]
+    let _ = log;
     Ok(())
+}
+
+/// Resolves when the Manager's address answers a datagram with ICMP port
+/// unreachable: nothing listens there, and `--check` can say so at once.
+/// quinn's socket is not connected and does not ask for ICMP errors, so its
+/// handshake would wait out the whole timeout; a connected socket of its own
+/// gets the error as `ECONNREFUSED`. Never resolves otherwise: a Manager
+/// ignores the empty datagram, and the handshake decides.
+async fn nothing_listens(addr: SocketAddr) -> String {
+    let probe = async {
+        let local: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = tokio::net::UdpSocket::bind(local).await?;
+        socket.connect(addr).await?;
+        socket.send(&[]).await?;
+        let mut buf = [0u8; 1];
+        loop {
+            socket.recv(&mut buf).await?;
+        }
+    };
+    let result: std::io::Result<()> = probe.await;
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("nothing listens at {addr}: it answered ICMP port unreachable")
+        }
+        _ => std::future::pending().await,
+    }
 }

@@ -82,8 +82,8 @@ fn only(args: Vec<OsString>) -> (Vec<OsString>, Vec<(&'static str, String)>) {
 }
 
 #[rstest]
-#[case::no_arguments(|_: &Setup| only(vec![]), "required arguments were not provided", 2)]
-#[case::no_ca(|s: &Setup| { let mut a = s.args(); let i = a.iter().position(|x| x == "--ca-certs").unwrap(); a.drain(i..i + 2); only(a) }, "required arguments were not provided:\n  --ca-certs <CA.pem", 2)]
+#[case::no_arguments(|_: &Setup| only(vec![]), "roxyd: no Manager address given", 2)]
+#[case::no_ca(|s: &Setup| { let mut a = s.args(); let i = a.iter().position(|x| x == "--ca-certs").unwrap(); a.drain(i..i + 2); only(a) }, "roxyd: no CA certificates given: pass --ca-certs", 2)]
 #[case::address_without_at(|s: &Setup| only(s.with_manager("manager127.0.0.1:38390")), "invalid Manager address \"manager127.0.0.1:38390\": no '@'", 2)]
 #[case::address_without_name(|s: &Setup| only(s.with_manager("@127.0.0.1:38390")), "the server name is empty", 2)]
 #[case::address_with_host_name(|s: &Setup| only(s.with_manager("m@localhost:38390")), "the address is not IP:PORT", 2)]
@@ -100,21 +100,21 @@ fn only(args: Vec<OsString>) -> (Vec<OsString>, Vec<(&'static str, String)>) {
 #[case::key_of_another_certificate(|s: &Setup| only(s.with("--key", s.files.manager_key.clone())), "roxyd: TLS configuration", 2)]
 #[case::missing_config(|s: &Setup| { let mut a: Vec<OsString> = vec!["-c".into(), "/nonexistent/roxyd.toml".into()]; a.extend(s.args()); only(a) }, "roxyd: cannot read config file /nonexistent/roxyd.toml", 2)]
 #[case::config_not_toml(|s: &Setup| only(s.with_config("this is = = not toml")), "roxyd: invalid config file", 2)]
-#[case::config_unknown_key(|s: &Setup| only(s.with_config("log_flie = \"/tmp/x\"\n")), "unknown field `log_flie`", 2)]
+#[case::config_unknown_key(|s: &Setup| only(s.with_config("log_flie = \"/tmp/x\"\n")), "unknown key log_flie", 2)]
 #[case::config_wrong_type(|s: &Setup| only(s.with_config("max_frame_len = \"big\"\n")), "roxyd: invalid config file", 2)]
-#[case::config_zero_limit(|s: &Setup| only(s.with_config("max_frame_len = 0\n")), "max_frame_len must be greater than 0", 2)]
-#[case::config_zero_handshake_timeout(|s: &Setup| only(s.with_config("handshake_timeout_secs = 0\n")), "handshake_timeout_secs must be greater than 0", 2)]
-#[case::config_zero_sync_timeout(|s: &Setup| only(s.with_config("sync_timeout_ms = 0\n")), "sync_timeout_ms must be greater than 0", 2)]
-#[case::config_delivery_wait_beyond_10s(|s: &Setup| only(s.with_config("delivery_timeout_ms = 10001\n")), "delivery_timeout_ms is 10001; it must be at most 10000", 2)]
-#[case::env_absurd_reply_timeout(|s: &Setup| (s.args(), vec![("ROXYD_REPLY_TIMEOUT_SECS", "99999999".into())]), "reply_timeout_secs is 99999999; it must be at most 3600", 2)]
-#[case::env_absurd_handshake_timeout(|s: &Setup| (s.args(), vec![("ROXYD_HANDSHAKE_TIMEOUT_SECS", "86400".into())]), "handshake_timeout_secs is 86400; it must be at most 300", 2)]
+#[case::config_zero_limit(|s: &Setup| only(s.with_config("max_frame_len = 0\n")), "max_frame_len = 0; expected a whole number from 1 to 4294967295", 2)]
+#[case::config_zero_handshake_timeout(|s: &Setup| only(s.with_config("handshake_timeout_secs = 0\n")), "handshake_timeout_secs = 0; expected a whole number from 1 to 300", 2)]
+#[case::config_zero_sync_timeout(|s: &Setup| only(s.with_config("sync_timeout_ms = 0\n")), "sync_timeout_ms = 0; expected a whole number from 1 to 60000", 2)]
+#[case::config_delivery_wait_beyond_10s(|s: &Setup| only(s.with_config("delivery_timeout_ms = 10001\n")), "delivery_timeout_ms = 10001; expected a whole number from 0 to 10000", 2)]
+#[case::env_absurd_reply_timeout(|s: &Setup| (s.args(), vec![("ROXYD_REPLY_TIMEOUT_SECS", "99999999".into())]), "reply_timeout_secs = \"99999999\"; expected a whole number from 1 to 3600", 2)]
+#[case::env_absurd_handshake_timeout(|s: &Setup| (s.args(), vec![("ROXYD_HANDSHAKE_TIMEOUT_SECS", "86400".into())]), "handshake_timeout_secs = \"86400\"; expected a whole number from 1 to 300", 2)]
 #[case::unknown_backend(|s: &Setup| { let mut a: Vec<OsString> = vec!["--backend".into(), "real".into()]; a.extend(s.args()); only(a) }, "invalid value 'real' for '--backend <system|recorder>'", 2)]
-#[case::config_slots_timeout_zero(|s: &Setup| only(s.with_config("stream_slots_timeout_secs = 0\n")), "stream_slots_timeout_secs must be between 1 and 3600", 2)]
-#[case::config_slots_timeout_absurd(|s: &Setup| only(s.with_config("stream_slots_timeout_secs = 3601\n")), "stream_slots_timeout_secs must be between 1 and 3600", 2)]
-#[case::config_backoff_inverted(|s: &Setup| only(s.with_config("reconnect_initial_ms = 5000\nreconnect_max_ms = 10\n")), "reconnect_initial_ms must not exceed reconnect_max_ms", 2)]
-#[case::env_not_a_number(|s: &Setup| (s.args(), vec![("ROXYD_MAX_FRAME_LEN", "lots".into())]), "roxyd: invalid ROXYD_MAX_FRAME_LEN: expected a whole number, got \"lots\"", 2)]
-#[case::env_overrides_a_good_file(|s: &Setup| (s.with_config("max_concurrent_streams = 8\n"), vec![("ROXYD_MAX_CONCURRENT_STREAMS", "0".into())]), "max_concurrent_streams must be greater than 0", 2)]
-#[case::env_unknown(|s: &Setup| (s.args(), vec![("ROXYD_LOG_FLIE", "/tmp/roxyd.log".into())]), "roxyd: unknown environment variable ROXYD_LOG_FLIE: roxyd reads ROXYD_CONFIG, ROXYD_CERT, ROXYD_KEY, ROXYD_CA_CERTS, ROXYD_BACKEND and ROXYD_ + a configuration key in capitals", 2)]
+#[case::config_slots_timeout_zero(|s: &Setup| only(s.with_config("stream_slots_timeout_secs = 0\n")), "stream_slots_timeout_secs = 0; expected a whole number from 1 to 3600", 2)]
+#[case::config_slots_timeout_absurd(|s: &Setup| only(s.with_config("stream_slots_timeout_secs = 3601\n")), "stream_slots_timeout_secs = 3601; expected a whole number from 1 to 3600", 2)]
+#[case::config_backoff_inverted(|s: &Setup| only(s.with_config("reconnect_initial_ms = 5000\nreconnect_max_ms = 10\n")), "exceeds reconnect_max_ms = 10", 2)]
+#[case::env_not_a_number(|s: &Setup| (s.args(), vec![("ROXYD_MAX_FRAME_LEN", "lots".into())]), "roxyd: invalid environment variable ROXYD_MAX_FRAME_LEN: max_frame_len = \"lots\"; expected a whole number from 1 to 4294967295", 2)]
+#[case::env_overrides_a_good_file(|s: &Setup| (s.with_config("max_concurrent_streams = 8\n"), vec![("ROXYD_MAX_CONCURRENT_STREAMS", "0".into())]), "environment variable ROXYD_MAX_CONCURRENT_STREAMS: max_concurrent_streams = \"0\"; expected a whole number from 1 to 10000", 2)]
+#[case::env_unknown(|s: &Setup| (s.args(), vec![("ROXYD_LOG_FLIE", "/tmp/roxyd.log".into())]), "roxyd: unknown environment variable ROXYD_LOG_FLIE: roxyd reads ROXYD_CONFIG, ROXYD_BACKEND and ROXYD_ + a configuration key in capitals", 2)]
 #[case::log_file_unwritable(|s: &Setup| (s.args(), vec![("ROXYD_LOG_FILE", "/nonexistent/dir/roxyd.log".into())]), "roxyd: cannot open log file /nonexistent/dir/roxyd.log", 2)]
 #[tokio::test]
 async fn bad_invocation_fails_with_one_clear_line(
@@ -238,7 +238,9 @@ async fn serves_a_power_request_then_stops_on_sigterm(
         ),
         None => assert_eq!(session.unit_request(code).await.unwrap(), Ok(())),
     }
-    roxyd.wait_for_line(&["recording backend: would", op]).await;
+    let done = roxyd.wait_for_line(&["recording backend: would", op]).await;
+    // On the operation's own thread too, a line about the request names it.
+    assert!(done.contains("request{connection="), "{done}");
     // Still serving after the operation.
     assert_eq!(
         session.unit_request(RequestCode::ECHO).await.unwrap(),
@@ -249,6 +251,13 @@ async fn serves_a_power_request_then_stops_on_sigterm(
     assert_eq!(exit.code(), Some(0), "{output}");
     assert!(output.contains("stopping signal=\"SIGTERM\""), "{output}");
     assert!(output.contains("stopped"), "{output}");
+    // What the Manager asked for and roxyd did is INFO: no warning but the
+    // recorder's own.
+    let warnings: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains("WARN") && !line.contains("recording backend chosen"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
     let closed = session.connection().closed().await;
     assert!(closed.to_string().contains("roxyd stopping"), "{closed}");
 }
@@ -310,7 +319,11 @@ async fn reconnects_after_the_manager_closes_the_connection() {
         Ok(())
     );
     roxyd
-        .wait_for_line(&["connection to the Manager ended", "manager restarting"])
+        .wait_for_line(&[
+            "INFO",
+            "the Manager closed the connection",
+            "manager restarting",
+        ])
         .await;
     roxyd.wait_for_line(&["reconnecting after a delay"]).await;
 }

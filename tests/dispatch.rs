@@ -588,6 +588,8 @@ enum Expect {
 #[case::unknown_max(wire::encode_request(u32::MAX, &[]), Expect::Exactly(err("unknown request code: 4294967295")))]
 #[case::not_supported_0(wire::encode_request(0, &[]), Expect::Exactly(err("not supported")))]
 #[case::not_supported_20(wire::encode_request(20, &[1, 2, 3]), Expect::Exactly(err("not supported")))]
+#[case::not_supported_22_delete_customer_data(wire::encode_request(22, &[]), Expect::Exactly(err("not supported")))]
+#[case::unknown_23(wire::encode_request(23, &[]), Expect::Exactly(err("unknown request code: 23")))]
 #[case::not_supported_108(wire::encode_request(108, &[]), Expect::Exactly(err("not supported")))]
 #[case::node_power_empty_body(wire::encode_request(106, &[]), Expect::ErrorStartingWith("malformed body for request code 106"))]
 #[case::node_power_out_of_range(wire::encode_request(106, &[4]), Expect::ErrorStartingWith("malformed body for request code 106"))]

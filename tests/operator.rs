@@ -1,7 +1,8 @@
 //! The operator's side of the real binary: roxyd warns at start-up about a
 //! key others can read (keys `roxyctl` writes are tested with the lab), every `ROXYD_` variable roxyd documents is accepted
 //! (an unknown one is refused: `daemon::bad_invocation_...`), and a Manager
-//! address where nothing answers is reported as such.
+//! address where nothing answers, or where nothing listens (`--check`
+//! fails at once), is reported as such.
 #![cfg(all(unix, feature = "test-backend"))]
 
 mod support;
@@ -109,4 +110,31 @@ async fn check_with_nothing_answering_says_so() {
         "{output}"
     );
     drop(silent);
+}
+
+/// `--check` against a loopback port where nothing listens: the host
+/// answers ICMP port unreachable, and roxyd says so at once instead of
+/// waiting out `handshake_timeout_secs` (here its largest, 300 s, far beyond
+/// the test's own limit).
+#[tokio::test]
+async fn check_fails_at_once_when_nothing_listens() {
+    let lab = Lab::new().unwrap();
+    let dir = TempDir::new().unwrap();
+    let files = lab.pki.write_to(dir.path()).unwrap();
+    // A port that was free a moment ago; nothing listens on it now.
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut args = lab_args(&files, addr);
+    args.insert(0, "--check".into());
+    let (exit, output) =
+        support::run_to_exit(&args, &[("ROXYD_HANDSHAKE_TIMEOUT_SECS", "300")]).await;
+    assert_eq!(exit.code(), Some(1), "{output}");
+    assert!(
+        output.contains(&format!(
+            "roxyd: nothing listens at {addr}: it answered ICMP port unreachable"
+        )),
+        "{output}"
+    );
 }

@@ -12,6 +12,7 @@ use std::{
 };
 
 use tokio::{sync::Notify, time::Instant};
+use tracing::Instrument;
 
 pub mod workers;
 
@@ -123,7 +124,7 @@ pub async fn establish(
             SessionError::NoAnswer { manager, timeout }
         }
     })??;
-    tracing::info!(%manager, manager_protocol = %version, "connected to the Manager");
+    tracing::info!(manager = %format_args!("{server_name}@{manager}"), connection = connection.stable_id(), manager_protocol = %version, "connected to the Manager");
     Ok((connection, version))
 }
 
@@ -239,6 +240,7 @@ pub async fn serve_connection_with<B: PowerBackend>(
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     let job = StreamJob {
+                        span: tracing::info_span!("request", connection = connection.stable_id(), stream = send.id().index()),
                         send,
                         recv,
                         open: OpenStream::new(&counts),
@@ -249,7 +251,8 @@ pub async fn serve_connection_with<B: PowerBackend>(
                         let activity = streams.track();
                         let dispatcher = Arc::clone(&dispatcher);
                         tokio::spawn(workers.worker(job, async move |job| {
-                            serve_stream(&dispatcher, &activity, job).await;
+                            let span = job.span.clone();
+                            serve_stream(&dispatcher, &activity, job).instrument(span).await;
                         }));
                     }
                 }
@@ -291,6 +294,8 @@ pub async fn serve_connection_with<B: PowerBackend>(
 
 /// One accepted request stream, for a stream task.
 struct StreamJob {
+    /// Ties every line about this stream's requests together.
+    span: tracing::Span,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     open: OpenStream,
@@ -308,6 +313,7 @@ async fn serve_stream<B: PowerBackend>(
         mut send,
         mut recv,
         open,
+        ..
     } = job;
     let closed_here = {
         let end = dispatcher
@@ -453,7 +459,8 @@ fn make_room(streams: &Streams, limit: usize) {
     let (closing, longest) =
         streams.close_longest_waiting(Instant::now(), CLOSABLE_AFTER, room_to_make(limit));
     if closing > 0 {
-        tracing::warn!(
+        crate::warn_repeated!(
+            crate::logging::STREAM_PRESSURE,
             closing,
             longest_wait_ms = longest.as_millis(),
             "request streams run short; closing those that waited longest"

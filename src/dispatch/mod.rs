@@ -267,7 +267,10 @@ impl<B: PowerBackend> Dispatcher<B> {
     {
         let request = match Request::parse(payload) {
             Ok(request) => request,
-            Err(e) => return self.answer_error(u32::MAX, send, &e.to_string()).await,
+            Err(e) => {
+                crate::warn_repeated!(crate::logging::BAD_REQUEST, error = %e, "malformed request");
+                return self.answer_error(u32::MAX, send, &e.to_string()).await;
+            }
         };
         let code = request.code.code();
         self.emit(&DispatchEvent::RequestReceived { code });
@@ -282,6 +285,7 @@ impl<B: PowerBackend> Dispatcher<B> {
                 }
                 Err(e) => {
                     let text = format!("malformed body for request code {code}: {e}");
+                    crate::warn_repeated!(crate::logging::BAD_REQUEST, code, error = %e, "malformed request");
                     self.answer_error(code, send, &text).await
                 }
             },
@@ -295,10 +299,12 @@ impl<B: PowerBackend> Dispatcher<B> {
                 Box::pin(self.serve_power(code, request, WireForm::Flat, recv, send)).await
             }
             RequestCode::NotSupported(_) => {
+                crate::warn_repeated!(crate::logging::BAD_REQUEST, code, "request not supported");
                 self.answer_error(code, send, reply_text::NOT_SUPPORTED)
                     .await
             }
             RequestCode::Unknown(_) => {
+                crate::warn_repeated!(crate::logging::BAD_REQUEST, code, "unknown request code");
                 let text = reply_text::unknown_request_code(code);
                 self.answer_error(code, send, &text).await
             }
@@ -328,7 +334,7 @@ impl<B: PowerBackend> Dispatcher<B> {
                     self.after_write(code, true, written)
                 }
                 Err(e) => {
-                    tracing::warn!(%op, error = %e, "graceful power operation not started");
+                    crate::warn_repeated!(crate::logging::REFUSED_REQUEST, %op, error = %e, "graceful power operation not started");
                     let asked = Asked::new(request, shape);
                     let reason = e.to_string();
                     self.power
@@ -363,7 +369,7 @@ impl<B: PowerBackend> Dispatcher<B> {
         let pending = match self.power.prepare(op, asked.request) {
             Ok(pending) => pending,
             Err(e) => {
-                tracing::warn!(%op, error = %e, "immediate power operation refused");
+                crate::warn_repeated!(crate::logging::REFUSED_REQUEST, %op, error = %e, "immediate power operation refused");
                 let reason = e.to_string();
                 self.power
                     .power_log()
@@ -401,7 +407,7 @@ impl<B: PowerBackend> Dispatcher<B> {
         e: &FrameError,
         send: &mut W,
     ) -> StreamEnd {
-        tracing::warn!(error = %e, "refusing oversized frame; ending the stream");
+        crate::warn_repeated!(crate::logging::OVERSIZED_FRAME, error = %e, "refusing oversized frame; ending the stream");
         if self
             .write_bounded(reply::write_error(send, &e.to_string()))
             .await

@@ -161,7 +161,7 @@ impl<B: PowerBackend> PendingPowerOp<B> {
             ReleaseProof::Written(_) => ("reply written", Reply::Unconfirmed),
             ReleaseProof::Declined(_) => ("reply declined", Reply::Declined),
         };
-        tracing::warn!(%op, after, "releasing power operation");
+        tracing::info!(%op, after, "releasing power operation");
         let (log, asked) = (std::mem::take(&mut self.log), self.asked);
         run_detached("roxyd-power", move || {
             let recorded = log.released(asked, reply);
@@ -196,10 +196,12 @@ impl<B: PowerBackend> Drop for PendingPowerOp<B> {
 pub(super) fn run_detached(name: &str, job: impl FnOnce() + Send + 'static) {
     let slot = Arc::new(Mutex::new(Some(job)));
     let theirs = Arc::clone(&slot);
+    // The job's lines carry the request's span, as the caller's do.
+    let span = tracing::Span::current();
     let spawned = thread::Builder::new().name(name.to_owned()).spawn(move || {
         let job = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(job) = job {
-            job();
+            span.in_scope(job);
         }
     });
     if let Err(e) = spawned {

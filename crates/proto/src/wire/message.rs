@@ -78,7 +78,9 @@ pub enum RequestCode {
     FlatShutdown,
     /// 106: the grouped power request, body [`NodePowerRequest`].
     NodePower,
-    /// A code the reference knows but roxyd does not implement.
+    /// A code the protocol knows but roxyd does not implement, among them
+    /// 22 (`DeleteCustomerData`, newer than review-protocol 0.19.0): the
+    /// protocol's default handler answers it `not supported` too.
     NotSupported(u32),
     /// A code the reference does not know.
     Unknown(u32),
@@ -114,7 +116,9 @@ impl From<u32> for RequestCode {
             Self::ECHO => Self::Echo,
             Self::FLAT_SHUTDOWN => Self::FlatShutdown,
             Self::NODE_POWER => Self::NodePower,
-            0..=2 | 5..=10 | 12..=16 | 18..=20 | 100..=105 | 107 | 108 => Self::NotSupported(code),
+            0..=2 | 5..=10 | 12..=16 | 18..=20 | 22 | 100..=105 | 107 | 108 => {
+                Self::NotSupported(code)
+            }
             _ => Self::Unknown(code),
         }
     }
