@@ -24,12 +24,10 @@ use std::{pin::pin, sync::Arc, task::Poll, time::Duration};
 
 #[cfg(any(test, feature = "test-backend"))]
 pub mod journal;
-pub mod streams;
 
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
-use streams::CloseReason;
-pub use streams::StreamActivity;
+use crate::connection::streams::{self, CloseReason, StreamActivity};
 
 use crate::{
     platform::{GracefulOp, ImmediateOp, PowerBackend, PowerOp},
@@ -145,7 +143,7 @@ pub enum StreamEnd {
     /// No request arrived within the idle timeout.
     IdleTimeout,
     /// The connection layer closed the waiting stream to make room for
-    /// others (see [`streams::Streams::close_longest_waiting`]).
+    /// others (see [`crate::connection::serve_connection`]).
     ClosedToMakeRoom,
     /// A reply could not be written (any pending operation was cancelled).
     WriteFailed(String),
