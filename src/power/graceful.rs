@@ -7,10 +7,11 @@
 
 use tokio::sync::oneshot;
 
-use super::{latch::PowerLatch, pending::run_detached};
+use super::latch::PowerLatch;
 use crate::platform::GracefulStart;
 
-/// Waits for `started` on a thread of its own, then frees `latch`.
+/// Waits for `started` on a task of its own, then frees `latch`. Must be
+/// called on a Tokio runtime.
 pub(super) fn reap(started: GracefulStart, latch: PowerLatch) -> GracefulRun {
     let (done, finished) = oneshot::channel();
     if let GracefulStart::Simulated = started {
@@ -19,8 +20,8 @@ pub(super) fn reap(started: GracefulStart, latch: PowerLatch) -> GracefulRun {
         let _ = done.send(false);
         return GracefulRun { finished };
     }
-    run_detached("roxyd-reaper", move || {
-        let outcome = started.wait();
+    tokio::spawn(async move {
+        let outcome = started.wait().await;
         let going_down = outcome.host_going_down();
         // Exited, with any status: it no longer blocks anything.
         drop(latch);

@@ -50,8 +50,10 @@ pub struct PowerHandler<B> {
     backend: Arc<B>,
     /// What is under way: an immediate operation, a graceful command, both.
     busy: Arc<watch::Sender<Busy>>,
-    /// `true` from a release until the backend's `perform` returned.
-    performing: Arc<watch::Sender<bool>>,
+    /// How many released operations are being performed: counted by a
+    /// [`pending::Performing`] guard from the release until `perform`
+    /// returned or panicked.
+    performing: Arc<watch::Sender<usize>>,
 }
 
 impl<B: PowerBackend> PowerHandler<B> {
@@ -60,7 +62,7 @@ impl<B: PowerBackend> PowerHandler<B> {
         Self {
             backend: Arc::new(backend),
             busy: Arc::new(watch::Sender::new(Busy::default())),
-            performing: Arc::new(watch::Sender::new(false)),
+            performing: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -90,7 +92,7 @@ impl<B: PowerBackend> PowerHandler<B> {
     /// which waits for this before it exits, never exits ahead of it.
     pub async fn wait_performed(&self) {
         let mut rx = self.performing.subscribe();
-        let _ = rx.wait_for(|performing| !*performing).await;
+        let _ = rx.wait_for(|performing| *performing == 0).await;
     }
 
     /// Checks that `op` can run now and returns it pending, not run.
@@ -112,7 +114,7 @@ impl<B: PowerBackend> PowerHandler<B> {
         ))
     }
 
-    /// Starts `op`'s system command. Its end is waited for on a thread of its
+    /// Starts `op`'s system command. Its end is waited for on a task of its
     /// own and logged.
     ///
     /// # Errors

@@ -83,7 +83,7 @@ impl From<ReplyDeclined> for ReleaseProof {
 pub struct PendingPowerOp<B: PowerBackend> {
     op: ImmediateOp,
     backend: Arc<B>,
-    performing: Arc<watch::Sender<bool>>,
+    performing: Arc<watch::Sender<usize>>,
     /// `Some` until released; a drop with it still here is a cancellation.
     latch: Option<PowerLatch>,
 }
@@ -93,7 +93,7 @@ impl<B: PowerBackend> PendingPowerOp<B> {
     pub(super) fn new(
         op: ImmediateOp,
         backend: Arc<B>,
-        performing: Arc<watch::Sender<bool>>,
+        performing: Arc<watch::Sender<usize>>,
         latch: PowerLatch,
     ) -> Self {
         Self {
@@ -122,8 +122,7 @@ impl<B: PowerBackend> PendingPowerOp<B> {
         let op = self.op;
         let backend = Arc::clone(&self.backend);
         let latch = self.latch.take();
-        let performing = Arc::clone(&self.performing);
-        performing.send_replace(true);
+        let performing = Performing::start(&self.performing);
         backend.pending_settled(op, Settlement::Released);
         let after = match proof.into() {
             ReleaseProof::Written(_) => "reply written",
@@ -138,7 +137,7 @@ impl<B: PowerBackend> PendingPowerOp<B> {
                 Ok(()) => tracing::info!(%op, "backend returned; the host stays up"),
                 Err(e) => tracing::error!(%op, error = %e, "power operation failed after release"),
             }
-            performing.send_replace(false);
+            drop(performing);
         });
     }
 }
@@ -149,6 +148,24 @@ impl<B: PowerBackend> Drop for PendingPowerOp<B> {
             self.backend.pending_settled(self.op, Settlement::Cancelled);
             tracing::warn!(op = %self.op, "pending power operation cancelled; nothing done");
         }
+    }
+}
+
+/// One released operation being performed, counted from its release until
+/// the guard is dropped: when `perform` returned, or by the unwinding of a
+/// panic in it, or with the job should it never run.
+pub(super) struct Performing(Arc<watch::Sender<usize>>);
+
+impl Performing {
+    fn start(count: &Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Performing {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
