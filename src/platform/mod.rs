@@ -296,6 +296,14 @@ impl PowerBackend for DaemonBackend {
         }
     }
 
+    fn pending_settled(&self, op: ImmediateOp, how: Settlement) {
+        match self {
+            Self::System(b) => b.pending_settled(op, how),
+            #[cfg(feature = "test-backend")]
+            Self::Recorder(b) => b.pending_settled(op, how),
+        }
+    }
+
     fn start_graceful(&self, op: GracefulOp) -> Result<GracefulStart, StartError> {
         match self {
             Self::System(b) => b.start_graceful(op),
