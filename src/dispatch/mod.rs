@@ -108,16 +108,6 @@ pub enum DispatchEvent {
 pub trait DispatchObserver: Send + Sync {
     /// Called once per event.
     fn on_event(&self, event: &DispatchEvent);
-
-    /// Whether the reply to the prepared `op` waits, before it is written,
-    /// until the Manager has stopped the stream (or the stream or connection
-    /// ended; at most [`DispatchConfig::reply_timeout`]). Tests use it to
-    /// force a fire-and-forget Manager's packets to arrive before the write;
-    /// the default, `false`, writes at once.
-    fn hold_reply_until_stopped(&self, op: ImmediateOp) -> bool {
-        let _ = op;
-        false
-    }
 }
 
 /// The observer that ignores everything.
@@ -453,9 +443,5 @@ impl immediate::Steps for Reported<'_> {
             Step::Released => DispatchEvent::Released(op),
             Step::Cancelled => DispatchEvent::Cancelled(op),
         });
-    }
-
-    fn hold_reply_until_stopped(&self) -> bool {
-        self.observer.hold_reply_until_stopped(self.op)
     }
 }
