@@ -750,3 +750,30 @@ async fn a_handshake_reply_that_never_comes_is_retried() {
     let (exit, output) = roxyd.exit().await;
     assert_eq!(exit.code(), Some(0), "{output}");
 }
+
+/// The daemon's backend forwards every backend call: with `--backend
+/// recorder` the recorder sees the release of a served immediate operation.
+#[tokio::test]
+async fn the_recorder_in_the_daemon_sees_the_settlement() {
+    let setup = setup();
+    let mut roxyd = Roxyd::spawn(
+        &setup.args(),
+        &[("RUST_LOG", "info,roxyd::platform::recorder=debug")],
+    );
+    let session = within("roxyd's connection", setup.lab.manager.accept())
+        .await
+        .unwrap();
+    assert_eq!(
+        session
+            .unit_request(RequestCode::FLAT_REBOOT)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    roxyd
+        .wait_for_line(&["recording backend call", "Settled(Reboot, Released)"])
+        .await;
+    roxyd.signal(Signal::SIGTERM);
+    let (exit, output) = roxyd.exit().await;
+    assert_eq!(exit.code(), Some(0), "{output}");
+}

@@ -1,8 +1,9 @@
 //! Both Manager generations over real QUIC on loopback: a review-protocol
 //! 0.18 Manager reads the reply to an immediate request, a 0.19 Manager sends
 //! it fire-and-forget and declines the reply. Each packet order the contract
-//! names is forced with explicit signals (the dispatch layer's hold before
-//! the reply, the recorder's journal), never left to timing.
+//! names is forced with explicit signals (a send half that holds the reply
+//! until the Manager's `STOP_SENDING` arrived, the recorder's journal),
+//! never left to timing.
 #![cfg(feature = "test-backend")]
 
 mod support;
@@ -11,7 +12,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use roxyd::dispatch::journal::{Entry, Journal, Recorder};
 use roxyd::{
-    dispatch::{DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher},
+    dispatch::{DispatchConfig, DispatchEvent},
     platform::{ImmediateOp, Settlement},
     power::immediate::DeclineRule,
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode},
@@ -21,10 +22,7 @@ use roxyd_lab::{
     manager::{AgentSession, Generation},
 };
 use rstest::rstest;
-use support::{
-    immediate::Immediate,
-    lab_agent::{LabAgent, LabAgents},
-};
+use support::{held_reply::HeldUntilStopped, immediate::Immediate, lab_agent::LabAgents};
 
 /// Fails the test if one step takes longer than any step here can.
 async fn within<F: Future>(future: F) -> F::Output {
@@ -33,28 +31,10 @@ async fn within<F: Future>(future: F) -> F::Output {
         .expect("a step of this test hung")
 }
 
-/// Records every dispatch step in the journal and, when `hold` is set, holds
-/// each immediate reply until the Manager's `STOP_SENDING` (or the end of
-/// the stream or connection) has reached the agent.
-struct Observer {
-    journal: Journal,
-    hold: bool,
-}
-
-impl DispatchObserver for Observer {
-    fn on_event(&self, event: &DispatchEvent) {
-        self.journal.on_event(event);
-    }
-
-    fn hold_reply_until_stopped(&self, _op: ImmediateOp) -> bool {
-        self.hold
-    }
-}
-
 struct Rig {
     _lab: Lab,
     session: AgentSession,
-    _agent: LabAgent,
+    _agent: (tokio::task::JoinHandle<()>, quinn::Endpoint),
     recorder: Recorder,
 }
 
@@ -63,20 +43,36 @@ impl Rig {
         Self::with(hold, DispatchConfig::default(), LabOptions::default()).await
     }
 
+    /// An agent serving each stream with the dispatcher, on its own task;
+    /// with `hold`, the reply on the Manager's first stream (the immediate
+    /// request under test) waits as [`HeldUntilStopped`] says, and later
+    /// streams (an echo that checks the agent still serves) are answered at
+    /// once.
     async fn with(hold: bool, config: DispatchConfig, options: LabOptions) -> Self {
         let lab = Lab::with_options(options).unwrap();
         let recorder = Recorder::new();
-        let observer = Observer {
-            journal: recorder.journal().clone(),
-            hold,
-        };
-        let dispatcher =
-            Arc::new(Dispatcher::new(recorder.clone(), config).with_observer(Arc::new(observer)));
-        let (session, agent) = lab.connect(dispatcher).await.unwrap();
+        let dispatcher = Arc::new(recorder.dispatcher(config));
+        let (session, connection, endpoint) = lab.establish(config.max_frame_len).await.unwrap();
+        let serving = tokio::spawn(async move {
+            let mut hold = hold;
+            while let Ok((send, mut recv)) = connection.accept_bi().await {
+                let dispatcher = Arc::clone(&dispatcher);
+                let hold_this = std::mem::take(&mut hold);
+                tokio::spawn(async move {
+                    if hold_this {
+                        let mut send = HeldUntilStopped::new(send);
+                        dispatcher.serve_stream(&mut recv, &mut send).await;
+                    } else {
+                        let mut send = send;
+                        dispatcher.serve_stream(&mut recv, &mut send).await;
+                    }
+                });
+            }
+        });
         Self {
             _lab: lab,
             session,
-            _agent: agent,
+            _agent: (serving, endpoint),
             recorder,
         }
     }

@@ -62,7 +62,7 @@ impl PowerBackend for Mixed {
             self.started
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(child.id());
+                .push(child.id().expect("a child just spawned has its id"));
         }
         Ok(started)
     }
@@ -291,4 +291,86 @@ async fn a_command_whose_child_holds_its_output_is_reaped_at_once() {
     )
     .unwrap();
     assert!(alive, "the sleeper should still have held the pipe");
+}
+
+/// Threads of this process.
+fn threads() -> usize {
+    fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// A running command is waited for, and its output read, without a thread
+/// of its own: many hung commands over a daemon's life cost no threads, and
+/// none can be missing when the runtime needs to wait.
+#[tokio::test(flavor = "current_thread")]
+async fn a_running_graceful_command_takes_no_thread() {
+    let rig = Rig::new("fake-command-hang");
+    let before = threads();
+    let _run = rig
+        .dispatcher
+        .power()
+        .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
+        .unwrap();
+    // Let the reaper start and the command write its first output.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(rig.dispatcher.power().is_busy());
+    assert_eq!(threads(), before, "threads started for the command");
+    rig.kill_last_and_wait_idle().await;
+}
+
+/// A backend whose `perform` panics.
+struct PanickingPerform;
+
+impl PowerBackend for PanickingPerform {
+    fn prepare(&self, _op: ImmediateOp) -> Result<(), PrepareError> {
+        Ok(())
+    }
+
+    fn perform(&self, op: ImmediateOp) -> io::Result<()> {
+        panic!("deliberate panic performing {op}");
+    }
+
+    fn start_graceful(&self, _op: GracefulOp) -> Result<GracefulStart, StartError> {
+        Ok(GracefulStart::Simulated)
+    }
+}
+
+/// "An operation is being performed" ends with a panic in `perform` too:
+/// the daemon's stop, which waits for it, is not held for ever.
+#[tokio::test]
+async fn a_panic_in_perform_ends_the_performing_state() {
+    let dispatcher = Arc::new(Dispatcher::new(
+        PanickingPerform,
+        roxyd::dispatch::DispatchConfig {
+            delivery_timeout: Duration::ZERO,
+            ..roxyd::dispatch::DispatchConfig::default()
+        },
+    ));
+    let (mut manager, agent) = tokio::io::duplex(4096);
+    let serving = {
+        let dispatcher = Arc::clone(&dispatcher);
+        tokio::spawn(async move {
+            let (mut recv, mut send) = tokio::io::split(agent);
+            dispatcher.serve_stream(&mut recv, &mut send).await
+        })
+    };
+    let frame = wire::encode_request(
+        RequestCode::NODE_POWER,
+        &wire::encode(&NodePowerRequest::Reboot),
+    );
+    wire::write_frame(&mut manager, &frame).await.unwrap();
+    let reply = tokio::time::timeout(HANG, wire::read_frame(&mut manager, u32::MAX))
+        .await
+        .expect("a reply")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, initiated());
+    drop(manager);
+    let _ = tokio::time::timeout(HANG, serving)
+        .await
+        .expect("the stream ends");
+    tokio::time::timeout(Duration::from_secs(10), dispatcher.power().wait_performed())
+        .await
+        .expect("a panicked perform left the operation counted as being performed");
 }

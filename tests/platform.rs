@@ -94,7 +94,8 @@ async fn macos_refuses_immediate_operations(#[case] request: (u32, Vec<u8>)) {
 #[rstest]
 #[case::graceful_reboot(GracefulOp::Reboot, "sudo reboot")]
 #[case::graceful_shutdown(GracefulOp::PowerOff, "sudo shutdown -h now")]
-fn macos_graceful_runs_sudo(#[case] op: GracefulOp, #[case] expected: &str) {
+#[tokio::test]
+async fn macos_graceful_runs_sudo(#[case] op: GracefulOp, #[case] expected: &str) {
     let dir = TempDir::new().unwrap();
     fake_command(dir.path(), "sudo", true);
     let backend = MacosBackend::with_commands(
@@ -105,7 +106,7 @@ fn macos_graceful_runs_sudo(#[case] op: GracefulOp, #[case] expected: &str) {
         backend.prepare(ImmediateOp::Reboot),
         Err(PrepareError::Unsupported)
     ));
-    let outcome = backend.start_graceful(op).unwrap().wait();
+    let outcome = backend.start_graceful(op).unwrap().wait().await;
     assert!(outcome.host_going_down(), "{outcome:?}");
     assert_eq!(calls(dir.path()), vec![expected.to_owned()]);
 }

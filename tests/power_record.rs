@@ -19,7 +19,7 @@ use std::{
 
 use roxyd::{
     dispatch::{
-        DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher, StreamEnd,
+        DispatchConfig, Dispatcher, StreamEnd,
         journal::{Entry as Step, Recorder},
     },
     platform::{GracefulCommands, GracefulOp, ImmediateOp, PowerBackend, linux::LinuxBackend},
@@ -31,7 +31,7 @@ use roxyd::{
 };
 use roxyd_lab::{Lab, SERVER_NAME, manager::Generation};
 use rstest::rstest;
-use support::lab_agent::LabAgents;
+use support::{held_reply::HeldUntilStopped, lab_agent::LabAgents};
 use tempfile::TempDir;
 use tokio::io::AsyncWrite;
 
@@ -366,18 +366,6 @@ async fn a_hung_state_directory_does_not_stop_the_release() {
     .expect("perform is called despite the hung state directory");
 }
 
-/// Holds each immediate reply until the Manager's `STOP_SENDING` has reached
-/// the agent, so that a 0.19 Manager's decline comes before the write.
-struct HoldReply;
-
-impl DispatchObserver for HoldReply {
-    fn on_event(&self, _event: &DispatchEvent) {}
-
-    fn hold_reply_until_stopped(&self, _op: ImmediateOp) -> bool {
-        true
-    }
-}
-
 /// Both Manager generations over real QUIC on loopback: a 0.18 Manager
 /// acknowledges the reply (`delivered`), a 0.19 Manager declines it
 /// (`declined`, its stop forced to arrive before the write).
@@ -418,13 +406,23 @@ async fn a_live_immediate_request_is_recorded_with_what_the_manager_made_of_the_
     let manager = format!("{SERVER_NAME}@{}", lab.manager.local_addr().unwrap());
     let log = PowerLog::start(dir.path(), &manager);
     let recorder = Recorder::new();
-    let mut dispatcher =
-        Dispatcher::new(recorder.clone(), DispatchConfig::default()).with_power_log(log.clone());
-    if generation == Generation::V0_19 {
-        dispatcher = dispatcher.with_observer(Arc::new(HoldReply));
-    }
-    let dispatcher = Arc::new(dispatcher);
-    let (session, _agent) = lab.connect(Arc::clone(&dispatcher)).await.unwrap();
+    let config = DispatchConfig::default();
+    let dispatcher =
+        Arc::new(Dispatcher::new(recorder.clone(), config).with_power_log(log.clone()));
+    let (session, connection, _endpoint) = lab.establish(config.max_frame_len).await.unwrap();
+    // The 0.19 Manager's stop is forced to arrive before the reply is
+    // written, by the send half the request is served with.
+    let _serving = tokio::spawn(async move {
+        if let Ok((send, mut recv)) = connection.accept_bi().await {
+            if generation == Generation::V0_19 {
+                let mut send = HeldUntilStopped::new(send);
+                dispatcher.serve_stream(&mut recv, &mut send).await;
+            } else {
+                let mut send = send;
+                dispatcher.serve_stream(&mut recv, &mut send).await;
+            }
+        }
+    });
     tokio::time::timeout(WAIT, session.node_power_as(generation, request))
         .await
         .expect("the request is sent")

@@ -1,11 +1,11 @@
-//! Closing waiting streams (`dispatch::streams`), in memory on paused time:
+//! Closing waiting streams (`connection::streams`), in memory on paused time:
 //! only a stream whose read is pending is closed, for the idle timeout or to
 //! make room, and the owner's single timer looks again exactly when the
 //! next waiting stream reaches the idle timeout.
 
 use std::{sync::Arc, time::Duration};
 
-use roxyd::dispatch::streams::{self, CloseReason, StreamActivity, Streams};
+use roxyd::connection::streams::{self, CloseReason, StreamActivity, Streams};
 use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
 
 const IDLE: Duration = Duration::from_secs(60);

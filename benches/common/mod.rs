@@ -438,12 +438,23 @@ impl RoxydProcess {
     /// As [`Self::spawn`], without waiting for the startup line: the caller
     /// must call [`Self::confirm_recorder`] before any request.
     pub fn start(binary: &Path, files: &PkiFiles, manager: SocketAddr) -> BenchResult<Self> {
+        Self::start_with(binary, files, manager, &[])
+    }
+
+    /// As [`Self::start`], with extra environment `env` (`ROXYD_` settings).
+    pub fn start_with(
+        binary: &Path,
+        files: &PkiFiles,
+        manager: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> BenchResult<Self> {
         let mut args: Vec<OsString> = vec!["--backend".into(), "recorder".into()];
         args.extend(support::lab_args(files, manager));
         let filter =
             std::env::var("ROXYBENCH_RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.to_owned());
-        let process =
-            support::Roxyd::spawn_program(binary.as_os_str(), &args, &[("RUST_LOG", &filter)]);
+        let mut env = env.to_vec();
+        env.push(("RUST_LOG", &filter));
+        let process = support::Roxyd::spawn_program(binary.as_os_str(), &args, &env);
         let pid = u32::try_from(process.pid())?;
         Ok(Self { process, pid })
     }

@@ -1,25 +1,38 @@
 //! One Manager connection: connect with mutual TLS, run the handshake, then
 //! accept the Manager's request streams and serve each on a task of its own,
 //! so that a stalled stream never delays a power request on another.
+//!
+//! Rules a reader must not break:
+//! - Every stream task is owned by the connection's [`JoinSet`]: the
+//!   connection sees each one end (a panic included) and nothing outlives
+//!   the connection.
+//! - Nothing here runs on a timer while the connection is idle. The idle
+//!   sweep is armed only while streams are served; the make-room check only
+//!   while streams run short; the stuck-Manager bound only while every slot
+//!   is held. Each is re-armed by the events that can change its answer
+//!   (a stream accepted, a stream task or a held stream ended).
+//! - A slot counts as held exactly while quinn holds it for a stream roxyd
+//!   closed: the stream's task reads (and drops) what the Manager still
+//!   sends until the Manager's FIN or reset, or the connection's end.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::{sync::Notify, time::Instant};
+use tokio::{task::JoinSet, time::Instant};
 use tracing::Instrument;
 
-pub mod workers;
+pub mod streams;
 
-use workers::Workers;
+use streams::{StreamActivity, Streams};
 
 use crate::{
-    dispatch::{Dispatcher, StreamActivity, StreamEnd, streams::Streams},
+    dispatch::{Dispatcher, StreamEnd},
     handshake::{self, HandshakeError, Identity},
     platform::PowerBackend,
 };
@@ -164,8 +177,7 @@ impl ConnectionLimits {
 }
 
 /// Serves every request stream the Manager opens on `connection`, each on a
-/// task of its own (a task that is done with its stream serves the next, see
-/// [`workers`]), until the connection ends or `shutdown` resolves.
+/// task of its own, until the connection ends or `shutdown` resolves.
 ///
 /// The Manager may have at most `max_streams` open (the QUIC limit roxyd
 /// advertises). When all but an eighth of them are in use, the streams that
@@ -180,11 +192,14 @@ impl ConnectionLimits {
 /// not even for a power request: roxyd closes the connection
 /// ([`ConnectionEnd::SlotsHeld`]) and the daemon reconnects.
 ///
-/// On the way out the connection is closed, idle stream tasks end, and
-/// every stream still being served is awaited: they end promptly, since
-/// their reads and writes now fail. A pending operation whose reply was not
-/// yet written is thereby cancelled; one whose reply was written is released
-/// (the Manager may already have been told).
+/// A stream task that panics is logged at ERROR with its stream id and
+/// counted; the connection goes on serving.
+///
+/// On the way out the connection is closed and the stream tasks are given
+/// [`STREAMS_END_BOUND`] to end (their reads and writes fail on the closed
+/// connection); any still running then is aborted. A pending operation
+/// whose reply was not yet written is thereby cancelled; one whose reply was
+/// written is released (the Manager may already have been told).
 pub async fn serve_connection<B: PowerBackend>(
     connection: quinn::Connection,
     dispatcher: Arc<Dispatcher<B>>,
@@ -206,32 +221,31 @@ pub async fn serve_connection_with<B: PowerBackend>(
     shutdown: impl Future<Output = ()>,
 ) -> ConnectionEnd {
     let limit = usize::try_from(limits.max_streams).unwrap_or(usize::MAX);
-    let mut streams = Streams::new(limit);
-    let counts = Arc::new(SlotCounts::default());
-    // Should this future be dropped before its end, every stream task ends
-    // promptly too: their reads and writes fail on the closed connection.
-    let _close_on_drop = CloseOnDrop(&connection);
-    // Idle stream tasks end with this future, closed or dropped.
-    let workers = Workers::default();
     let idle = dispatcher.config().stream_idle_timeout;
+    // Should this future be dropped before its end, the stream tasks are
+    // aborted with the sets that own them, and the connection closed.
+    let _close_on_drop = CloseOnDrop(&connection);
+    let mut slots = Slots::new(limit);
     let idle_check = tokio::time::sleep(idle);
-    let mut full = tokio::time::interval(SHORT_RECHECK);
-    full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let room_check = tokio::time::sleep(Duration::ZERO);
+    let mut room_armed = false;
+    // Set by the events that can make room needed: a stream accepted, a
+    // stream task or a held stream ended.
+    let mut recheck_room = false;
     // Set while every slot is held by a stream roxyd has closed.
     let mut all_held_since: Option<Instant> = None;
-    tokio::pin!(shutdown, idle_check);
+    tokio::pin!(shutdown, idle_check, room_check);
     let end = loop {
-        let held = counts.held();
-        let all_held = held >= limit;
-        match (all_held, all_held_since) {
+        match (slots.all_held(), all_held_since) {
             (true, None) => all_held_since = Some(Instant::now()),
             (false, Some(_)) => all_held_since = None,
             _ => {}
         }
         let give_up_at = all_held_since.map(|since| since + limits.slots_held_timeout);
-        // Streams closed on roxyd's side are counted by their tasks, which
-        // wake nothing here: this tick looks again while any may be.
-        let watch_slots = crowded(counts.open(), limit) || held > 0;
+        if std::mem::take(&mut recheck_room) && !room_armed && slots.room_may_be_needed() {
+            room_check.as_mut().reset(Instant::now() + CLOSABLE_AFTER);
+            room_armed = true;
+        }
         tokio::select! {
             // The Manager's streams first: no other branch is polled while
             // one is waiting, and accepting stops once the streams the
@@ -239,34 +253,44 @@ pub async fn serve_connection_with<B: PowerBackend>(
             biased;
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    let job = StreamJob {
-                        span: tracing::info_span!("request", connection = connection.stable_id(), stream = send.id().index()),
-                        send,
-                        recv,
-                        open: OpenStream::new(&counts),
-                    };
-                    if let Err(job) = workers.hand_off(job) {
-                        // A stream task keeps its activity for every stream
-                        // it serves: the connection tracks it once.
-                        let activity = streams.track();
-                        let dispatcher = Arc::clone(&dispatcher);
-                        tokio::spawn(workers.worker(job, async move |job| {
-                            let span = job.span.clone();
-                            serve_stream(&dispatcher, &activity, job).instrument(span).await;
-                        }));
+                    if slots.serving.is_empty() {
+                        // A stream that starts waiting now is due no sooner.
+                        idle_check.as_mut().reset(Instant::now() + idle);
                     }
+                    let span = tracing::info_span!(
+                        "request",
+                        connection = connection.stable_id(),
+                        stream = send.id().index()
+                    );
+                    slots.serve(&dispatcher, send, recv, span);
+                    recheck_room = true;
                 }
                 Err(e) => break ConnectionEnd::Lost(e),
             },
-            // Looked for on this tick only, not on each new stream: no
-            // clock read per stream while the Manager keeps the limit busy.
-            _ = full.tick(), if watch_slots => {
-                if crowded(counts.open(), limit) {
-                    make_room(&streams, limit);
+            Some(served) = slots.serving.join_next(), if !slots.serving.is_empty() => {
+                slots.served(served);
+                recheck_room = true;
+            }
+            Some(ended) = slots.held.join_next(), if !slots.held.is_empty() => {
+                if ended.unwrap_or(false) {
+                    slots.held_for_room -= 1;
+                    if slots.held_for_room == 0 {
+                        // The Manager answered the batch: no need to wait
+                        // out the time it had for that.
+                        room_armed = false;
+                    }
+                }
+                recheck_room = true;
+            }
+            () = &mut room_check, if room_armed => {
+                room_armed = false;
+                if let Some(next) = slots.make_room() {
+                    room_check.as_mut().reset(next);
+                    room_armed = true;
                 }
             }
-            () = &mut idle_check => {
-                let next = streams.close_idle(Instant::now(), idle);
+            () = &mut idle_check, if !slots.serving.is_empty() => {
+                let next = slots.streams.close_idle(Instant::now(), idle);
                 idle_check.as_mut().reset(next);
             }
             () = sleep_until_some(give_up_at) => {
@@ -285,47 +309,231 @@ pub async fn serve_connection_with<B: PowerBackend>(
             }
         }
     };
-    // Every stream ends promptly now that the connection is closed; idle
-    // stream tasks end at once.
-    workers.close();
-    counts.all_ended().await;
+    connection.close(0u32.into(), b"roxyd stopping");
+    slots.end().await;
     end
 }
 
-/// One accepted request stream, for a stream task.
-struct StreamJob {
-    /// Ties every line about this stream's requests together.
-    span: tracing::Span,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    open: OpenStream,
+/// How long the stream tasks of a closed connection may take to end before
+/// they are aborted. Their reads and writes fail at once on a closed
+/// connection; the bound covers a task busy elsewhere (a backend call).
+pub const STREAMS_END_BOUND: Duration = Duration::from_secs(1);
+
+/// The stream tasks of one connection and what the slot accounting needs to
+/// know of them. Owned by the connection's loop alone: every count changes
+/// on an event the loop sees.
+struct Slots {
+    /// The QUIC stream limit roxyd advertises.
+    limit: usize,
+    /// Tasks serving a stream; each ends with the stream, or hands it to
+    /// `held` when roxyd closed it.
+    serving: JoinSet<Served>,
+    /// Streams roxyd closed whose slot quinn holds until the Manager ends
+    /// its half; each yields whether it was closed to make room.
+    held: JoinSet<bool>,
+    /// How many of `held` were closed to make room.
+    held_for_room: usize,
+    /// Every serving task's waits, for the idle sweep and making room.
+    streams: Streams,
+    /// When the last batch was closed to make room.
+    last_batch: Option<Instant>,
+    /// Stream tasks that panicked on this connection.
+    panics: u64,
 }
 
-/// Serves one request stream, marking its waits on `activity`; a stream
-/// closed on roxyd's side then holds its slot, counted in `open`, until the
-/// Manager ends its half.
+impl Slots {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            serving: JoinSet::new(),
+            held: JoinSet::new(),
+            held_for_room: 0,
+            streams: Streams::new(limit),
+            last_batch: None,
+            panics: 0,
+        }
+    }
+
+    /// Starts a task for an accepted stream, its lines in `span`.
+    fn serve<B: PowerBackend>(
+        &mut self,
+        dispatcher: &Arc<Dispatcher<B>>,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        span: tracing::Span,
+    ) {
+        let activity = self.streams.track();
+        self.serving
+            .spawn(serve_stream(Arc::clone(dispatcher), activity, send, recv).instrument(span));
+    }
+
+    /// Takes in a serving task's end.
+    fn served(&mut self, served: Result<Served, tokio::task::JoinError>) {
+        match served {
+            Ok(Served::Done) | Err(_) => {}
+            Ok(Served::Closed { recv, for_room }) => {
+                self.held_for_room += usize::from(for_room);
+                self.held.spawn(hold_until_answered(recv, for_room));
+            }
+            Ok(Served::Panicked(stream)) => {
+                self.panics += 1;
+                tracing::error!(
+                    %stream,
+                    panics = self.panics,
+                    "a request stream's task panicked; the stream is dropped, \
+                     the connection goes on serving"
+                );
+            }
+        }
+    }
+
+    /// Whether every slot is held by a stream roxyd closed.
+    fn all_held(&self) -> bool {
+        self.held.len() >= self.limit
+    }
+
+    /// Whether the make-room check has anything to do: streams run short,
+    /// and some are served (only a served stream can be closed).
+    fn room_may_be_needed(&self) -> bool {
+        !self.serving.is_empty() && crowded(self.serving.len() + self.held.len(), self.limit)
+    }
+
+    /// Closes the streams that have waited longest for the Manager's bytes
+    /// (each at least [`CLOSABLE_AFTER`]), as many as quinn needs freed to
+    /// announce new stream credit ([`room_to_make`]), once: the next batch
+    /// goes only if streams still run short after the Manager had
+    /// [`ANSWER_WITHIN`] to end the streams of this one. Only a stream parked
+    /// at a read can go; a stream at work is never interrupted. A closed
+    /// stream finishes its send side and reads what the Manager still sends
+    /// until the Manager ends its half: a Manager waiting for a reply sees
+    /// the stream end and drops it, and the slot returns to it.
+    ///
+    /// Returns when to look again, or `None` when nothing is left to do
+    /// until an event (a stream accepted or ended) re-arms the check.
+    fn make_room(&mut self) -> Option<Instant> {
+        if self.serving.is_empty() || !crowded(self.serving.len() + self.held.len(), self.limit) {
+            return None;
+        }
+        let now = Instant::now();
+        let unanswered = self.held_for_room + self.streams.closing_to_make_room();
+        if unanswered > 0 {
+            let answer_by = self.last_batch.map(|at| at + ANSWER_WITHIN);
+            if let Some(at) = answer_by.filter(|at| *at > now) {
+                return Some(at);
+            }
+        }
+        // Streams of an earlier batch the Manager left unanswered free no
+        // slot: a whole batch is needed.
+        let needed = room_to_make(self.limit);
+        let (closed, longest) = self
+            .streams
+            .close_longest_waiting(now, CLOSABLE_AFTER, needed);
+        if closed > 0 {
+            self.last_batch = Some(now);
+            crate::warn_repeated!(
+                crate::logging::STREAM_PRESSURE,
+                closing = closed,
+                longest_wait_ms = longest.as_millis(),
+                "request streams run short; closing those that waited longest"
+            );
+        }
+        if closed >= needed {
+            return Some(now + ANSWER_WITHIN);
+        }
+        // The next stream to become closable; while every stream works,
+        // look again after CLOSABLE_AFTER (work ends within its own bounds).
+        Some(
+            self.streams
+                .earliest_waiting()
+                .map_or(now + CLOSABLE_AFTER, |since| since + CLOSABLE_AFTER)
+                .max(now + CLOSABLE_AFTER / 8),
+        )
+    }
+
+    /// Ends every stream task of a closed connection, within
+    /// [`STREAMS_END_BOUND`]; aborts those still running then.
+    async fn end(mut self) {
+        let all_ended = async {
+            while self.serving.join_next().await.is_some() {}
+            while self.held.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout(STREAMS_END_BOUND, all_ended)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                serving = self.serving.len(),
+                "request streams still running after the connection closed; aborting them"
+            );
+        }
+        self.serving.shutdown().await;
+        self.held.shutdown().await;
+    }
+}
+
+/// How a stream task ended.
+enum Served {
+    /// Done with the stream.
+    Done,
+    /// roxyd closed the stream on its side: idle, or (`for_room`) to make
+    /// room. Its slot is held until the Manager ends its half of `recv`.
+    Closed {
+        recv: quinn::RecvStream,
+        for_room: bool,
+    },
+    /// Serving it panicked.
+    Panicked(quinn::StreamId),
+}
+
+/// Serves one request stream, marking its waits on `activity`.
 async fn serve_stream<B: PowerBackend>(
-    dispatcher: &Dispatcher<B>,
-    activity: &StreamActivity,
-    job: StreamJob,
-) {
-    let StreamJob {
-        mut send,
-        mut recv,
-        open,
-        ..
-    } = job;
-    let closed_here = {
-        let end = dispatcher
-            .serve_stream_reporting(&mut recv, &mut send, activity)
-            .await;
-        tracing::debug!(stream = %send.id(), ?end, "request stream ended");
-        matches!(end, StreamEnd::ClosedToMakeRoom | StreamEnd::IdleTimeout)
+    dispatcher: Arc<Dispatcher<B>>,
+    activity: Arc<StreamActivity>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Served {
+    let stream = send.id();
+    let end = {
+        let serving = dispatcher.serve_stream_reporting(&mut recv, &mut send, &activity);
+        CatchPanic(std::pin::pin!(serving)).await
     };
-    if closed_here {
-        let _ = send.finish();
-        // Boxed: rare, and the task's future stays smaller without it.
-        Box::pin(open.hold_until_answered(&mut recv)).await;
+    let Ok(end) = end else {
+        return Served::Panicked(stream);
+    };
+    tracing::debug!(%stream, ?end, "request stream ended");
+    let for_room = match end {
+        StreamEnd::ClosedToMakeRoom => true,
+        StreamEnd::IdleTimeout => false,
+        _ => return Served::Done,
+    };
+    let _ = send.finish();
+    Served::Closed { recv, for_room }
+}
+
+/// Reads and drops what the Manager still sends on a stream roxyd closed,
+/// until the Manager's FIN or reset or the connection's end: quinn frees the
+/// slot then, and so does roxyd's count. Reading, not `STOP_SENDING`, is
+/// what lets roxyd see that end: a stopped stream's slot would stay held in
+/// quinn with nothing for roxyd to wait on. Returns `for_room`.
+async fn hold_until_answered(mut recv: quinn::RecvStream, for_room: bool) -> bool {
+    while let Ok(Some(_)) = recv.read_chunk(usize::MAX, false).await {}
+    for_room
+}
+
+/// `Ok` with the future's output, or `Err` when polling it panicked: a
+/// panicking stream is reported with its id and the task ends normally.
+struct CatchPanic<F>(F);
+
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
     }
 }
 
@@ -342,10 +550,6 @@ impl Drop for CloseOnDrop<'_> {
 const SLOTS_HELD_REASON: &[u8] =
     b"every stream slot held by a stream roxyd closed, with no answer from the Manager";
 
-/// Most bytes roxyd reads and drops from a stream it has closed while it
-/// waits for the Manager to end its half; past that it stops reading.
-const DRAIN_LIMIT: usize = 64 * 1024;
-
 /// Resolves at `at`, or never when `None`.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -354,90 +558,20 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// How many streams are being served (accepted and not yet done with), and
-/// how many stream slots are held by streams roxyd has closed on its side
-/// and the Manager has not yet ended.
-#[derive(Debug, Default)]
-struct SlotCounts {
-    open: AtomicUsize,
-    held: AtomicUsize,
-    /// Fired whenever `open` drops to zero.
-    none_open: Notify,
-}
-
-impl SlotCounts {
-    fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// Resolves once no stream is being served.
-    async fn all_ended(&self) {
-        // A zero reached before the wait leaves a permit: nothing is missed.
-        while self.open() > 0 {
-            self.none_open.notified().await;
-        }
-    }
-
-    fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
-    }
-}
-
-/// A stream being served, counted in [`SlotCounts::open`] until it is
-/// dropped with its job: served, dropped unserved when the stream tasks
-/// are closed, or by a panic or an abort of its task.
-struct OpenStream(Arc<SlotCounts>);
-
-impl OpenStream {
-    fn new(counts: &Arc<SlotCounts>) -> Self {
-        counts.open.fetch_add(1, Ordering::AcqRel);
-        Self(Arc::clone(counts))
-    }
-
-    /// Counts the stream as holding a slot until the Manager ends its half
-    /// (FIN or `RESET_STREAM`) or the connection ends. What the Manager still
-    /// sends is read and dropped, up to [`DRAIN_LIMIT`]: reading, unlike
-    /// QUIC's `STOP_SENDING`, lets roxyd see the Manager's end. A Manager that
-    /// sends more is stopped, and its stream stays counted as held for the
-    /// rest of the connection.
-    async fn hold_until_answered(&self, recv: &mut quinn::RecvStream) {
-        let held = &self.0.held;
-        held.fetch_add(1, Ordering::Relaxed);
-        let mut drained = 0;
-        // Ends on the Manager's FIN, its reset, or the connection's end.
-        while let Ok(Some(chunk)) = recv.read_chunk(DRAIN_LIMIT, false).await {
-            drained += chunk.bytes.len();
-            if drained > DRAIN_LIMIT {
-                let _ = recv.stop(0u32.into());
-                return;
-            }
-        }
-        held.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.none_open.notify_one();
-        }
-    }
-}
-
 /// How long a stream must have waited for the Manager's bytes before it may
 /// be closed to make room: a request split across packets is not taken for
 /// an idle stream.
 const CLOSABLE_AFTER: Duration = Duration::from_millis(50);
 
-/// How often to look for streams to close while streams run short (and to
-/// count held slots while any may be): a tenth of [`CLOSABLE_AFTER`], so that
-/// a stream is closed soon after it may be, and a flood of stalled streams
-/// is cleared at about the rate the Manager can open them.
-const SHORT_RECHECK: Duration = Duration::from_millis(5);
+/// How long the Manager has to end the streams of a batch closed to make
+/// room (a Manager that is not stuck does within a round trip) before the
+/// next batch is closed, should streams still run short.
+const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
-/// How many streams to close at once when streams run short: quinn
-/// announces new stream credit to the peer only once more than an eighth of
-/// the limit has been freed, so closing fewer would leave the Manager stuck.
+/// How many streams must be freed for quinn to announce new stream credit
+/// to the Manager: it does so once more than an eighth of the limit has
+/// been freed since its last announcement, so closing fewer would leave the
+/// Manager stuck.
 fn room_to_make(limit: usize) -> usize {
     limit / 8 + 1
 }
@@ -445,25 +579,6 @@ fn room_to_make(limit: usize) -> usize {
 /// Whether streams run short: up to an eighth of the limit may be free but
 /// not yet announced to the Manager, so roxyd acts before its count of open
 /// streams reaches the limit, or the Manager could be stuck below it.
-fn crowded(live: usize, limit: usize) -> bool {
-    live >= limit.saturating_sub(room_to_make(limit))
-}
-
-/// Closes the streams that have waited longest for the Manager's bytes (and
-/// at least [`CLOSABLE_AFTER`]), up to [`room_to_make`] of them. Only a
-/// stream parked at a read can go; a stream at work is never interrupted. A
-/// closed stream stops its receive side and finishes its send side: a
-/// Manager waiting for a reply sees the stream end and drops it, and the
-/// slot returns to it.
-fn make_room(streams: &Streams, limit: usize) {
-    let (closing, longest) =
-        streams.close_longest_waiting(Instant::now(), CLOSABLE_AFTER, room_to_make(limit));
-    if closing > 0 {
-        crate::warn_repeated!(
-            crate::logging::STREAM_PRESSURE,
-            closing,
-            longest_wait_ms = longest.as_millis(),
-            "request streams run short; closing those that waited longest"
-        );
-    }
+fn crowded(open: usize, limit: usize) -> bool {
+    open >= limit.saturating_sub(room_to_make(limit))
 }

@@ -24,12 +24,10 @@ use std::{pin::pin, sync::Arc, task::Poll, time::Duration};
 
 #[cfg(any(test, feature = "test-backend"))]
 pub mod journal;
-pub mod streams;
 
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
-use streams::CloseReason;
-pub use streams::StreamActivity;
+use crate::connection::streams::{self, CloseReason, StreamActivity};
 
 use crate::{
     platform::{GracefulOp, ImmediateOp, PowerBackend, PowerOp},
@@ -111,16 +109,6 @@ pub enum DispatchEvent {
 pub trait DispatchObserver: Send + Sync {
     /// Called once per event.
     fn on_event(&self, event: &DispatchEvent);
-
-    /// Whether the reply to the prepared `op` waits, before it is written,
-    /// until the Manager has stopped the stream (or the stream or connection
-    /// ended; at most [`DispatchConfig::reply_timeout`]). Tests use it to
-    /// force a fire-and-forget Manager's packets to arrive before the write;
-    /// the default, `false`, writes at once.
-    fn hold_reply_until_stopped(&self, op: ImmediateOp) -> bool {
-        let _ = op;
-        false
-    }
 }
 
 /// The observer that ignores everything.
@@ -146,7 +134,7 @@ pub enum StreamEnd {
     /// No request arrived within the idle timeout.
     IdleTimeout,
     /// The connection layer closed the waiting stream to make room for
-    /// others (see [`streams::Streams::close_longest_waiting`]).
+    /// others (see [`crate::connection::serve_connection`]).
     ClosedToMakeRoom,
     /// A reply could not be written (any pending operation was cancelled).
     WriteFailed(String),
@@ -487,9 +475,5 @@ impl immediate::Steps for Reported<'_> {
             Step::Released => DispatchEvent::Released(op),
             Step::Cancelled => DispatchEvent::Cancelled(op),
         });
-    }
-
-    fn hold_reply_until_stopped(&self) -> bool {
-        self.observer.hold_reply_until_stopped(self.op)
     }
 }

@@ -2,26 +2,26 @@
 //!
 //! Commands are looked up in fixed system directories, never through the
 //! daemon's `PATH`, and run with a `PATH` of those directories only. A
-//! started command is waited for by its own reaper thread, so no zombie is
-//! left, and what it did afterwards is logged, not reported: the Manager was
-//! already told `Initiated`.
+//! started command is waited for asynchronously (`tokio::process`), so no
+//! zombie is left and no thread is spent on it, and what it did afterwards
+//! is logged, not reported: the Manager was already told `Initiated`.
 //!
-//! The reaper waits for the command's process itself, not for the end of its
+//! The wait is for the command's process itself, not for the end of its
 //! output: a command may exit at once but leave a child behind that holds
-//! its standard output open for as long as it likes. The output is read by
-//! threads of their own, which keep at most [`OUTPUT_KEPT`] bytes of each
-//! stream and discard the rest.
+//! its standard output open for as long as it likes. The output is read
+//! alongside, at most [`OUTPUT_KEPT`] bytes of each stream kept and the rest
+//! discarded, and given [`OUTPUT_GRACE`] to end once the process exited.
 
 use std::{
-    io::{self, Read},
+    io,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{
-        Arc, Mutex, PoisonError,
-        mpsc::{self, RecvTimeoutError},
-    },
-    thread,
-    time::{Duration, Instant},
+    process::{ExitStatus, Stdio},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    process::{Child, Command},
 };
 
 use super::GracefulOp;
@@ -124,7 +124,7 @@ impl GracefulCommands {
     }
 
     /// Spawns `op`'s command with no input and its output captured for the
-    /// log.
+    /// log. Must be called on a Tokio runtime, which reaps the process.
     ///
     /// # Errors
     ///
@@ -201,28 +201,46 @@ impl CommandOutcome {
 
 impl GracefulStart {
     /// Waits for the command's process to exit, then logs its exit status
-    /// and the start of its output. Blocks; run it on a thread of its own.
+    /// and the start of its output.
     ///
     /// Returns once the process has exited and been reaped, even while a
     /// child it left behind still holds its output open: the output is
     /// awaited for at most [`OUTPUT_GRACE`] more.
-    #[must_use]
-    pub fn wait(self) -> CommandOutcome {
+    pub async fn wait(self) -> CommandOutcome {
         let Self::Spawned(mut child) = self else {
             return CommandOutcome::Simulated;
         };
         let pid = child.id();
-        let stdout = child.stdout.take().map(OutputReader::start);
-        let stderr = child.stderr.take().map(OutputReader::start);
-        let status = child.wait();
-        let deadline = Instant::now() + OUTPUT_GRACE;
-        let stdout = stdout.map(|r| r.collect(deadline)).unwrap_or_default();
-        let stderr = stderr.map(|r| r.collect(deadline)).unwrap_or_default();
+        let (mut stdout, mut stderr) = (KeptOutput::default(), KeptOutput::default());
+        let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
+        let status = {
+            let reading = async {
+                tokio::join!(
+                    read_into(out_pipe, &mut stdout),
+                    read_into(err_pipe, &mut stderr)
+                );
+            };
+            tokio::pin!(reading);
+            let mut output_ended = false;
+            let status = loop {
+                tokio::select! {
+                    status = child.wait() => break status,
+                    () = &mut reading, if !output_ended => output_ended = true,
+                }
+            };
+            let still_open = !output_ended
+                && tokio::time::timeout(OUTPUT_GRACE, &mut reading)
+                    .await
+                    .is_err();
+            (status, still_open)
+        };
+        let (status, held) = status;
+        stdout.still_open = held;
+        stderr.still_open = held;
         match status {
             Ok(status) => {
                 let (out, err) = (stdout.text(), stderr.text());
                 let (out_cut, err_cut) = (stdout.discarded, stderr.discarded);
-                let held = stdout.still_open || stderr.still_open;
                 if status.success() {
                     tracing::info!(pid, %status, stdout = %out, stderr = %err, stdout_discarded = out_cut, stderr_discarded = err_cut, output_still_open = held, "graceful command finished");
                 } else {
@@ -238,12 +256,26 @@ impl GracefulStart {
     }
 }
 
+/// Reads `pipe` to its end into `kept`, which keeps a bounded part.
+async fn read_into(pipe: Option<impl AsyncRead + Unpin>, kept: &mut KeptOutput) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => kept.push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Most bytes of each of a graceful command's output streams kept for the
 /// log; the rest is read and discarded, so that the command never blocks on
 /// a full pipe.
 pub const OUTPUT_KEPT: usize = 4096;
 
-/// How long the reaper waits, once the command exited, for its output to
+/// How long the wait goes on, once the command exited, for its output to
 /// end before it logs what it has.
 pub const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 
@@ -274,58 +306,6 @@ impl KeptOutput {
             .min(piece.len());
         self.bytes.extend_from_slice(&piece[..room]);
         self.discarded += (piece.len() - room) as u64;
-    }
-}
-
-/// One output stream being read on a thread of its own.
-struct OutputReader {
-    kept: Arc<Mutex<KeptOutput>>,
-    ended: mpsc::Receiver<()>,
-}
-
-impl OutputReader {
-    fn start(pipe: impl Read + Send + 'static) -> Self {
-        let kept = Arc::new(Mutex::new(KeptOutput::default()));
-        let (done, ended) = mpsc::channel();
-        let theirs = Arc::clone(&kept);
-        let spawned = thread::Builder::new()
-            .name("roxyd-output".to_owned())
-            .spawn(move || {
-                let mut pipe = pipe;
-                let mut buf = [0u8; 8192];
-                loop {
-                    match pipe.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => theirs
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
-                }
-                let _ = done.send(());
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start a thread to read the graceful command's output; it is not kept");
-        }
-        Self { kept, ended }
-    }
-
-    /// What was kept, once the stream ended or at `deadline`.
-    fn collect(self, deadline: Instant) -> KeptOutput {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let still_open = matches!(
-            self.ended.recv_timeout(timeout),
-            Err(RecvTimeoutError::Timeout)
-        );
-        let mut kept = self
-            .kept
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        kept.still_open = still_open;
-        kept
     }
 }
 

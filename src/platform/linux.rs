@@ -53,9 +53,9 @@ impl fmt::Debug for LinuxBackend {
 
 impl LinuxBackend {
     /// `reboot`, without arguments.
-    pub const REBOOT: CommandLine = super::linux_commands::REBOOT;
+    pub const REBOOT: CommandLine = super::select::linux_commands::REBOOT;
     /// `poweroff`, without arguments.
-    pub const POWER_OFF: CommandLine = super::linux_commands::POWER_OFF;
+    pub const POWER_OFF: CommandLine = super::select::linux_commands::POWER_OFF;
 
     /// The backend with commands looked up in the system directories.
     #[must_use]

@@ -7,14 +7,17 @@
 
 use tokio::sync::oneshot;
 
-use super::{latch::PowerLatch, pending::run_detached};
+use tracing::Instrument;
+
+use super::latch::PowerLatch;
 use crate::{
     platform::{CommandOutcome, GracefulStart},
     power_log::{Asked, PowerLog},
 };
 
-/// Waits for `started` on a thread of its own, then frees `latch` and
-/// records the command's exit in `log`.
+/// Waits for `started` on a task of its own (in the request's span), then
+/// frees `latch` and records the command's exit in `log`. Must be called on
+/// a Tokio runtime.
 pub(super) fn reap(
     started: GracefulStart,
     latch: PowerLatch,
@@ -28,15 +31,18 @@ pub(super) fn reap(
         let _ = done.send(false);
         return GracefulRun { finished };
     }
-    run_detached("roxyd-reaper", move || {
-        let outcome = started.wait();
-        let going_down = outcome.host_going_down();
-        // Exited, with any status: it no longer blocks anything.
-        drop(latch);
-        record_exit(&log, asked, &outcome);
-        // Nobody may be waiting; the outcome was logged either way.
-        let _ = done.send(going_down);
-    });
+    tokio::spawn(
+        async move {
+            let outcome = started.wait().await;
+            let going_down = outcome.host_going_down();
+            // Exited, with any status: it no longer blocks anything.
+            drop(latch);
+            record_exit(&log, asked, &outcome);
+            // Nobody may be waiting; the outcome was logged either way.
+            let _ = done.send(going_down);
+        }
+        .in_current_span(),
+    );
     GracefulRun { finished }
 }
 

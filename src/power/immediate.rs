@@ -67,16 +67,10 @@ pub enum Step {
     Cancelled,
 }
 
-/// Where [`serve`] reports its steps, and whether it holds the reply.
+/// Where [`serve`] reports its steps.
 pub trait Steps {
     /// Called once per step, in order.
     fn step(&self, step: Step);
-
-    /// Whether the reply waits, before it is written, until the Manager has
-    /// stopped the stream (or the stream or connection ended; at most
-    /// [`Limits::reply_timeout`]). Tests use it to force a fire-and-forget
-    /// Manager's packets to arrive before the write.
-    fn hold_reply_until_stopped(&self) -> bool;
 }
 
 /// How [`serve`] ended.
@@ -111,9 +105,6 @@ where
     // this is a Manager that gave up, not one that declined.
     let pending_since = Instant::now();
     steps.step(Step::Prepared);
-    if steps.hold_reply_until_stopped() {
-        let _ = tokio::time::timeout(limits.reply_timeout, send.peer_stop()).await;
-    }
     tracing::info!(%op, "prepared; writing the reply");
     let written = tokio::time::timeout(limits.reply_timeout, write_initiated(send, form))
         .await

@@ -53,8 +53,10 @@ pub struct PowerHandler<B> {
     backend: Arc<B>,
     /// What is under way: an immediate operation, a graceful command, both.
     busy: Arc<watch::Sender<Busy>>,
-    /// `true` from a release until the backend's `perform` returned.
-    performing: Arc<watch::Sender<bool>>,
+    /// How many released operations are being performed: counted by a
+    /// [`pending::Performing`] guard from the release until `perform`
+    /// returned or panicked.
+    performing: Arc<watch::Sender<usize>>,
     /// Where releases and graceful commands are recorded.
     log: PowerLog,
 }
@@ -65,7 +67,7 @@ impl<B: PowerBackend> PowerHandler<B> {
         Self {
             backend: Arc::new(backend),
             busy: Arc::new(watch::Sender::new(Busy::default())),
-            performing: Arc::new(watch::Sender::new(false)),
+            performing: Arc::new(watch::Sender::new(0)),
             log: PowerLog::off(),
         }
     }
@@ -109,7 +111,7 @@ impl<B: PowerBackend> PowerHandler<B> {
     /// which waits for this before it exits, never exits ahead of it.
     pub async fn wait_performed(&self) {
         let mut rx = self.performing.subscribe();
-        let _ = rx.wait_for(|performing| !*performing).await;
+        let _ = rx.wait_for(|performing| *performing == 0).await;
     }
 
     /// Checks that `op`, asked in wire form `request`, can run now and
@@ -142,7 +144,7 @@ impl<B: PowerBackend> PowerHandler<B> {
     }
 
     /// Starts `op`'s system command, asked in wire form `request`, and
-    /// records it. Its end is waited for on a thread of its own, logged and
+    /// records it. Its end is waited for on a task of its own, logged and
     /// recorded.
     ///
     /// # Errors

@@ -99,7 +99,7 @@ impl From<ReplyDeclined> for ReleaseProof {
 pub struct PendingPowerOp<B: PowerBackend> {
     op: ImmediateOp,
     backend: Arc<B>,
-    performing: Arc<watch::Sender<bool>>,
+    performing: Arc<watch::Sender<usize>>,
     /// `Some` until released; a drop with it still here is a cancellation.
     latch: Option<PowerLatch>,
     /// Where the release is recorded.
@@ -114,7 +114,7 @@ impl<B: PowerBackend> PendingPowerOp<B> {
     pub(super) fn new(
         op: ImmediateOp,
         backend: Arc<B>,
-        performing: Arc<watch::Sender<bool>>,
+        performing: Arc<watch::Sender<usize>>,
         latch: PowerLatch,
         log: PowerLog,
         asked: Asked,
@@ -151,8 +151,7 @@ impl<B: PowerBackend> PendingPowerOp<B> {
         let op = self.op;
         let backend = Arc::clone(&self.backend);
         let latch = self.latch.take();
-        let performing = Arc::clone(&self.performing);
-        performing.send_replace(true);
+        let performing = Performing::start(&self.performing);
         backend.pending_settled(op, Settlement::Released);
         let (after, reply) = match proof.into() {
             ReleaseProof::Written(ReplyWritten { acknowledged: true }) => {
@@ -177,7 +176,7 @@ impl<B: PowerBackend> PendingPowerOp<B> {
                 Ok(()) => tracing::info!(%op, "backend returned; the host stays up"),
                 Err(e) => tracing::error!(%op, error = %e, "power operation failed after release"),
             }
-            performing.send_replace(false);
+            drop(performing);
         });
     }
 }
@@ -188,6 +187,24 @@ impl<B: PowerBackend> Drop for PendingPowerOp<B> {
             self.backend.pending_settled(self.op, Settlement::Cancelled);
             tracing::warn!(op = %self.op, "pending power operation cancelled; nothing done");
         }
+    }
+}
+
+/// One released operation being performed, counted from its release until
+/// the guard is dropped: when `perform` returned, or by the unwinding of a
+/// panic in it, or with the job should it never run.
+pub(super) struct Performing(Arc<watch::Sender<usize>>);
+
+impl Performing {
+    fn start(count: &Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Performing {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

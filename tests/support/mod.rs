@@ -2,6 +2,7 @@
 //! reads its log lines so tests wait on what it says, not on time.
 #![allow(dead_code)]
 
+pub mod held_reply;
 pub mod immediate;
 pub mod lab_agent;
 

@@ -108,14 +108,16 @@ pub struct FrameReader<R> {
     end: usize,
 }
 
-/// A frame's payload, inline when small.
+/// A frame's payload, inline when small; read it as a `[u8]`. Its parts
+/// are private: an inline length past the inline bytes would panic.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Payload {
-    /// Up to `READ_AHEAD - 4` bytes.
+pub struct Payload(Repr);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Repr {
+    /// Up to `READ_AHEAD - 4` bytes: the first `len` of `bytes`.
     Inline {
-        /// The bytes, of which the first `len` are the payload.
         bytes: [u8; READ_AHEAD - 4],
-        /// The payload's length.
         len: u8,
     },
     /// A larger payload.
@@ -126,9 +128,9 @@ impl Deref for Payload {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        match self {
-            Self::Inline { bytes, len } => &bytes[..usize::from(*len)],
-            Self::Heap(bytes) => bytes,
+        match &self.0 {
+            Repr::Inline { bytes, len } => &bytes[..usize::from(*len)],
+            Repr::Heap(bytes) => bytes,
         }
     }
 }
@@ -149,8 +151,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Reads more of `inner` into the buffer, after what it holds; 0 at the
-    /// end of the stream. The buffer's state changes only once a read
-    /// completed, so a dropped call loses nothing.
+    /// end of the stream. A dropped call loses nothing: the compaction before
+    /// the read moves the buffered bytes to the front and keeps them all, and
+    /// `end` moves past new bytes only once a read completed.
     async fn fill(&mut self) -> io::Result<usize> {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
@@ -191,10 +194,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             bytes[..len].copy_from_slice(&self.buf[from..from + len]);
             self.start = from + len;
             #[allow(clippy::cast_possible_truncation, reason = "len <= READ_AHEAD - 4")]
-            return Ok(Some(Payload::Inline {
+            return Ok(Some(Payload(Repr::Inline {
                 bytes,
                 len: len as u8,
-            }));
+            })));
         }
         self.start += 4;
         let mut payload = vec![0_u8; len];
@@ -205,7 +208,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             .read_exact(&mut payload[have..])
             .await
             .map_err(inside_frame)?;
-        Ok(Some(Payload::Heap(payload)))
+        Ok(Some(Payload(Repr::Heap(payload))))
     }
 }
 

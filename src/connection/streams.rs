@@ -6,9 +6,10 @@
 //! being answered, a power operation pending) never is, and neither is one
 //! whose bytes have arrived. Neither side keeps a timer per stream: a stream
 //! marks itself waiting (one lock, no clock read unless its read is
-//! pending), and the owner of its [`StreamActivity`] decides, on a timer of
-//! its own, which to close. Per-stream timers and wake-up registrations were
-//! most of roxyd's cost per request when many were in flight (issue 12).
+//! pending), and the owner of its [`StreamActivity`] (the connection)
+//! decides, on one timer of its own, which to close. Per-stream timers and
+//! wake-up registrations were most of roxyd's cost per request when many
+//! were in flight (docs/performance.md).
 
 use std::{
     future::Future,
@@ -84,6 +85,21 @@ impl StreamActivity {
         }
     }
 
+    /// Whether the stream was closed for `reason` and has not yet seen it.
+    fn closing_for(&self, reason: CloseReason) -> bool {
+        self.lock().close == Some(reason)
+    }
+
+    /// Since when the stream waits, unless it is closing already.
+    fn waiting_open(&self) -> Option<Instant> {
+        let state = self.lock();
+        state
+            .close
+            .is_none()
+            .then_some(state.waiting_since)
+            .flatten()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -130,9 +146,9 @@ pub async fn wait<F: Future>(read: F, activity: &StreamActivity) -> Result<F::Ou
     .await
 }
 
-/// A stream's waiting mark, cleared when the wait ends, also by a drop: an
-/// activity outlives its stream (a stream task keeps it for the next one),
-/// and must not carry a mark or a close over.
+/// A stream's waiting mark, cleared when the wait ends, also by a drop: a
+/// wait dropped while pending must not leave a mark or a close behind for
+/// the stream's next read.
 struct Mark<'a> {
     activity: &'a StreamActivity,
     waiting: bool,
@@ -179,7 +195,7 @@ fn close_if_idle(activity: &StreamActivity, now: Instant, idle: Duration) -> Ins
 }
 
 /// The stream tasks of one connection, by their [`StreamActivity`] (one per
-/// task, for every stream it serves). A task is tracked while anyone else
+/// task). A task is tracked while anyone else
 /// holds its activity (the task does, until it ends); entries of ended tasks
 /// are dropped in bulk as the list grows, so that a long connection does not
 /// accumulate them.
@@ -230,6 +246,22 @@ impl Streams {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()
+    }
+
+    /// How many running streams were closed to make room and have not yet
+    /// seen it.
+    #[must_use]
+    pub fn closing_to_make_room(&self) -> usize {
+        self.running()
+            .filter(|activity| activity.closing_for(CloseReason::MakeRoom))
+            .count()
+    }
+
+    /// Since when the stream that has waited longest waits, among those not
+    /// closing already.
+    #[must_use]
+    pub fn earliest_waiting(&self) -> Option<Instant> {
+        self.running().filter_map(|a| a.waiting_open()).min()
     }
 
     /// Closes every stream that has waited `idle` or longer at `now`, and
