@@ -3,6 +3,8 @@
 //! failed writes, refused operations and bad input.
 #![cfg(feature = "test-backend")]
 
+mod support;
+
 use std::{
     future::Future,
     io,
@@ -20,6 +22,7 @@ use roxyd::{
     wire::{self, NodePowerRequest, RequestCode, reply_text},
 };
 use rstest::rstest;
+use support::backend_lifetime::BackendLifetime;
 use tokio::{
     io::{AsyncRead, AsyncWrite, DuplexStream, ReadHalf, WriteHalf},
     sync::Notify,
@@ -403,6 +406,8 @@ async fn serve_one_request<W: ReplySink>(
     serve_scripted(recorder, code, body, After::Finished, sink).await
 }
 
+/// Serves one request, then waits until nothing holds the backend any more:
+/// every thread or task that could still perform an operation has ended.
 async fn serve_scripted<W: ReplySink>(
     recorder: &Recorder,
     code: u32,
@@ -410,18 +415,28 @@ async fn serve_scripted<W: ReplySink>(
     after: After,
     sink: &mut W,
 ) -> StreamEnd {
-    let dispatcher = dispatcher(recorder, DispatchConfig::default());
+    let (dispatcher, lifetime) = BackendLifetime::dispatcher(recorder, DispatchConfig::default());
     let mut recv = ScriptedRecv {
         frame: framed(&wire::encode_request(code, body)),
         read: 0,
         after,
     };
-    dispatcher.serve_stream(&mut recv, sink).await
+    // Longer than the reply-write bound (10 s) plus the decline check's
+    // wait for the FIN (1 s), each on paused time where the test pauses it.
+    let end = tokio::time::timeout(
+        Duration::from_secs(30),
+        dispatcher.serve_stream(&mut recv, sink),
+    )
+    .await
+    .expect("rule broken: serving a request ends within the reply-write and decline bounds");
+    drop(dispatcher);
+    lifetime.wait_all_gone().await;
+    end
 }
 
 /// Checks that `op` was dropped: the pending operation itself says so, and
-/// no power operation ran. The serving ended before this is called, and a
-/// release would have left its mark synchronously.
+/// no power operation ran. The serving ended before this is called, and no
+/// thread or task that could still perform it is left.
 fn assert_dropped(recorder: &Recorder, op: ImmediateOp) {
     assert_eq!(
         settled(recorder),
@@ -432,7 +447,11 @@ fn assert_dropped(recorder: &Recorder, op: ImmediateOp) {
         entries.contains(&Entry::Dispatch(DispatchEvent::Cancelled(op))),
         "{entries:#?}"
     );
-    assert_eq!(recorder.journal().power_operations(), vec![]);
+    assert_eq!(
+        recorder.journal().power_operations(),
+        vec![],
+        "rule broken: a cancelled operation is never performed"
+    );
 }
 
 #[rstest]

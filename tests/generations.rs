@@ -22,6 +22,7 @@ use roxyd_lab::{
 };
 use rstest::rstest;
 use support::{
+    backend_lifetime::BackendLifetime,
     immediate::Immediate,
     lab_agent::{LabAgent, LabAgents},
 };
@@ -54,8 +55,9 @@ impl DispatchObserver for Observer {
 struct Rig {
     _lab: Lab,
     session: AgentSession,
-    _agent: LabAgent,
+    agent: LabAgent,
     recorder: Recorder,
+    lifetime: BackendLifetime,
 }
 
 impl Rig {
@@ -70,14 +72,16 @@ impl Rig {
             journal: recorder.journal().clone(),
             hold,
         };
+        let (backend, lifetime) = BackendLifetime::counted(&recorder);
         let dispatcher =
-            Arc::new(Dispatcher::new(recorder.clone(), config).with_observer(Arc::new(observer)));
+            Arc::new(Dispatcher::new(backend, config).with_observer(Arc::new(observer)));
         let (session, agent) = lab.connect(dispatcher).await.unwrap();
         Self {
             _lab: lab,
             session,
-            _agent: agent,
+            agent,
             recorder,
+            lifetime,
         }
     }
 
@@ -133,8 +137,9 @@ impl Rig {
         assert_eq!(self.journal().power_operations(), vec![Entry::Perform(op)]);
     }
 
-    /// Checks that `op` was dropped and the connection still serves.
-    async fn assert_dropped(&self, op: ImmediateOp) {
+    /// Checks that `op` was dropped and the connection still serves, then
+    /// that it is never performed.
+    async fn assert_dropped(self, op: ImmediateOp) {
         assert_eq!(self.settlement(op).await, Settlement::Cancelled);
         self.until(Entry::Dispatch(DispatchEvent::Cancelled(op)))
             .await;
@@ -144,7 +149,22 @@ impl Rig {
                 .unwrap(),
             Ok(())
         );
-        assert_eq!(self.journal().power_operations(), vec![]);
+        self.assert_nothing_performed().await;
+    }
+
+    /// Ends the connection and waits until nothing holds the backend any
+    /// more (the serving task and every thread or task that could still
+    /// perform an operation have ended), then checks that nothing was
+    /// performed: "cancelled" means "and never performed".
+    async fn assert_nothing_performed(self) {
+        self.session.connection().close(0u32.into(), b"test over");
+        within(self.agent.serving).await.unwrap();
+        self.lifetime.wait_all_gone().await;
+        assert_eq!(
+            self.recorder.journal().power_operations(),
+            vec![],
+            "rule broken: a cancelled operation is never performed"
+        );
     }
 }
 
@@ -333,7 +353,7 @@ async fn connection_lost_before_the_write_drops(#[case] request: Immediate) {
         .await;
     rig.session.connection().close(0u32.into(), b"manager gone");
     assert_eq!(rig.settlement(request.op()).await, Settlement::Cancelled);
-    assert_eq!(rig.journal().power_operations(), vec![]);
+    rig.assert_nothing_performed().await;
 }
 
 /// A 0.18 Manager reads the reply: written, its delivery awaited, then

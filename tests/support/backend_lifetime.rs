@@ -76,17 +76,25 @@ impl BackendLifetime {
         recorder: &Recorder,
         config: DispatchConfig,
     ) -> (Dispatcher<CountedRecorder>, Self) {
-        let alive = Arc::new(watch::Sender::new(0));
-        let backend = CountedRecorder::new(recorder.clone(), Arc::clone(&alive));
+        let (backend, lifetime) = Self::counted(recorder);
         let dispatcher =
             Dispatcher::new(backend, config).with_observer(Arc::new(recorder.journal().clone()));
-        (dispatcher, Self { alive })
+        (dispatcher, lifetime)
+    }
+
+    /// A counted copy of `recorder` for a dispatcher the test builds itself,
+    /// and the lifetime that counts it.
+    pub fn counted(recorder: &Recorder) -> (CountedRecorder, Self) {
+        let alive = Arc::new(watch::Sender::new(0));
+        let backend = CountedRecorder::new(recorder.clone(), Arc::clone(&alive));
+        (backend, Self { alive })
     }
 
     /// Waits until every counted copy was dropped: the dispatcher and every
     /// pending operation, thread or task that held one has ended, so no
-    /// operation can be performed any more. Drop the dispatcher first; on
-    /// paused time, resume it first, since the last holder may be a thread.
+    /// operation can be performed any more. Drop the dispatcher first. The
+    /// limit runs on real time, also in tests on paused Tokio time: the last
+    /// holder may be a thread, which paused time does not wait for.
     ///
     /// # Panics
     ///
@@ -94,9 +102,17 @@ impl BackendLifetime {
     /// backend after the operation was settled.
     pub async fn wait_all_gone(&self) {
         let mut rx = self.alive.subscribe();
-        let gone = tokio::time::timeout(Self::LIMIT, rx.wait_for(|n| *n == 0)).await;
+        let (expired, limit) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            std::thread::sleep(Self::LIMIT);
+            let _ = expired.send(());
+        });
+        let gone = tokio::select! {
+            _ = rx.wait_for(|n| *n == 0) => true,
+            _ = limit => false,
+        };
         assert!(
-            gone.is_ok(),
+            gone,
             "rule broken: something still holds the power backend {:?} after the operation \
              was settled ({} copies alive), so it could still perform it",
             Self::LIMIT,
