@@ -65,8 +65,9 @@ impl Stream {
     }
 
     async fn reply(&mut self) -> Vec<u8> {
-        wire::read_frame(&mut self.manager, u32::MAX)
+        tokio::time::timeout(STEP_LIMIT, wire::read_frame(&mut self.manager, u32::MAX))
             .await
+            .expect("rule broken: every request gets a reply on its stream")
             .unwrap()
             .expect("a reply frame")
     }
@@ -84,7 +85,10 @@ impl Stream {
     /// Finishes the Manager's side and returns how serving ended.
     async fn finish(self) -> StreamEnd {
         drop(self.manager);
-        self.serving.await.unwrap()
+        tokio::time::timeout(STEP_LIMIT, self.serving)
+            .await
+            .expect("rule broken: a stream the Manager finished ends")
+            .unwrap()
     }
 }
 
@@ -341,12 +345,16 @@ fn framed(payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The longest any one step here may take: longer than every bound of the
+/// power path (the reply-write bound is 10 s), shorter than nextest's limit.
+const STEP_LIMIT: Duration = Duration::from_secs(30);
+
 /// Awaits `future`, failing the test if it takes longer than any step here
 /// reasonably can.
 async fn within<F: Future>(future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), future)
+    tokio::time::timeout(STEP_LIMIT, future)
         .await
-        .expect("a step of this test hung")
+        .expect("a step of this test outlived every bound of the power path")
 }
 
 /// The Manager's side of the stream after its request.
@@ -423,12 +431,9 @@ async fn serve_scripted<W: ReplySink>(
     };
     // Longer than the reply-write bound (10 s) plus the decline check's
     // wait for the FIN (1 s), each on paused time where the test pauses it.
-    let end = tokio::time::timeout(
-        Duration::from_secs(30),
-        dispatcher.serve_stream(&mut recv, sink),
-    )
-    .await
-    .expect("rule broken: serving a request ends within the reply-write and decline bounds");
+    let end = tokio::time::timeout(STEP_LIMIT, dispatcher.serve_stream(&mut recv, sink))
+        .await
+        .expect("rule broken: serving a request ends within the reply-write and decline bounds");
     drop(dispatcher);
     lifetime.wait_all_gone().await;
     end
