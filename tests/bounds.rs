@@ -50,6 +50,18 @@ const SYNC_BOUND: Duration = Duration::from_secs(5);
 /// How far from a bound "just inside" and "just outside" are on paused time.
 const EDGE: Duration = Duration::from_millis(1);
 
+/// Just inside `bound`.
+fn inside(bound: Duration) -> Duration {
+    bound
+        .checked_sub(EDGE)
+        .expect("a bound longer than its edge")
+}
+
+/// Just outside `bound`.
+fn outside(bound: Duration) -> Duration {
+    bound + EDGE
+}
+
 /// The dispatch limits the daemon runs with when nothing is configured.
 fn shipped() -> DispatchConfig {
     Config::default().dispatch()
@@ -196,8 +208,8 @@ fn performed(served: &Served) -> usize {
 /// just outside is not. Either way the operation is released (the Manager
 /// may have been told), the moment the wait ends.
 #[rstest]
-#[case::ack_just_inside(DELIVERY_BOUND - EDGE, Delivery::Acknowledged, DELIVERY_BOUND - EDGE)]
-#[case::ack_just_outside(DELIVERY_BOUND + EDGE, Delivery::TimedOut, DELIVERY_BOUND)]
+#[case::ack_just_inside(inside(DELIVERY_BOUND), Delivery::Acknowledged, inside(DELIVERY_BOUND))]
+#[case::ack_just_outside(outside(DELIVERY_BOUND), Delivery::TimedOut, DELIVERY_BOUND)]
 #[tokio::test(start_paused = true)]
 async fn the_delivery_bound_ships_at_two_seconds(
     #[case] ack_after: Duration,
@@ -226,8 +238,8 @@ async fn the_delivery_bound_ships_at_two_seconds(
 /// written reply (released); one that would complete just outside it drops
 /// the operation, which is then never performed.
 #[rstest]
-#[case::written_just_inside(REPLY_WRITE_BOUND - EDGE, true)]
-#[case::written_just_outside(REPLY_WRITE_BOUND + EDGE, false)]
+#[case::written_just_inside(inside(REPLY_WRITE_BOUND), true)]
+#[case::written_just_outside(outside(REPLY_WRITE_BOUND), false)]
 #[tokio::test(start_paused = true)]
 async fn the_reply_write_bound_ships_at_ten_seconds(
     #[case] accept_after: Duration,
@@ -268,8 +280,8 @@ async fn the_reply_write_bound_ships_at_ten_seconds(
 /// inside 500 ms of the reply becoming pending is a decline (carried out);
 /// just outside it is a Manager that gave up (dropped, never performed).
 #[rstest]
-#[case::stop_just_inside(DECLINE_WINDOW - EDGE, true)]
-#[case::stop_just_outside(DECLINE_WINDOW + EDGE, false)]
+#[case::stop_just_inside(inside(DECLINE_WINDOW), true)]
+#[case::stop_just_outside(outside(DECLINE_WINDOW), false)]
 #[tokio::test(start_paused = true)]
 async fn the_decline_window_ships_at_500_ms(
     #[case] stop_after: Duration,
@@ -355,7 +367,7 @@ mod sync_bound {
     }
 
     #[rstest]
-    #[case::just_inside(SYNC_BOUND - MARGIN, SyncEnd::Finished)]
+    #[case::just_inside(SYNC_BOUND.checked_sub(MARGIN).unwrap(), SyncEnd::Finished)]
     #[case::just_outside(SYNC_BOUND + MARGIN, SyncEnd::TimedOut)]
     fn a_sync_step_counts_only_within_five_seconds(
         #[case] returns_after: Duration,
@@ -409,11 +421,10 @@ async fn a_manager_that_never_acknowledges_holds_the_release_only_to_the_deliver
         .await;
     let timed = recorder.journal().timed_entries();
     let at = |wanted: &Entry| {
-        timed
-            .iter()
-            .find(|(_, e)| e == wanted)
-            .map(|(t, _)| *t)
-            .unwrap_or_else(|| panic!("rule broken: {rule}: no {wanted:?} in {entries:#?}"))
+        timed.iter().find(|(_, e)| e == wanted).map_or_else(
+            || panic!("rule broken: {rule}: no {wanted:?} in {entries:#?}"),
+            |(t, _)| *t,
+        )
     };
     let written = at(&Entry::Dispatch(DispatchEvent::ReplyWritten {
         code: request.code_and_body().0,
