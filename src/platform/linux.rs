@@ -104,7 +104,7 @@ pub enum SyncEnd {
 /// Runs `step` on a thread of its own and waits for it at most `timeout`.
 /// A step still running then is left behind, so that `reboot(2)` can follow
 /// at once: a hung disk or mount must not keep the node up after
-/// `Initiated`. Apart from the syscall so that the bound is tested in
+/// `Initiated`. Kept apart from the syscall so that the bound is tested in
 /// process, without root, with a step that never returns.
 pub fn bounded_sync(step: impl FnOnce() + Send + 'static, timeout: Duration) -> SyncEnd {
     let (done, finished) = mpsc::channel();
