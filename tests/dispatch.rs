@@ -3,6 +3,8 @@
 //! failed writes, refused operations and bad input.
 #![cfg(feature = "test-backend")]
 
+mod support;
+
 use std::{
     future::Future,
     io,
@@ -21,6 +23,7 @@ use roxyd::{
     wire::{self, NodePowerRequest, RequestCode, reply_text},
 };
 use rstest::rstest;
+use support::backend_lifetime::BackendLifetime;
 use tokio::{
     io::{AsyncRead, AsyncWrite, DuplexStream, ReadHalf, WriteHalf},
     sync::Notify,
@@ -63,8 +66,9 @@ impl Stream {
     }
 
     async fn reply(&mut self) -> Vec<u8> {
-        wire::read_frame(&mut self.manager, u32::MAX)
+        tokio::time::timeout(STEP_LIMIT, wire::read_frame(&mut self.manager, u32::MAX))
             .await
+            .expect("rule broken: every request gets a reply on its stream")
             .unwrap()
             .expect("a reply frame")
     }
@@ -82,7 +86,10 @@ impl Stream {
     /// Finishes the Manager's side and returns how serving ended.
     async fn finish(self) -> StreamEnd {
         drop(self.manager);
-        self.serving.await.unwrap()
+        tokio::time::timeout(STEP_LIMIT, self.serving)
+            .await
+            .expect("rule broken: a stream the Manager finished ends")
+            .unwrap()
     }
 }
 
@@ -339,12 +346,16 @@ fn framed(payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The longest any one step here may take: longer than every bound of the
+/// power path (the reply-write bound is 10 s), shorter than nextest's limit.
+const STEP_LIMIT: Duration = Duration::from_secs(30);
+
 /// Awaits `future`, failing the test if it takes longer than any step here
 /// reasonably can.
 async fn within<F: Future>(future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), future)
+    tokio::time::timeout(STEP_LIMIT, future)
         .await
-        .expect("a step of this test hung")
+        .expect("a step of this test outlived every bound of the power path")
 }
 
 /// The Manager's side of the stream after its request.
@@ -404,6 +415,8 @@ async fn serve_one_request<W: ReplySink>(
     serve_scripted(recorder, code, body, After::Finished, sink).await
 }
 
+/// Serves one request, then waits until nothing holds the backend any more:
+/// every thread or task that could still perform an operation has ended.
 async fn serve_scripted<W: ReplySink>(
     recorder: &Recorder,
     code: u32,
@@ -411,18 +424,25 @@ async fn serve_scripted<W: ReplySink>(
     after: After,
     sink: &mut W,
 ) -> StreamEnd {
-    let dispatcher = dispatcher(recorder, DispatchConfig::default());
+    let (dispatcher, lifetime) = BackendLifetime::dispatcher(recorder, DispatchConfig::default());
     let mut recv = ScriptedRecv {
         frame: framed(&wire::encode_request(code, body)),
         read: 0,
         after,
     };
-    dispatcher.serve_stream(&mut recv, sink).await
+    // Longer than the reply-write bound (10 s) plus the decline check's
+    // wait for the FIN (1 s), each on paused time where the test pauses it.
+    let end = tokio::time::timeout(STEP_LIMIT, dispatcher.serve_stream(&mut recv, sink))
+        .await
+        .expect("rule broken: serving a request ends within the reply-write and decline bounds");
+    drop(dispatcher);
+    lifetime.wait_all_gone().await;
+    end
 }
 
 /// Checks that `op` was dropped: the pending operation itself says so, and
-/// no power operation ran. The serving ended before this is called, and a
-/// release would have left its mark synchronously.
+/// no power operation ran. The serving ended before this is called, and no
+/// thread or task that could still perform it is left.
 fn assert_dropped(recorder: &Recorder, op: ImmediateOp) {
     assert_eq!(
         settled(recorder),
@@ -433,7 +453,11 @@ fn assert_dropped(recorder: &Recorder, op: ImmediateOp) {
         entries.contains(&Entry::Dispatch(DispatchEvent::Cancelled(op))),
         "{entries:#?}"
     );
-    assert_eq!(recorder.journal().power_operations(), vec![]);
+    assert_eq!(
+        recorder.journal().power_operations(),
+        vec![],
+        "rule broken: a cancelled operation is never performed"
+    );
 }
 
 #[rstest]

@@ -12,7 +12,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use roxyd::dispatch::journal::{Entry, Journal, Recorder};
 use roxyd::{
-    dispatch::{DispatchConfig, DispatchEvent},
+    dispatch::{DispatchConfig, DispatchEvent, Dispatcher},
     platform::{ImmediateOp, Settlement},
     power::immediate::DeclineRule,
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode},
@@ -22,7 +22,10 @@ use roxyd_lab::{
     manager::{AgentSession, Generation},
 };
 use rstest::rstest;
-use support::{held_reply::HeldUntilStopped, immediate::Immediate, lab_agent::LabAgents};
+use support::{
+    backend_lifetime::BackendLifetime, held_reply::HeldUntilStopped, immediate::Immediate,
+    lab_agent::LabAgents,
+};
 
 /// Fails the test if one step takes longer than any step here can.
 async fn within<F: Future>(future: F) -> F::Output {
@@ -34,8 +37,11 @@ async fn within<F: Future>(future: F) -> F::Output {
 struct Rig {
     _lab: Lab,
     session: AgentSession,
-    _agent: (tokio::task::JoinHandle<()>, quinn::Endpoint),
+    /// The agent's accept loop; it ends with the connection.
+    serving: tokio::task::JoinHandle<()>,
+    _endpoint: quinn::Endpoint,
     recorder: Recorder,
+    lifetime: BackendLifetime,
 }
 
 impl Rig {
@@ -51,7 +57,10 @@ impl Rig {
     async fn with(hold: bool, config: DispatchConfig, options: LabOptions) -> Self {
         let lab = Lab::with_options(options).unwrap();
         let recorder = Recorder::new();
-        let dispatcher = Arc::new(recorder.dispatcher(config));
+        let (backend, lifetime) = BackendLifetime::counted(&recorder);
+        let dispatcher = Arc::new(
+            Dispatcher::new(backend, config).with_observer(Arc::new(recorder.journal().clone())),
+        );
         let (session, connection, endpoint) = lab.establish(config.max_frame_len).await.unwrap();
         let serving = tokio::spawn(async move {
             let mut hold = hold;
@@ -72,8 +81,10 @@ impl Rig {
         Self {
             _lab: lab,
             session,
-            _agent: (serving, endpoint),
+            serving,
+            _endpoint: endpoint,
             recorder,
+            lifetime,
         }
     }
 
@@ -129,8 +140,9 @@ impl Rig {
         assert_eq!(self.journal().power_operations(), vec![Entry::Perform(op)]);
     }
 
-    /// Checks that `op` was dropped and the connection still serves.
-    async fn assert_dropped(&self, op: ImmediateOp) {
+    /// Checks that `op` was dropped and the connection still serves, then
+    /// that it is never performed.
+    async fn assert_dropped(self, op: ImmediateOp) {
         assert_eq!(self.settlement(op).await, Settlement::Cancelled);
         self.until(Entry::Dispatch(DispatchEvent::Cancelled(op)))
             .await;
@@ -140,7 +152,22 @@ impl Rig {
                 .unwrap(),
             Ok(())
         );
-        assert_eq!(self.journal().power_operations(), vec![]);
+        self.assert_nothing_performed().await;
+    }
+
+    /// Ends the connection and waits until nothing holds the backend any
+    /// more (the serving task and every thread or task that could still
+    /// perform an operation have ended), then checks that nothing was
+    /// performed: "cancelled" means "and never performed".
+    async fn assert_nothing_performed(self) {
+        self.session.connection().close(0u32.into(), b"test over");
+        within(self.serving).await.unwrap();
+        self.lifetime.wait_all_gone().await;
+        assert_eq!(
+            self.recorder.journal().power_operations(),
+            vec![],
+            "rule broken: a cancelled operation is never performed"
+        );
     }
 }
 
@@ -329,7 +356,7 @@ async fn connection_lost_before_the_write_drops(#[case] request: Immediate) {
         .await;
     rig.session.connection().close(0u32.into(), b"manager gone");
     assert_eq!(rig.settlement(request.op()).await, Settlement::Cancelled);
-    assert_eq!(rig.journal().power_operations(), vec![]);
+    rig.assert_nothing_performed().await;
 }
 
 /// A 0.18 Manager reads the reply: written, its delivery awaited, then

@@ -10,12 +10,16 @@ use std::sync::Arc;
 use roxyd::dispatch::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher, StreamEnd},
-    platform::{GracefulOp, ImmediateOp},
+    platform::{GracefulOp, ImmediateOp, Settlement},
     wire::{self, NodePowerRequest, NodePowerResponse, RequestCode, reply_text},
 };
 use roxyd_lab::{Lab, manager::AgentSession};
 use rstest::rstest;
-use support::lab_agent::{LabAgent, LabAgents};
+use support::{
+    backend_lifetime::BackendLifetime,
+    lab_agent::{LabAgent, LabAgents},
+    within,
+};
 
 struct Rig {
     _lab: Lab,
@@ -247,7 +251,7 @@ async fn manager_stopping_the_stream_before_the_reply_cancels(
 async fn connection_lost_before_the_reply_does_nothing(#[case] power: Power) {
     let lab = Lab::new().unwrap();
     let recorder = Recorder::new();
-    let dispatcher = dispatcher(&recorder);
+    let (dispatcher, lifetime) = BackendLifetime::dispatcher(&recorder, DispatchConfig::default());
     let (session, connection, _endpoint) =
         lab.establish(wire::DEFAULT_MAX_FRAME_LEN).await.unwrap();
     let (mut send, _recv) = session.open_stream().await.unwrap();
@@ -260,14 +264,35 @@ async fn connection_lost_before_the_reply_does_nothing(#[case] power: Power) {
     let (mut agent_send, mut agent_recv) = connection.accept_bi().await.unwrap();
     session.connection().close(0u32.into(), b"manager gone");
     connection.closed().await;
-    let end = dispatcher
-        .serve_stream(&mut agent_recv, &mut agent_send)
-        .await;
-    assert!(
-        matches!(end, StreamEnd::WriteFailed(_) | StreamEnd::ReadFailed(_)),
-        "{end:?}"
+    let end = within(
+        "serving a stream of a lost connection to its end",
+        dispatcher.serve_stream(&mut agent_recv, &mut agent_send),
+    )
+    .await;
+    let op = match power.operation() {
+        Entry::Perform(op) => op,
+        other => panic!("{other:?} is not immediate"),
+    };
+    match end {
+        // The request was read and prepared: its pending operation must have
+        // been dropped, and says so.
+        StreamEnd::WriteFailed(_) => {
+            recorder
+                .journal()
+                .wait_for(|e| e.contains(&Entry::Settled(op, Settlement::Cancelled)))
+                .await;
+        }
+        // The request was never read: nothing was prepared.
+        StreamEnd::ReadFailed(_) => {}
+        other => panic!("{other:?}"),
+    }
+    drop(dispatcher);
+    lifetime.wait_all_gone().await;
+    assert_eq!(
+        recorder.journal().power_operations(),
+        vec![],
+        "rule broken: an operation whose reply was not written is never performed"
     );
-    assert_eq!(recorder.journal().power_operations(), vec![]);
 }
 
 /// A raw frame payload and the error text its reply must start with.

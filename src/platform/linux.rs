@@ -87,29 +87,45 @@ impl LinuxBackend {
         self.sync_step = step;
         self
     }
+}
 
-    /// Runs the sync step on a thread of its own and waits for it at most
-    /// the sync timeout. A step still running is left behind: `reboot(2)`
-    /// follows at once.
-    fn bounded_sync(&self) {
-        let (done, finished) = mpsc::channel();
-        let step = Arc::clone(&self.sync_step);
-        let spawned = thread::Builder::new()
-            .name("roxyd-sync".to_owned())
-            .spawn(move || {
-                step();
-                let _ = done.send(());
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a thread for sync(2); going ahead without it");
-            return;
-        }
-        if finished.recv_timeout(self.sync_timeout).is_err() {
-            tracing::error!(
-                timeout_ms = self.sync_timeout.as_millis(),
-                "sync(2) did not finish in time; going ahead without it"
-            );
-        }
+/// How [`bounded_sync`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncEnd {
+    /// The step returned within the timeout.
+    Finished,
+    /// The step was still running when the timeout ran out; it is left
+    /// behind.
+    TimedOut,
+    /// No thread could be started for the step; it did not run.
+    NoThread,
+}
+
+/// Runs `step` on a thread of its own and waits for it at most `timeout`.
+/// A step still running then is left behind, so that `reboot(2)` can follow
+/// at once: a hung disk or mount must not keep the node up after
+/// `Initiated`. Kept apart from the syscall so that the bound is tested in
+/// process, without root, with a step that never returns.
+pub fn bounded_sync(step: impl FnOnce() + Send + 'static, timeout: Duration) -> SyncEnd {
+    let (done, finished) = mpsc::channel();
+    let spawned = thread::Builder::new()
+        .name("roxyd-sync".to_owned())
+        .spawn(move || {
+            step();
+            let _ = done.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start a thread for sync(2); going ahead without it");
+        return SyncEnd::NoThread;
+    }
+    if finished.recv_timeout(timeout).is_ok() {
+        SyncEnd::Finished
+    } else {
+        tracing::error!(
+            timeout_ms = timeout.as_millis(),
+            "sync(2) did not finish in time; going ahead without it"
+        );
+        SyncEnd::TimedOut
     }
 }
 
@@ -148,7 +164,8 @@ impl PowerBackend for LinuxBackend {
     /// Flushes file systems with `sync(2)`, waiting at most the sync
     /// timeout, then calls `reboot(2)`. Returns only when the kernel refused.
     fn perform(&self, op: ImmediateOp) -> io::Result<()> {
-        self.bounded_sync();
+        let step = Arc::clone(&self.sync_step);
+        bounded_sync(move || step(), self.sync_timeout);
         match reboot(reboot_mode(op)) {
             Ok(never) => match never {},
             Err(errno) => Err(io::Error::from(errno)),

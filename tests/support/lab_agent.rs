@@ -2,7 +2,7 @@
 //! with mutual TLS. The lab crate knows nothing of the agent, so the glue
 //! lives here, with the agent's tests.
 
-use std::{error::Error, future::Future, sync::Arc};
+use std::{error::Error, future::Future, net::SocketAddr, sync::Arc};
 
 use roxyd::{
     config::Config,
@@ -41,10 +41,26 @@ pub trait LabAgents {
         max_frame_len: u32,
     ) -> impl Future<Output = Result<(AgentSession, quinn::Connection, quinn::Endpoint), LabAgentError>>;
 
+    /// As [`Self::establish`], with the agent sending to `addr` (a relay in
+    /// front of the Manager) instead of to the Manager itself.
+    fn establish_via(
+        &self,
+        addr: SocketAddr,
+        max_frame_len: u32,
+    ) -> impl Future<Output = Result<(AgentSession, quinn::Connection, quinn::Endpoint), LabAgentError>>;
+
     /// Connects an in-process agent serving with `dispatcher`, and returns
     /// the Manager's session with it and the agent.
     fn connect<B: PowerBackend>(
         &self,
+        dispatcher: Arc<Dispatcher<B>>,
+    ) -> impl Future<Output = Result<(AgentSession, LabAgent), LabAgentError>>;
+
+    /// As [`Self::connect`], with the agent sending to `addr` (a relay in
+    /// front of the Manager).
+    fn connect_via<B: PowerBackend>(
+        &self,
+        addr: SocketAddr,
         dispatcher: Arc<Dispatcher<B>>,
     ) -> impl Future<Output = Result<(AgentSession, LabAgent), LabAgentError>>;
 }
@@ -63,7 +79,15 @@ impl LabAgents for Lab {
         &self,
         max_frame_len: u32,
     ) -> Result<(AgentSession, quinn::Connection, quinn::Endpoint), LabAgentError> {
-        let addr = self.manager.local_addr()?;
+        self.establish_via(self.manager.local_addr()?, max_frame_len)
+            .await
+    }
+
+    async fn establish_via(
+        &self,
+        addr: SocketAddr,
+        max_frame_len: u32,
+    ) -> Result<(AgentSession, quinn::Connection, quinn::Endpoint), LabAgentError> {
         let endpoint = connection::client_endpoint(addr, self.client_config()?)?;
         let identity = Identity::default();
         let (session, connection) = tokio::join!(
@@ -84,8 +108,18 @@ impl LabAgents for Lab {
         &self,
         dispatcher: Arc<Dispatcher<B>>,
     ) -> Result<(AgentSession, LabAgent), LabAgentError> {
-        let (session, connection, endpoint) =
-            self.establish(dispatcher.config().max_frame_len).await?;
+        self.connect_via(self.manager.local_addr()?, dispatcher)
+            .await
+    }
+
+    async fn connect_via<B: PowerBackend>(
+        &self,
+        addr: SocketAddr,
+        dispatcher: Arc<Dispatcher<B>>,
+    ) -> Result<(AgentSession, LabAgent), LabAgentError> {
+        let (session, connection, endpoint) = self
+            .establish_via(addr, dispatcher.config().max_frame_len)
+            .await?;
         let serving = tokio::spawn(connection::serve_connection(
             connection.clone(),
             dispatcher,

@@ -2,6 +2,8 @@
 //! reads its log lines so tests wait on what it says, not on time.
 #![allow(dead_code)]
 
+#[cfg(feature = "test-backend")]
+pub mod backend_lifetime;
 pub mod held_reply;
 pub mod immediate;
 pub mod lab_agent;
