@@ -9,44 +9,21 @@ mod support;
 use std::ffi::OsString;
 
 use nix::sys::signal::Signal;
-use roxyd_lab::{Lab, SERVER_NAME, pki::PkiFiles};
+use roxyd_lab::SERVER_NAME;
 use rstest::rstest;
-use support::{Roxyd, lab_args, run_to_exit, write_file};
-use tempfile::TempDir;
+use support::{LabFiles, Roxyd, run_to_exit};
 
-struct Setup {
-    lab: Lab,
-    files: PkiFiles,
-    dir: TempDir,
-}
+type Setup = LabFiles;
 
 fn setup() -> Setup {
-    let lab = Lab::new().unwrap();
-    let dir = TempDir::new().unwrap();
-    let files = lab.pki.write_to(dir.path()).unwrap();
-    Setup { lab, files, dir }
-}
-
-impl Setup {
-    fn args(&self) -> Vec<OsString> {
-        lab_args(&self.files, self.lab.manager.local_addr().unwrap())
-    }
-
-    fn config(&self, text: &str) -> String {
-        write_file(self.dir.path(), "roxyd.toml", text)
-            .display()
-            .to_string()
-    }
+    LabFiles::new()
 }
 
 /// The arguments and environment of one bad invocation.
 type Invocation = fn(&Setup) -> (Vec<OsString>, Vec<(&'static str, String)>);
 
-/// `-c FILE` holding `text`, then the lab's arguments.
 fn file(s: &Setup, text: &str) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec!["-c".into(), s.config(text).into()];
-    args.extend(s.args());
-    args
+    s.with_file(text)
 }
 
 #[rstest]

@@ -20,58 +20,17 @@ use roxyd::{
 use roxyd_lab::{
     Lab, SERVER_NAME,
     manager::{Manager, VersionPolicy},
-    pki::{PemPair, PkiError, PkiFiles, ThrowawayPki},
+    pki::{PemPair, PkiError, ThrowawayPki},
 };
 use rstest::rstest;
-use support::{HANG, Roxyd, lab_args, run_to_exit, within, write_file};
+use support::{HANG, LabFiles, Roxyd, lab_args, run_to_exit, within};
 use tempfile::TempDir;
 
 /// A lab whose files are on disk.
-struct Setup {
-    lab: Lab,
-    files: PkiFiles,
-    dir: TempDir,
-}
+type Setup = LabFiles;
 
 fn setup() -> Setup {
-    let lab = Lab::new().unwrap();
-    let dir = TempDir::new().unwrap();
-    let files = lab.pki.write_to(dir.path()).unwrap();
-    Setup { lab, files, dir }
-}
-
-impl Setup {
-    fn args(&self) -> Vec<OsString> {
-        lab_args(&self.files, self.lab.manager.local_addr().unwrap())
-    }
-
-    /// The default arguments with `flag`'s value replaced.
-    fn with(&self, flag: &str, value: impl Into<OsString>) -> Vec<OsString> {
-        let mut args = self.args();
-        let at = args.iter().position(|a| a == flag).unwrap();
-        args[at + 1] = value.into();
-        args
-    }
-
-    /// The default arguments with the Manager address replaced.
-    fn with_manager(&self, manager: &str) -> Vec<OsString> {
-        let mut args = self.args();
-        *args.last_mut().unwrap() = manager.into();
-        args
-    }
-
-    /// The default arguments with `-c CONFIG` in front; the configuration
-    /// is `text` with the state directory set to the set-up's directory.
-    fn with_config(&self, text: &str) -> Vec<OsString> {
-        let text = format!(
-            "{text}\nstate_dir = {:?}\n",
-            self.dir.path().to_str().unwrap()
-        );
-        let config = write_file(self.dir.path(), "roxyd.toml", &text);
-        let mut args: Vec<OsString> = vec!["-c".into(), config.into()];
-        args.extend(self.args());
-        args
-    }
+    LabFiles::new()
 }
 
 /// A bad invocation: its arguments and environment, from the set-up.

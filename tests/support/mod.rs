@@ -45,6 +45,68 @@ pub fn lab_args(files: &PkiFiles, manager: std::net::SocketAddr) -> Vec<OsString
     ]
 }
 
+/// A lab Manager and its throwaway PKI files in a temporary directory, for
+/// tests that start the real binary against it.
+pub struct LabFiles {
+    /// The lab: its Manager listens on loopback.
+    pub lab: roxyd_lab::Lab,
+    /// The PKI files, written into `dir`.
+    pub files: PkiFiles,
+    /// Where the files (and any configuration file) are.
+    pub dir: tempfile::TempDir,
+}
+
+impl LabFiles {
+    /// A new lab with its files written out.
+    pub fn new() -> Self {
+        let lab = roxyd_lab::Lab::new().unwrap();
+        let dir = tempfile::TempDir::new().unwrap();
+        let files = lab.pki.write_to(dir.path()).unwrap();
+        Self { lab, files, dir }
+    }
+
+    /// The arguments that point roxyd at the lab's Manager.
+    pub fn args(&self) -> Vec<OsString> {
+        lab_args(&self.files, self.lab.manager.local_addr().unwrap())
+    }
+
+    /// The default arguments with `flag`'s value replaced.
+    pub fn with(&self, flag: &str, value: impl Into<OsString>) -> Vec<OsString> {
+        let mut args = self.args();
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = value.into();
+        args
+    }
+
+    /// The default arguments with the Manager address replaced.
+    pub fn with_manager(&self, manager: &str) -> Vec<OsString> {
+        let mut args = self.args();
+        *args.last_mut().unwrap() = manager.into();
+        args
+    }
+
+    /// `text` written as `roxyd.toml` in the directory; its path.
+    pub fn config(&self, text: &str) -> String {
+        write_file(self.dir.path(), "roxyd.toml", text)
+            .display()
+            .to_string()
+    }
+
+    /// `-c FILE` holding `text`, then the default arguments.
+    pub fn with_file(&self, text: &str) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["-c".into(), self.config(text).into()];
+        args.extend(self.args());
+        args
+    }
+
+    /// As [`Self::with_file`], with the state directory set to the
+    /// directory.
+    pub fn with_config(&self, text: &str) -> Vec<OsString> {
+        let state = self.dir.path().to_str().unwrap();
+        self.with_file(&format!("{text}\nstate_dir = {state:?}\n"))
+    }
+}
+
 /// A running roxyd whose output lines are collected.
 pub struct Roxyd {
     child: Child,
