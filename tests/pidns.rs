@@ -414,6 +414,36 @@ async fn serving_real_binary() -> (Setup, Namespaced, AgentSession) {
     (setup, roxyd, session)
 }
 
+/// The Manager's reply to an immediate request, awaited on a task of its own.
+type PendingReply = tokio::task::JoinHandle<
+    Result<Result<NodePowerResponse, String>, roxyd_lab::manager::ManagerError>,
+>;
+
+/// One real immediate reboot: the real binary as PID 1 of a fresh
+/// namespace, sent `Reboot` by the lab's Manager, until the namespace ended
+/// by SIGHUP. Returns the Manager's session, its reply (still to be
+/// awaited) and roxyd's output.
+async fn reboot_in_namespace(
+    binary: &OsString,
+    setup: &Setup,
+    env: &[(&str, &str)],
+) -> (AgentSession, PendingReply, String) {
+    let addr = setup.lab.manager.local_addr().unwrap();
+    let roxyd = Namespaced::start(binary, &setup.files, addr, Privileges::Full, env).await;
+    let session = accept(&setup.lab).await;
+    let reply = tokio::spawn({
+        let session = session.clone();
+        async move { session.node_power(NodePowerRequest::Reboot).await }
+    });
+    let (status, output) = roxyd.exit().await;
+    assert_eq!(
+        status.signal(),
+        Some(Signal::SIGHUP as i32),
+        "{status}\n{output}"
+    );
+    (session, reply, output)
+}
+
 async fn accept(lab: &Lab) -> AgentSession {
     tokio::time::timeout(HANG, lab.manager.accept())
         .await
@@ -832,23 +862,11 @@ async fn stress_reply_delivered_before_the_namespace_dies() {
         env.push(("ROXYD_DELIVERY_TIMEOUT_MS", ms));
     }
     let setup = setup(LabOptions::default());
-    let addr = setup.lab.manager.local_addr().unwrap();
     let mut delivered = 0;
     let mut bad_order = 0;
     let mut gaps_us = Vec::new();
     for _ in 0..runs {
-        let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
-        let session = accept(&setup.lab).await;
-        let reply = tokio::spawn({
-            let session = session.clone();
-            async move { session.node_power(NodePowerRequest::Reboot).await }
-        });
-        let (status, output) = roxyd.exit().await;
-        assert_eq!(
-            status.signal(),
-            Some(Signal::SIGHUP as i32),
-            "{status}\n{output}"
-        );
+        let (session, reply, output) = reboot_in_namespace(&binary, &setup, &env).await;
         // The namespace is gone; whatever reached this host is in the
         // Manager's socket by now. A reply still missing after a second of
         // grace never left the dead namespace.
@@ -919,18 +937,7 @@ async fn after_a_reboot_that_ended_only_its_namespace_the_next_start_says_so() {
     let state = TempDir::new().unwrap();
     let env = [("ROXYD_STATE_DIR", state.path().to_str().unwrap())];
 
-    let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
-    let session = accept(&setup.lab).await;
-    let reply = tokio::spawn({
-        let session = session.clone();
-        async move { session.node_power(NodePowerRequest::Reboot).await }
-    });
-    let (status, output) = roxyd.exit().await;
-    assert_eq!(
-        status.signal(),
-        Some(Signal::SIGHUP as i32),
-        "{status}\n{output}"
-    );
+    let (session, reply, _output) = reboot_in_namespace(&binary, &setup, &env).await;
     let _ = tokio::time::timeout(HANG, reply).await;
     session.connection().close(0u32.into(), b"next run");
 
@@ -997,21 +1004,9 @@ async fn stress_power_log_added_time() {
         ("ROXYD_STATE_DIR", state.path().to_str().unwrap()),
     ];
     let setup = setup(LabOptions::default());
-    let addr = setup.lab.manager.local_addr().unwrap();
     let (mut added_us, mut written_to_recorded_us) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
-        let session = accept(&setup.lab).await;
-        let reply = tokio::spawn({
-            let session = session.clone();
-            async move { session.node_power(NodePowerRequest::Reboot).await }
-        });
-        let (status, output) = roxyd.exit().await;
-        assert_eq!(
-            status.signal(),
-            Some(Signal::SIGHUP as i32),
-            "{status}\n{output}"
-        );
+        let (session, reply, output) = reboot_in_namespace(&binary, &setup, &env).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), reply).await;
         let at = |needle: &str| {
             output
