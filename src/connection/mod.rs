@@ -11,6 +11,9 @@
 //!   while streams run short; the stuck-Manager bound only while every slot
 //!   is held. Each is re-armed by the events that can change its answer
 //!   (a stream accepted, a stream task or a held stream ended).
+//! - A stop accepts no further stream and closes the connection only once
+//!   the streams at work have ended or [`stop_delivery_bound`] has passed:
+//!   closing discards whatever quinn has not yet sent, a written reply too.
 //! - A slot counts as held exactly while quinn holds it for a stream roxyd
 //!   closed: the stream's task reads (and drops) what the Manager still
 //!   sends until the Manager's FIN or reset, or the connection's end.
