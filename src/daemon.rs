@@ -8,9 +8,11 @@
 //!   certificate rotation must not strand the fleet.
 //! - A Manager that refuses roxyd's protocol version ends roxyd: retrying
 //!   cannot help until roxyd or its configuration changes.
-//! - On a stop, the connection is closed, every stream's work finishes, and
-//!   an operation released before the stop is waited for (on a real system
-//!   it does not return). A stop while connecting, waiting for the
+//! - On a stop, the streams at work get a bounded time to finish on the open
+//!   connection ([`connection::stop_delivery_bound`]), so that a written
+//!   reply still reaches the Manager; then the connection is closed, and an
+//!   operation released before the stop is waited for (on a real system it
+//!   does not return). A stop while connecting, waiting for the
 //!   handshake or waiting to reconnect ends roxyd at once: no Manager is
 //!   being served, so there is nothing to wait for.
 

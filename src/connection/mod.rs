@@ -11,6 +11,9 @@
 //!   while streams run short; the stuck-Manager bound only while every slot
 //!   is held. Each is re-armed by the events that can change its answer
 //!   (a stream accepted, a stream task or a held stream ended).
+//! - A stop accepts no further stream and closes the connection only once
+//!   the streams at work have ended or [`stop_delivery_bound`] has passed:
+//!   closing discards whatever quinn has not yet sent, a written reply too.
 //! - A slot counts as held exactly while quinn holds it for a stream roxyd
 //!   closed: the stream's task reads (and drops) what the Manager still
 //!   sends until the Manager's FIN or reset, or the connection's end.
@@ -32,7 +35,7 @@ pub mod streams;
 use streams::{StreamActivity, Streams};
 
 use crate::{
-    dispatch::{Dispatcher, StreamEnd},
+    dispatch::{DispatchConfig, Dispatcher, StreamEnd},
     handshake::{self, HandshakeError, Identity},
     platform::PowerBackend,
 };
@@ -195,6 +198,13 @@ impl ConnectionLimits {
 /// A stream task that panics is logged at ERROR with its stream id and
 /// counted; the connection goes on serving.
 ///
+/// When `shutdown` resolves, no further stream is accepted, the streams
+/// waiting for a request end at once, and the streams at work (an immediate
+/// operation's reply being written, delivered or declined) get
+/// [`stop_delivery_bound`] to finish on the still open connection, so that a
+/// written reply can reach the Manager and a decline is decided by its own
+/// rule.
+///
 /// On the way out the connection is closed and the stream tasks are given
 /// [`STREAMS_END_BOUND`] to end (their reads and writes fail on the closed
 /// connection); any still running then is aborted. A pending operation
@@ -303,15 +313,27 @@ pub async fn serve_connection_with<B: PowerBackend>(
                 connection.close(SLOTS_HELD_CODE.into(), SLOTS_HELD_REASON);
                 break ConnectionEnd::SlotsHeld;
             }
-            () = &mut shutdown => {
-                connection.close(0u32.into(), b"roxyd stopping");
-                break ConnectionEnd::Stopped;
-            }
+            () = &mut shutdown => break ConnectionEnd::Stopped,
         }
     };
+    if matches!(end, ConnectionEnd::Stopped) {
+        slots
+            .finish_work(stop_delivery_bound(dispatcher.config()))
+            .await;
+    }
     connection.close(0u32.into(), b"roxyd stopping");
     slots.end().await;
     end
+}
+
+/// How long a stop gives the streams at work to finish before the connection
+/// closes: the longer of the wait for a reply's delivery
+/// ([`DispatchConfig::delivery_timeout`], 2 s by default) and a decline's
+/// wait for the Manager's FIN ([`DeclineRule::fin_wait`](crate::power::immediate::DeclineRule::fin_wait), 1 s), so that a
+/// committed operation's reply has the chance it has without a stop.
+#[must_use]
+pub fn stop_delivery_bound(config: &DispatchConfig) -> Duration {
+    config.delivery_timeout.max(config.decline.fin_wait)
 }
 
 /// How long the stream tasks of a closed connection may take to end before
@@ -448,6 +470,25 @@ impl Slots {
                 .map_or(now + CLOSABLE_AFTER, |since| since + CLOSABLE_AFTER)
                 .max(now + CLOSABLE_AFTER / 8),
         )
+    }
+
+    /// On a stop: ends the streams waiting for a request, and gives those
+    /// at work until `bound` to finish. The connection stays open meanwhile,
+    /// so that their replies can still reach the Manager.
+    async fn finish_work(&mut self, bound: Duration) {
+        self.streams.stop();
+        let finished = async {
+            while let Some(served) = self.serving.join_next().await {
+                self.served(served);
+            }
+        };
+        if tokio::time::timeout(bound, finished).await.is_err() {
+            tracing::warn!(
+                serving = self.serving.len(),
+                bound_ms = bound.as_millis(),
+                "request streams still at work when the stop's bound passed; closing the connection"
+            );
+        }
     }
 
     /// Ends every stream task of a closed connection, within

@@ -14,7 +14,10 @@
 use std::{
     future::Future,
     pin::pin,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Poll, Waker},
     time::Duration,
 };
@@ -28,6 +31,8 @@ pub enum CloseReason {
     Idle,
     /// Stream slots ran short and it had waited longest.
     MakeRoom,
+    /// roxyd is stopping: the stream serves no further request.
+    Stopping,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +50,9 @@ struct State {
 #[derive(Debug, Default)]
 pub struct StreamActivity {
     state: Mutex<State>,
+    /// Set once by [`Self::stop`], never cleared: every later wait ends at
+    /// once, whatever the stream was doing when the stop came.
+    stopping: AtomicBool,
 }
 
 impl StreamActivity {
@@ -85,6 +93,16 @@ impl StreamActivity {
         }
     }
 
+    /// Ends the stream's wait for a request now, or its next one if it is at
+    /// work: a stop lets work under way finish, and starts no more.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let waker = self.lock().waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Whether the stream was closed for `reason` and has not yet seen it.
     fn closing_for(&self, reason: CloseReason) -> bool {
         self.lock().close == Some(reason)
@@ -111,7 +129,8 @@ impl StreamActivity {
 /// # Errors
 ///
 /// When the stream was closed while it waited: the read is dropped then,
-/// never once it has completed.
+/// never once it has completed. After [`StreamActivity::stop`] it ends
+/// before the read is polled: bytes that arrived are not served.
 pub async fn wait<F: Future>(read: F, activity: &StreamActivity) -> Result<F::Output, CloseReason> {
     let mut read = pin!(read);
     let mut mark = Mark {
@@ -119,12 +138,22 @@ pub async fn wait<F: Future>(read: F, activity: &StreamActivity) -> Result<F::Ou
         waiting: false,
     };
     std::future::poll_fn(|cx| {
+        if activity.stopping.load(Ordering::Acquire) {
+            mark.clear();
+            return Poll::Ready(Err(CloseReason::Stopping));
+        }
         if let Poll::Ready(output) = read.as_mut().poll(cx) {
             // A close that came with the bytes is moot: the stream works.
             mark.clear();
             return Poll::Ready(Ok(output));
         }
         let mut state = activity.lock();
+        // A stop that took the waker before this wait registered it.
+        if activity.stopping.load(Ordering::Acquire) {
+            *state = State::default();
+            mark.waiting = false;
+            return Poll::Ready(Err(CloseReason::Stopping));
+        }
         if let Some(reason) = state.close {
             *state = State::default();
             mark.waiting = false;
@@ -272,6 +301,14 @@ impl Streams {
         self.running()
             .map(|activity| close_if_idle(activity, now, idle))
             .fold(now + idle, Instant::min)
+    }
+
+    /// Stops every running stream ([`StreamActivity::stop`]): those waiting
+    /// for a request end now, those at work once their work is done.
+    pub fn stop(&self) {
+        for activity in self.running() {
+            activity.stop();
+        }
     }
 
     /// Closes up to `count` of the streams that have waited longest, each for

@@ -136,6 +136,9 @@ pub enum StreamEnd {
     /// The connection layer closed the waiting stream to make room for
     /// others (see [`crate::connection::serve_connection`]).
     ClosedToMakeRoom,
+    /// roxyd is stopping: the stream waited for a request, or was about to,
+    /// and serves none.
+    Stopping,
     /// A reply could not be written (any pending operation was cancelled).
     WriteFailed(String),
 }
@@ -228,6 +231,7 @@ impl<B: PowerBackend> Dispatcher<B> {
             let payload = match streams::wait(read, activity).await {
                 Err(CloseReason::Idle) => return StreamEnd::IdleTimeout,
                 Err(CloseReason::MakeRoom) => return StreamEnd::ClosedToMakeRoom,
+                Err(CloseReason::Stopping) => return StreamEnd::Stopping,
                 Ok(Ok(Some(payload))) => payload,
                 Ok(Ok(None)) => return StreamEnd::Finished,
                 Ok(Err(e @ FrameError::TooLarge { .. })) => {
