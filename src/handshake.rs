@@ -102,7 +102,8 @@ where
     wire::write_frame(send, &wire::encode(info))
         .await
         .map_err(|e| transport(&e))?;
-    let payload = wire::read_frame(recv, max_frame_len)
+    let payload = wire::FrameReader::new(recv)
+        .read_frame(max_frame_len)
         .await
         .map_err(|e| transport(&e))?
         .ok_or_else(|| HandshakeError::Transport("Manager closed the stream".to_owned()))?;
