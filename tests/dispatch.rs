@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use roxyd::dispatch::journal::{Entry, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher, StreamEnd},
     platform::{GracefulOp, ImmediateOp, PrepareError, Settlement, StartError},

@@ -8,7 +8,7 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use roxyd::dispatch::journal::{Entry, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     cli::ManagerAddress,
     config::Config,

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use roxyd::dispatch::journal::{Entry, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::Dispatcher,
     platform::{

@@ -7,7 +7,7 @@ mod support;
 
 use std::sync::Arc;
 
-use roxyd::dispatch::journal::{Entry, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher, StreamEnd},
     platform::{GracefulOp, ImmediateOp, Settlement},

@@ -15,7 +15,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use proptest::{prelude::*, sample::Index};
-use roxyd::dispatch::journal::{Entry, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, StreamEnd},
     platform::{GracefulOp, ImmediateOp},

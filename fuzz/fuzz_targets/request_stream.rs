@@ -13,10 +13,10 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{
         DispatchConfig, Dispatcher, StreamEnd,
-        journal::{Entry, Recorder},
     },
     platform::{GracefulOp, ImmediateOp},
     wire::NodePowerRequest,

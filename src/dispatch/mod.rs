@@ -22,9 +22,6 @@
 
 use std::{pin::pin, sync::Arc, task::Poll, time::Duration};
 
-#[cfg(any(test, feature = "test-backend"))]
-pub mod journal;
-
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use crate::connection::streams::{self, CloseReason, StreamActivity};
