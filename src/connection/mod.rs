@@ -200,6 +200,7 @@ impl ConnectionLimits {
 /// connection); any still running then is aborted. A pending operation
 /// whose reply was not yet written is thereby cancelled; one whose reply was
 /// written is released (the Manager may already have been told).
+#[cfg(any(test, feature = "test-backend"))]
 pub async fn serve_connection<B: PowerBackend>(
     connection: quinn::Connection,
     dispatcher: Arc<Dispatcher<B>>,

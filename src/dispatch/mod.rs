@@ -131,7 +131,7 @@ pub enum StreamEnd {
     /// No request arrived within the idle timeout.
     IdleTimeout,
     /// The connection layer closed the waiting stream to make room for
-    /// others (see [`crate::connection::serve_connection`]).
+    /// others (see [`crate::connection::serve_connection_with`]).
     ClosedToMakeRoom,
     /// A reply could not be written (any pending operation was cancelled).
     WriteFailed(String),
