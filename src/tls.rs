@@ -71,7 +71,7 @@ pub fn client_config(
 /// acknowledged roxyd's end of the stream, and a Manager whose streams are
 /// all in use has nothing else to send: left to QUIC's default it holds that
 /// acknowledgement for up to 25 ms, and every request waits that long once
-/// it keeps roxyd's stream limit busy (issue 12). Asking for prompt
+/// it keeps roxyd's stream limit busy. Asking for prompt
 /// acknowledgements removes the stall; a Manager whose QUIC stack lacks the
 /// extension ignores the request.
 fn manager_ack_frequency() -> quinn::AckFrequencyConfig {

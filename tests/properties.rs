@@ -546,8 +546,8 @@ fn entry_for(request: NodePowerRequest) -> Entry {
 /// Checks the carried-out operations against the requested ones.
 ///
 /// The model cannot say exactly which requests run: after a graceful start
-/// the recorder's reaper thread frees the latch at a moment of its own, and a
-/// request that finds it taken is refused. What it can say, soundly:
+/// the graceful command's reaper task frees the latch at a moment of its
+/// own, and a request that finds it taken is refused. What it can say, soundly:
 /// - the first power request finds the latch free, so it is carried out;
 /// - every operation carried out was requested, in request order (a
 ///   subsequence);
