@@ -109,7 +109,7 @@ fn parse_path_list(text: &str) -> Result<PathList, String> {
 /// # Errors
 ///
 /// When an entry is empty (`"ca.pem,"`, `",ca.pem"`, `""`), naming which.
-pub fn path_list(text: &str) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn path_list(text: &str) -> Result<Vec<PathBuf>, String> {
     text.split(',')
         .enumerate()
         .map(|(at, path)| {
