@@ -222,7 +222,7 @@ impl Repeated {
     }
 
     /// Notes an occurrence now.
-    pub fn occurred(&self) -> Occurrence {
+    pub(crate) fn occurred(&self) -> Occurrence {
         self.occurred_at(Instant::now())
     }
 

@@ -173,7 +173,7 @@ pub struct ConnectionLimits {
 
 impl ConnectionLimits {
     /// The default bound of [`Self::slots_held_timeout`].
-    pub const DEFAULT_SLOTS_HELD_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(crate) const DEFAULT_SLOTS_HELD_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// Serves every request stream the Manager opens on `connection`, each on a
@@ -318,7 +318,7 @@ pub async fn serve_connection_with<B: PowerBackend>(
 /// How long the stream tasks of a closed connection may take to end before
 /// they are aborted. Their reads and writes fail at once on a closed
 /// connection; the bound covers a task busy elsewhere (a backend call).
-pub const STREAMS_END_BOUND: Duration = Duration::from_secs(1);
+pub(crate) const STREAMS_END_BOUND: Duration = Duration::from_secs(1);
 
 /// The stream tasks of one connection and what the slot accounting needs to
 /// know of them. Owned by the connection's loop alone: every count changes

@@ -206,7 +206,7 @@ impl<B: PowerBackend> Dispatcher<B> {
     /// make room, only by whoever holds `activity`, which this keeps up to
     /// date (the connection layer holds every stream's, see
     /// [`streams::Streams`]).
-    pub async fn serve_stream_reporting<R, W>(
+    pub(crate) async fn serve_stream_reporting<R, W>(
         &self,
         recv: &mut R,
         send: &mut W,

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// roxyd's version, as entries state it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// One entry of the power log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

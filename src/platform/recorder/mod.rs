@@ -73,7 +73,7 @@ struct PerformGate {
 impl RecordingBackend {
     /// A recorder that accepts every call and reports each to `log`.
     #[must_use]
-    pub fn logging_to(log: Arc<dyn CallLog>) -> Self {
+    pub(crate) fn logging_to(log: Arc<dyn CallLog>) -> Self {
         Self {
             log,
             refuse_prepare: Arc::default(),
