@@ -23,12 +23,10 @@ mod common;
 use std::{process::ExitCode, sync::Arc, time::Instant};
 
 use common::{BenchError, BenchResult, HANG, LabAgents, Spread};
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     config::Config,
-    dispatch::{
-        DispatchEvent,
-        journal::{Entry, Recorder},
-    },
+    dispatch::DispatchEvent,
     platform::{ImmediateOp, Settlement},
     reply::Delivery,
     wire::{NodePowerRequest, NodePowerResponse, RequestCode},

@@ -24,7 +24,7 @@ mod common;
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use common::{BenchResult, HANG, LabAgents, Spread, Target};
-use roxyd::{config::Config, dispatch::Dispatcher, dispatch::journal::Recorder};
+use roxyd::{config::Config, dispatch::Dispatcher, platform::recorder::journal::Recorder};
 use roxyd_lab::Lab;
 
 const NAME: &str = "latency";

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use roxyd::dispatch::journal::{Entry, Journal, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Journal, Recorder};
 use roxyd::{
     cli::ManagerAddress,
     config::Config,

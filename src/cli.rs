@@ -13,12 +13,12 @@ pub mod exit_status {
     /// Stopped by SIGINT or SIGTERM, or `--check` succeeded.
     pub const SUCCESS: u8 = 0;
     /// `--check` could not connect to the Manager or verify it.
-    pub const CHECK_FAILED: u8 = 1;
+    pub(crate) const CHECK_FAILED: u8 = 1;
     /// Bad command line, environment, configuration, certificate, key or log
     /// file, or roxyd could not start: restarting cannot help.
     pub const BAD_SETUP: u8 = 2;
     /// The Manager refused roxyd's protocol version: restarting cannot help.
-    pub const VERSION_REFUSED: u8 = 3;
+    pub(crate) const VERSION_REFUSED: u8 = 3;
     /// `--power-log` could not read the power log.
     pub const POWER_LOG_UNREADABLE: u8 = 4;
 }
@@ -26,7 +26,7 @@ pub mod exit_status {
 /// The exit status table of `--help`. Statuses that a restart cannot cure
 /// end in "restarting cannot help"; the systemd unit lists exactly those in
 /// `RestartPreventExitStatus`.
-pub const EXIT_STATUS_HELP: &str = "\
+pub(crate) const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0  stopped by SIGINT or SIGTERM, or --check succeeded
   1  --check could not connect to the Manager or verify it
@@ -109,7 +109,7 @@ fn parse_path_list(text: &str) -> Result<PathList, String> {
 /// # Errors
 ///
 /// When an entry is empty (`"ca.pem,"`, `",ca.pem"`, `""`), naming which.
-pub fn path_list(text: &str) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn path_list(text: &str) -> Result<Vec<PathBuf>, String> {
     text.split(',')
         .enumerate()
         .map(|(at, path)| {

@@ -29,7 +29,7 @@ const MAX_STREAM_SLOTS_TIMEOUT_SECS: u64 = 3600;
 
 /// The state directory unless configured: the systemd unit's
 /// `StateDirectory=roxyd`.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/roxyd";
+pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/roxyd";
 
 /// The configuration, with every default filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]

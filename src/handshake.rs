@@ -12,10 +12,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::wire::{self, AgentInfo, HandshakeReply, Status};
 
 /// The application name the replaced agent announced.
-pub const DEFAULT_APP_NAME: &str = "roxy";
+pub(crate) const DEFAULT_APP_NAME: &str = "roxy";
 
 /// The Manager protocol release the replaced agent required.
-pub const DEFAULT_PROTOCOL_VERSION: &str = "0.47.0";
+pub(crate) const DEFAULT_PROTOCOL_VERSION: &str = "0.47.0";
 
 /// What roxyd announces about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,7 +102,8 @@ where
     wire::write_frame(send, &wire::encode(info))
         .await
         .map_err(|e| transport(&e))?;
-    let payload = wire::read_frame(recv, max_frame_len)
+    let payload = wire::FrameReader::new(recv)
+        .read_frame(max_frame_len)
         .await
         .map_err(|e| transport(&e))?
         .ok_or_else(|| HandshakeError::Transport("Manager closed the stream".to_owned()))?;

@@ -222,7 +222,7 @@ impl Repeated {
     }
 
     /// Notes an occurrence now.
-    pub fn occurred(&self) -> Occurrence {
+    pub(crate) fn occurred(&self) -> Occurrence {
         self.occurred_at(Instant::now())
     }
 
@@ -243,16 +243,16 @@ impl Repeated {
 }
 
 /// A frame over `max_frame_len`.
-pub static OVERSIZED_FRAME: Repeated = Repeated::new("oversized frame");
+pub(crate) static OVERSIZED_FRAME: Repeated = Repeated::new("oversized frame");
 /// A power request refused or not started.
-pub static REFUSED_REQUEST: Repeated = Repeated::new("refused request");
+pub(crate) static REFUSED_REQUEST: Repeated = Repeated::new("refused request");
 /// A request with an unknown or unsupported code, or a malformed one.
-pub static BAD_REQUEST: Repeated = Repeated::new("unknown or malformed request");
+pub(crate) static BAD_REQUEST: Repeated = Repeated::new("unknown or malformed request");
 /// Request streams running short.
-pub static STREAM_PRESSURE: Repeated = Repeated::new("request streams run short");
+pub(crate) static STREAM_PRESSURE: Repeated = Repeated::new("request streams run short");
 
 /// Logs what every repeated warning left unlogged: at a connection's end.
-pub fn summarise_repeats() {
+pub(crate) fn summarise_repeats() {
     for repeated in [
         &OVERSIZED_FRAME,
         &REFUSED_REQUEST,

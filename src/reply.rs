@@ -128,7 +128,7 @@ pub fn error_payload(text: &str) -> Vec<u8> {
 /// # Errors
 ///
 /// When the transport fails.
-pub async fn write_initiated<W: ReplySink + ?Sized>(
+pub(crate) async fn write_initiated<W: ReplySink + ?Sized>(
     sink: &mut W,
     form: WireForm,
 ) -> io::Result<()> {
@@ -159,6 +159,6 @@ pub const UNIT_FRAME: [u8; 5] = [0, 0, 0, 1, 0];
 /// # Errors
 ///
 /// When the transport fails.
-pub async fn write_error<W: ReplySink + ?Sized>(sink: &mut W, text: &str) -> io::Result<()> {
+pub(crate) async fn write_error<W: ReplySink + ?Sized>(sink: &mut W, text: &str) -> io::Result<()> {
     wire::write_frame(sink, &error_payload(text)).await
 }

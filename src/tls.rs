@@ -11,22 +11,22 @@ use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The QUIC keep-alive interval of the reference client.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Unread bytes roxyd accepts per request stream.
-pub const STREAM_RECEIVE_WINDOW: u32 = 64 * 1024;
+pub(crate) const STREAM_RECEIVE_WINDOW: u32 = 64 * 1024;
 
 /// Unread bytes roxyd accepts over all streams of the connection.
-pub const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
+pub(crate) const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
 
 /// Unacknowledged bytes roxyd keeps for sending.
-pub const SEND_WINDOW: u64 = 256 * 1024;
+pub(crate) const SEND_WINDOW: u64 = 256 * 1024;
 
 pub use roxyd_proto::tls::{TlsError, load_certs, load_private_key, load_roots, provider};
 
 /// The longest the Manager is asked to hold back its acknowledgement of
 /// roxyd's packets (QUIC ACK frequency extension). See [`client_config`].
-pub const MANAGER_ACK_DELAY: Duration = Duration::from_millis(1);
+pub(crate) const MANAGER_ACK_DELAY: Duration = Duration::from_millis(1);
 
 /// The agent's QUIC client configuration: mutual TLS 1.3, the reference
 /// keep-alive, and at most `max_concurrent_streams` request streams open at
@@ -71,7 +71,7 @@ pub fn client_config(
 /// acknowledged roxyd's end of the stream, and a Manager whose streams are
 /// all in use has nothing else to send: left to QUIC's default it holds that
 /// acknowledgement for up to 25 ms, and every request waits that long once
-/// it keeps roxyd's stream limit busy (issue 12). Asking for prompt
+/// it keeps roxyd's stream limit busy. Asking for prompt
 /// acknowledgements removes the stall; a Manager whose QUIC stack lacks the
 /// extension ignores the request.
 fn manager_ack_frequency() -> quinn::AckFrequencyConfig {

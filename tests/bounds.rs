@@ -18,12 +18,10 @@ use std::{
     time::Duration,
 };
 
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     config::Config,
-    dispatch::{
-        DispatchConfig, DispatchEvent, StreamEnd,
-        journal::{Entry, Recorder},
-    },
+    dispatch::{DispatchConfig, DispatchEvent, StreamEnd},
     platform::Settlement,
     reply::{Delivery, ReplySink},
     wire,

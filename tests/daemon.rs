@@ -308,10 +308,12 @@ async fn stops_at_once_while_waiting_for_the_handshake() {
     // The Manager reads roxyd's hello and never answers.
     let connection = setup.lab.manager.accept_connection().await.unwrap();
     let (_send, mut recv) = connection.accept_bi().await.unwrap();
-    roxyd::wire::read_frame(&mut recv, 1024)
+    roxyd::wire::FrameReader::new(&mut recv)
+        .read_frame(1024)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .to_vec();
     let signalled = Instant::now();
     roxyd.signal(Signal::SIGTERM);
     let (exit, output) = roxyd.exit().await;
@@ -589,10 +591,12 @@ async fn a_stalled_stream_does_not_delay_a_power_request_on_another() {
         .write_all(&roxyd::wire::encode_request(RequestCode::ECHO, &[0]))
         .await
         .unwrap();
-    let reply = roxyd::wire::read_frame(&mut stalled_recv, 1024)
+    let reply = roxyd::wire::FrameReader::new(&mut stalled_recv)
+        .read_frame(1024)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .to_vec();
     assert_eq!(reply, roxyd::wire::encode(&Ok::<(), String>(())));
 }
 
@@ -634,10 +638,12 @@ async fn oversized_frames_and_a_stream_flood_keep_memory_bounded() {
     for _ in 0..500 {
         let (mut send, mut recv) = session.open_stream().await.unwrap();
         send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-        let reply = roxyd::wire::read_frame(&mut recv, 1024)
+        let reply = roxyd::wire::FrameReader::new(&mut recv)
+            .read_frame(1024)
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .to_vec();
         assert!(String::from_utf8_lossy(&reply).contains("exceeds the limit"));
     }
     let (after_oversized, peak_oversized) = memory_kib(roxyd.pid());
@@ -653,7 +659,9 @@ async fn oversized_frames_and_a_stream_flood_keep_memory_bounded() {
         let (mut send, mut recv) = opened.unwrap();
         send.write_all(&[0, 0]).await.unwrap();
         waiting.spawn(async move {
-            let _ = roxyd::wire::read_frame(&mut recv, 1024).await;
+            let _ = roxyd::wire::FrameReader::new(&mut recv)
+                .read_frame(1024)
+                .await;
             drop(send);
         });
     }
@@ -689,10 +697,12 @@ async fn a_handshake_reply_that_never_comes_is_retried() {
     for _ in 0..2 {
         let connection = setup.lab.manager.accept_connection().await.unwrap();
         let (send, mut recv) = connection.accept_bi().await.unwrap();
-        let hello = roxyd::wire::read_frame(&mut recv, 1024)
+        let hello = roxyd::wire::FrameReader::new(&mut recv)
+            .read_frame(1024)
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .to_vec();
         assert!(roxyd::wire::decode::<roxyd::wire::AgentInfo>(&hello).is_ok());
         roxyd
             .wait_for_line(&[

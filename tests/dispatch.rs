@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use roxyd::dispatch::journal::{Entry, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher, StreamEnd},
     platform::{GracefulOp, ImmediateOp, PrepareError, Settlement, StartError},
@@ -66,11 +66,15 @@ impl Stream {
     }
 
     async fn reply(&mut self) -> Vec<u8> {
-        tokio::time::timeout(STEP_LIMIT, wire::read_frame(&mut self.manager, u32::MAX))
-            .await
-            .expect("rule broken: every request gets a reply on its stream")
-            .unwrap()
-            .expect("a reply frame")
+        tokio::time::timeout(
+            STEP_LIMIT,
+            wire::FrameReader::new(&mut self.manager).read_frame(u32::MAX),
+        )
+        .await
+        .expect("rule broken: every request gets a reply on its stream")
+        .unwrap()
+        .expect("a reply frame")
+        .to_vec()
     }
 
     async fn request(&mut self, code: u32, body: &[u8]) -> Vec<u8> {
@@ -777,10 +781,12 @@ async fn a_power_request_during_a_running_operation_gets_its_error_reply() {
         wire::write_frame(&mut manager, &wire::encode_request(code, &body))
             .await
             .unwrap();
-        let reply = wire::read_frame(&mut manager, u32::MAX)
+        let reply = wire::FrameReader::new(&mut manager)
+            .read_frame(u32::MAX)
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .to_vec();
         assert_eq!(reply, err(expected));
     }
     drop(manager);

@@ -10,7 +10,7 @@ mod support;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use roxyd::dispatch::journal::{Entry, Journal, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Journal, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher},
     platform::{ImmediateOp, Settlement},

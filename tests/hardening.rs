@@ -8,7 +8,7 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use roxyd::dispatch::journal::{Entry, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     cli::ManagerAddress,
     config::Config,
@@ -169,7 +169,7 @@ async fn a_frame_cut_short_and_finished_ends_only_its_stream(#[case] bytes: Vec<
     send.write_all(&bytes).await.unwrap();
     send.finish().unwrap();
     // No reply: the stream ends.
-    let end = tokio::time::timeout(HANG, wire::read_frame(&mut recv, 1024))
+    let end = tokio::time::timeout(HANG, wire::FrameReader::new(&mut recv).read_frame(1024))
         .await
         .unwrap();
     assert!(matches!(end, Ok(None)), "{end:?}");
@@ -184,7 +184,7 @@ async fn an_oversized_frame_is_refused_before_allocating(#[case] claimed: u32) {
     let rig = rig().await;
     let (mut send, mut recv) = rig.session.open_stream().await.unwrap();
     send.write_all(&claimed.to_be_bytes()).await.unwrap();
-    let reply = tokio::time::timeout(HANG, wire::read_frame(&mut recv, 1024))
+    let reply = tokio::time::timeout(HANG, wire::FrameReader::new(&mut recv).read_frame(1024))
         .await
         .unwrap()
         .unwrap()
@@ -216,7 +216,7 @@ async fn thousands_of_half_written_streams_leave_room_for_a_power_request() {
             .unwrap();
         send.write_all(&[0, 0]).await.unwrap();
         waiting.spawn(async move {
-            let reply = wire::read_frame(&mut recv, 1024).await;
+            let reply = wire::FrameReader::new(&mut recv).read_frame(1024).await;
             drop(send);
             reply.is_ok_and(|frame| frame.is_some())
         });
@@ -482,9 +482,12 @@ async fn a_silent_stream_is_ended_by_the_connection_after_the_idle_timeout() {
     // Half a frame header, so that roxyd sees the stream; then silence.
     send.write_all(&[0, 0]).await.unwrap();
     // Fifty times the idle timeout: a bound, not a delay.
-    let ended = tokio::time::timeout(Duration::from_secs(10), wire::read_frame(&mut recv, 1024))
-        .await
-        .expect("roxyd ends a silent stream after its idle timeout");
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        wire::FrameReader::new(&mut recv).read_frame(1024),
+    )
+    .await
+    .expect("roxyd ends a silent stream after its idle timeout");
     assert!(
         matches!(ended, Ok(None)),
         "roxyd finished the stream without a reply: {ended:?}"

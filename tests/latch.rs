@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use roxyd::dispatch::journal::{Entry, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::Dispatcher,
     platform::{
@@ -112,11 +112,15 @@ impl Rig {
         });
         let frame = wire::encode_request(RequestCode::NODE_POWER, &wire::encode(&request));
         wire::write_frame(&mut manager, &frame).await.unwrap();
-        let reply = tokio::time::timeout(HANG, wire::read_frame(&mut manager, u32::MAX))
-            .await
-            .expect("a reply")
-            .unwrap()
-            .unwrap();
+        let reply = tokio::time::timeout(
+            HANG,
+            wire::FrameReader::new(&mut manager).read_frame(u32::MAX),
+        )
+        .await
+        .expect("a reply")
+        .unwrap()
+        .unwrap()
+        .to_vec();
         drop(manager);
         tokio::time::timeout(HANG, serving)
             .await
@@ -360,11 +364,15 @@ async fn a_panic_in_perform_ends_the_performing_state() {
         &wire::encode(&NodePowerRequest::Reboot),
     );
     wire::write_frame(&mut manager, &frame).await.unwrap();
-    let reply = tokio::time::timeout(HANG, wire::read_frame(&mut manager, u32::MAX))
-        .await
-        .expect("a reply")
-        .unwrap()
-        .unwrap();
+    let reply = tokio::time::timeout(
+        HANG,
+        wire::FrameReader::new(&mut manager).read_frame(u32::MAX),
+    )
+    .await
+    .expect("a reply")
+    .unwrap()
+    .unwrap()
+    .to_vec();
     assert_eq!(reply, initiated());
     drop(manager);
     let _ = tokio::time::timeout(HANG, serving)

@@ -7,7 +7,7 @@ mod support;
 
 use std::sync::Arc;
 
-use roxyd::dispatch::journal::{Entry, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{DispatchConfig, DispatchEvent, Dispatcher, StreamEnd},
     platform::{GracefulOp, ImmediateOp, Settlement},
@@ -312,10 +312,12 @@ async fn bad_input_gets_an_error_reply_and_the_connection_keeps_serving(
     let rig = rig().await;
     let (mut send, mut recv) = rig.session.open_stream().await.unwrap();
     wire::write_frame(&mut send, &payload).await.unwrap();
-    let reply = wire::read_frame(&mut recv, u32::MAX)
+    let reply = wire::FrameReader::new(&mut recv)
+        .read_frame(u32::MAX)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .to_vec();
     let text = wire::decode::<Result<(), String>>(&reply)
         .unwrap()
         .unwrap_err();
@@ -324,10 +326,12 @@ async fn bad_input_gets_an_error_reply_and_the_connection_keeps_serving(
     wire::write_frame(&mut send, &wire::encode_request(RequestCode::ECHO, &[]))
         .await
         .unwrap();
-    let reply = wire::read_frame(&mut recv, u32::MAX)
+    let reply = wire::FrameReader::new(&mut recv)
+        .read_frame(u32::MAX)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .to_vec();
     assert_eq!(reply, wire::encode(&Ok::<(), String>(())));
     send.finish().unwrap();
     // ...and so does the connection, with a power request.
@@ -345,15 +349,23 @@ async fn oversized_frame_ends_only_its_stream() {
     let rig = rig().await;
     let (mut send, mut recv) = rig.session.open_stream().await.unwrap();
     send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    let reply = wire::read_frame(&mut recv, u32::MAX)
+    let reply = wire::FrameReader::new(&mut recv)
+        .read_frame(u32::MAX)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .to_vec();
     let text = wire::decode::<Result<(), String>>(&reply)
         .unwrap()
         .unwrap_err();
     assert!(text.contains("exceeds the limit"), "{text:?}");
-    assert_eq!(wire::read_frame(&mut recv, u32::MAX).await.unwrap(), None);
+    assert_eq!(
+        wire::FrameReader::new(&mut recv)
+            .read_frame(u32::MAX)
+            .await
+            .unwrap(),
+        None
+    );
     Power::Grouped(NodePowerRequest::Reboot)
         .send_expecting_initiated(&rig.session)
         .await;

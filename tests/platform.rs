@@ -60,10 +60,12 @@ async fn one_request<B: PowerBackend>(backend: B, code: u32, body: &[u8]) -> Vec
     wire::write_frame(&mut manager, &wire::encode_request(code, body))
         .await
         .unwrap();
-    let reply = wire::read_frame(&mut manager, u32::MAX)
+    let reply = wire::FrameReader::new(&mut manager)
+        .read_frame(u32::MAX)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .to_vec();
     drop(manager);
     serving.await.unwrap();
     reply

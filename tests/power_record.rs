@@ -17,11 +17,9 @@ use std::{
     time::Duration,
 };
 
+use roxyd::platform::recorder::journal::{Entry as Step, Recorder};
 use roxyd::{
-    dispatch::{
-        DispatchConfig, Dispatcher, StreamEnd,
-        journal::{Entry as Step, Recorder},
-    },
+    dispatch::{DispatchConfig, Dispatcher, StreamEnd},
     platform::{GracefulCommands, GracefulOp, ImmediateOp, PowerBackend, linux::LinuxBackend},
     power_log::{
         self, Entry, Event, Op, Outcome, PowerLog, PowerRecord, Recorded, Reply, RequestForm,

@@ -100,11 +100,14 @@ async fn platforms_without_reboot_answer_immediate_requests_with_invalid_command
         .await;
     let reply = tokio::time::timeout(
         Duration::from_secs(10),
-        wire::read_frame(&mut manager, u32::MAX),
+        wire::FrameReader::new(&mut manager).read_frame(u32::MAX),
     )
     .await
     .expect("a reply")
     .unwrap()
     .expect("a reply frame");
-    assert_eq!(reply, reply::error_payload(reply_text::INVALID_COMMAND));
+    assert_eq!(
+        reply.to_vec(),
+        reply::error_payload(reply_text::INVALID_COMMAND)
+    );
 }

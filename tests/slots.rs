@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use roxyd::dispatch::journal::Recorder;
+use roxyd::platform::recorder::journal::Recorder;
 use roxyd::{
     config::Config,
     connection::{self, ConnectionEnd, ConnectionLimits},

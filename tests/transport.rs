@@ -6,10 +6,8 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use roxyd::{
-    dispatch::{DispatchConfig, journal::Recorder},
-    wire::RequestCode,
-};
+use roxyd::platform::recorder::journal::Recorder;
+use roxyd::{dispatch::DispatchConfig, wire::RequestCode};
 use roxyd_lab::Lab;
 use support::lab_agent::LabAgents;
 

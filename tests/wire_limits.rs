@@ -58,7 +58,11 @@ async fn the_agent_reports_such_a_handshake_reply_as_malformed() {
     let (mut agent, mut manager) = tokio::io::duplex(1024);
     let info = roxyd::handshake::Identity::default().agent_info("127.0.0.1:1".parse().unwrap());
     let manager_side = tokio::spawn(async move {
-        let hello = wire::read_frame(&mut manager, 1024).await.unwrap().unwrap();
+        let hello = wire::FrameReader::new(&mut manager)
+            .read_frame(1024)
+            .await
+            .unwrap()
+            .unwrap();
         wire::decode::<AgentInfo>(&hello).unwrap();
         wire::write_frame(&mut manager, &unhex("00fdffffffffffffff00"))
             .await
@@ -113,7 +117,9 @@ impl tokio::io::AsyncRead for FailingAfter {
 #[case::in_the_payload(&[0, 0, 0, 8, 1, 2])]
 #[tokio::test]
 async fn a_transport_failure_inside_a_frame_is_an_io_error(#[case] sent: &'static [u8]) {
-    let result = wire::read_frame(&mut FailingAfter(sent), 64).await;
+    let result = wire::FrameReader::new(&mut FailingAfter(sent))
+        .read_frame(64)
+        .await;
     assert!(
         matches!(&result, Err(wire::FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset),
         "{result:?}"

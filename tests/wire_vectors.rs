@@ -60,13 +60,20 @@ async fn our_frame(payload: &[u8]) -> Vec<u8> {
 
 /// Reads one frame from `bytes` with our reader, and checks nothing is left.
 async fn our_read(bytes: &[u8]) -> Vec<u8> {
-    let mut reader = bytes;
-    let payload = wire::read_frame(&mut reader, wire::DEFAULT_MAX_FRAME_LEN)
+    let mut reader = wire::FrameReader::new(bytes);
+    let payload = reader
+        .read_frame(wire::DEFAULT_MAX_FRAME_LEN)
         .await
         .expect("frame reads")
         .expect("a frame, not end of stream");
-    assert!(reader.is_empty(), "bytes left after the frame");
-    payload
+    assert!(
+        matches!(
+            reader.read_frame(wire::DEFAULT_MAX_FRAME_LEN).await,
+            Ok(None)
+        ),
+        "bytes left after the frame"
+    );
+    payload.to_vec()
 }
 
 fn agent_info(addr: &str) -> AgentInfo {

@@ -1,11 +1,14 @@
-//! Arbitrary bytes through the frame reader and the payload decoders.
+//! Arbitrary bytes through the frame reader roxyd ships (`FrameReader`, the
+//! read-ahead reader of every request stream and the handshake) and the
+//! payload decoders.
 //!
 //! The input is read as a sequence of frames with a small limit, as a request
-//! stream would be. Each payload is split with `Request::parse` and its body
+//! stream would be, arriving in reads of varying sizes. Each payload is split with `Request::parse` and its body
 //! decoded with `decode_prefix::<NodePowerRequest>`, as the dispatch layer
 //! does for code 106. Besides "no panic", the reader's own promises are
-//! checked (a payload never exceeds the limit; `TooLarge` only for a header
-//! above it, having consumed the header alone; no read waits on a slice), and
+//! checked (each payload is the next frame of the input, never above the
+//! limit; `TooLarge` only for a header above it; a clean end only at the end
+//! of the input; no read waits on a slice), and
 //! the body decoder is checked against the varint rule of `docs/wire.md`.
 //!
 //! Every payload is also decoded as the two handshake messages
@@ -15,14 +18,16 @@
 #![no_main]
 
 use std::{
-    pin::pin,
+    pin::{Pin, pin},
     task::{Context, Poll, Waker},
 };
 
 use libfuzzer_sys::fuzz_target;
 use roxyd::wire::{
-    self, AgentInfo, FrameError, HandshakeReply, NodePowerRequest, REQUEST_CODE_LEN, Request,
+    self, AgentInfo, FrameError, FrameReader, HandshakeReply, NodePowerRequest, REQUEST_CODE_LEN,
+    Request,
 };
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Small, so that inputs cross it often.
 const LIMIT: u32 = 64;
@@ -39,27 +44,56 @@ fn now<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// The input's bytes in reads of 1 to 7 bytes, the sizes taken from the
+/// input itself, so that frames cross read boundaries anywhere.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl AsyncRead for Trickle<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let at = self.at;
+        let size = self.bytes.get(at).map_or(1, |b| usize::from(b % 7) + 1);
+        let n = size.min(out.remaining()).min(self.bytes.len() - at);
+        out.put_slice(&self.bytes[at..at + n]);
+        self.at += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
-    let mut reader = data;
+    let mut reader = FrameReader::new(Trickle { bytes: data, at: 0 });
+    // Where the next frame starts in `data`.
+    let mut next = 0;
     loop {
-        let before = reader.len();
-        match now(wire::read_frame(&mut reader, LIMIT)) {
+        match now(reader.read_frame(LIMIT)) {
             Ok(None) => {
-                assert_eq!(before, 0, "clean end with bytes left");
+                assert_eq!(next, data.len(), "clean end with bytes left");
                 break;
             }
             Ok(Some(payload)) => {
                 assert!(payload.len() <= LIMIT as usize, "payload above the limit");
-                assert_eq!(before - reader.len(), 4 + payload.len());
+                let header: [u8; 4] = data[next..next + 4].try_into().unwrap();
+                assert_eq!(u32::from_be_bytes(header) as usize, payload.len());
+                assert_eq!(&data[next + 4..next + 4 + payload.len()], &*payload);
+                next += 4 + payload.len();
                 decode_payload(&payload);
             }
             Err(FrameError::TooLarge { len, max }) => {
                 assert!(len > max && max == LIMIT);
-                // Only the header was consumed.
-                assert_eq!(before - reader.len(), 4);
+                let header: [u8; 4] = data[next..next + 4].try_into().unwrap();
+                assert_eq!(u32::from_be_bytes(header), len);
                 break;
             }
-            Err(FrameError::Truncated) => break,
+            Err(FrameError::Truncated) => {
+                assert!(next < data.len(), "truncated at the end of the input");
+                break;
+            }
             Err(FrameError::Io(e)) => panic!("reading a slice failed: {e}"),
         }
     }

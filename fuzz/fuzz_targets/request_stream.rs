@@ -13,10 +13,10 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
+use roxyd::platform::recorder::journal::{Entry, Recorder};
 use roxyd::{
     dispatch::{
         DispatchConfig, Dispatcher, StreamEnd,
-        journal::{Entry, Recorder},
     },
     platform::{GracefulOp, ImmediateOp},
     wire::NodePowerRequest,
@@ -107,7 +107,7 @@ fn entry_for(request: NodePowerRequest) -> Entry {
     }
 }
 
-/// Which requests run depends on when the recorder's reaper thread frees the
+/// Which requests run depends on when the graceful reaper task frees the
 /// latch after a graceful start, so the check is the sound part: the first
 /// request finds the latch free and runs; what runs is a subsequence of what
 /// was asked; an immediate operation ends the stream and runs last.

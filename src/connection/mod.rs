@@ -176,7 +176,7 @@ pub struct ConnectionLimits {
 
 impl ConnectionLimits {
     /// The default bound of [`Self::slots_held_timeout`].
-    pub const DEFAULT_SLOTS_HELD_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(crate) const DEFAULT_SLOTS_HELD_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// Serves every request stream the Manager opens on `connection`, each on a
@@ -210,6 +210,7 @@ impl ConnectionLimits {
 /// connection); any still running then is aborted. A pending operation
 /// whose reply was not yet written is thereby cancelled; one whose reply was
 /// written is released (the Manager may already have been told).
+#[cfg(any(test, feature = "test-backend"))]
 pub async fn serve_connection<B: PowerBackend>(
     connection: quinn::Connection,
     dispatcher: Arc<Dispatcher<B>>,
@@ -339,7 +340,7 @@ pub fn stop_delivery_bound(config: &DispatchConfig) -> Duration {
 /// How long the stream tasks of a closed connection may take to end before
 /// they are aborted. Their reads and writes fail at once on a closed
 /// connection; the bound covers a task busy elsewhere (a backend call).
-pub const STREAMS_END_BOUND: Duration = Duration::from_secs(1);
+pub(crate) const STREAMS_END_BOUND: Duration = Duration::from_secs(1);
 
 /// The stream tasks of one connection and what the slot accounting needs to
 /// know of them. Owned by the connection's loop alone: every count changes

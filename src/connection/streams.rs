@@ -280,7 +280,7 @@ impl Streams {
     /// How many running streams were closed to make room and have not yet
     /// seen it.
     #[must_use]
-    pub fn closing_to_make_room(&self) -> usize {
+    pub(crate) fn closing_to_make_room(&self) -> usize {
         self.running()
             .filter(|activity| activity.closing_for(CloseReason::MakeRoom))
             .count()
@@ -289,7 +289,7 @@ impl Streams {
     /// Since when the stream that has waited longest waits, among those not
     /// closing already.
     #[must_use]
-    pub fn earliest_waiting(&self) -> Option<Instant> {
+    pub(crate) fn earliest_waiting(&self) -> Option<Instant> {
         self.running().filter_map(|a| a.waiting_open()).min()
     }
 

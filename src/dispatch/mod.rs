@@ -22,9 +22,6 @@
 
 use std::{pin::pin, sync::Arc, task::Poll, time::Duration};
 
-#[cfg(any(test, feature = "test-backend"))]
-pub mod journal;
-
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use crate::connection::streams::{self, CloseReason, StreamActivity};
@@ -134,7 +131,7 @@ pub enum StreamEnd {
     /// No request arrived within the idle timeout.
     IdleTimeout,
     /// The connection layer closed the waiting stream to make room for
-    /// others (see [`crate::connection::serve_connection`]).
+    /// others (see [`crate::connection::serve_connection_with`]).
     ClosedToMakeRoom,
     /// roxyd is stopping: the stream waited for a request, or was about to,
     /// and serves none.
@@ -212,7 +209,7 @@ impl<B: PowerBackend> Dispatcher<B> {
     /// make room, only by whoever holds `activity`, which this keeps up to
     /// date (the connection layer holds every stream's, see
     /// [`streams::Streams`]).
-    pub async fn serve_stream_reporting<R, W>(
+    pub(crate) async fn serve_stream_reporting<R, W>(
         &self,
         recv: &mut R,
         send: &mut W,

@@ -273,11 +273,11 @@ async fn read_into(pipe: Option<impl AsyncRead + Unpin>, kept: &mut KeptOutput) 
 /// Most bytes of each of a graceful command's output streams kept for the
 /// log; the rest is read and discarded, so that the command never blocks on
 /// a full pipe.
-pub const OUTPUT_KEPT: usize = 4096;
+pub(crate) const OUTPUT_KEPT: usize = 4096;
 
 /// How long the wait goes on, once the command exited, for its output to
 /// end before it logs what it has.
-pub const OUTPUT_GRACE: Duration = Duration::from_millis(200);
+pub(crate) const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 
 /// What was kept of one output stream.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -29,7 +29,7 @@ use super::{
 };
 
 /// How long `sync(2)` may take by default before `reboot(2)` goes ahead.
-pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The step run before `reboot(2)`: `sync(2)`, or a stand-in in tests.
 pub type SyncStep = Arc<dyn Fn() + Send + Sync>;

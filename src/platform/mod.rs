@@ -28,9 +28,10 @@ pub mod recorder;
 mod select;
 pub mod unsupported;
 
+pub(crate) use select::version_text;
 pub use select::{
     BackendChoice, BackendOptions, CAN_RECORD, DaemonBackend, NoRecorder, Platform,
-    SYSTEM_BACKEND_NAME, SystemBackend, daemon_backend, system_backend, version_text,
+    SYSTEM_BACKEND_NAME, SystemBackend, daemon_backend, system_backend,
 };
 
 pub use graceful_command::{

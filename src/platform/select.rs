@@ -277,7 +277,7 @@ impl PowerBackend for DaemonBackend {
 /// The version line: the version, this platform's backend, and whether this
 /// build can record instead.
 #[must_use]
-pub fn version_text() -> String {
+pub(crate) fn version_text() -> String {
     let record = if CAN_RECORD {
         "this build can also record instead, with --backend recorder"
     } else {

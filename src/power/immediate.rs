@@ -164,7 +164,7 @@ async fn confirm_delivery<W: ReplySink + ?Sized>(send: &mut W, timeout: Duration
 /// # Errors
 ///
 /// When the transport fails; no proof is made then.
-pub async fn write_initiated<W: ReplySink + ?Sized>(
+pub(crate) async fn write_initiated<W: ReplySink + ?Sized>(
     sink: &mut W,
     form: WireForm,
 ) -> io::Result<ReplyWritten> {
@@ -240,7 +240,7 @@ pub enum NotDeclined {
 /// # Errors
 ///
 /// Which condition failed; the caller drops the operation.
-pub async fn recognise_decline<R, W>(
+pub(crate) async fn recognise_decline<R, W>(
     recv: &mut R,
     send: &mut W,
     pending_since: Instant,

@@ -94,6 +94,7 @@ impl<B: PowerBackend> PowerHandler<B> {
     /// Resolves once no power operation is under way: an explicit signal for
     /// tests and the demo, which send several power requests to one agent
     /// whose recorder returns from every operation.
+    #[cfg(any(test, feature = "test-backend"))]
     pub async fn wait_idle(&self) {
         let mut rx = self.busy.subscribe();
         // The sender lives in `self`, so the channel cannot close.

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// roxyd's version, as entries state it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// One entry of the power log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +75,7 @@ impl PowerRecord {
     /// Whether this entry means the host should now go down: a release to
     /// `reboot(2)`, a graceful command started, or one that exited 0.
     #[must_use]
-    pub fn takes_host_down(&self) -> bool {
+    pub(crate) fn takes_host_down(&self) -> bool {
         match self.outcome {
             Outcome::Released | Outcome::CommandStarted => true,
             Outcome::CommandExited => self.exit_status == Some(0),
@@ -301,7 +301,7 @@ impl Entry {
 /// `time` as UTC, RFC 3339, with milliseconds: `2026-12-04T15:24:05.123Z`.
 /// A time before 1970 (a clock set wrong) is shown as the epoch.
 #[must_use]
-pub fn rfc3339_millis(time: SystemTime) -> String {
+pub(crate) fn rfc3339_millis(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rest) = (secs / 86_400, secs % 86_400);

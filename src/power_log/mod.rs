@@ -39,10 +39,10 @@ pub use explain::{Explanation, Level, explain};
 pub use read::{ReadLog, read_log};
 
 /// The log's file name in the state directory.
-pub const LOG_FILE: &str = "power.log";
+pub(crate) const LOG_FILE: &str = "power.log";
 
 /// The name a trimmed log is written under before it is renamed over the log.
-pub const TRIM_FILE: &str = "power.log.new";
+pub(crate) const TRIM_FILE: &str = "power.log.new";
 
 /// Most entries the log keeps.
 pub const MAX_LOG_ENTRIES: usize = 1000;
@@ -59,10 +59,10 @@ pub const MAX_LOG_BYTES: u64 = 1 << 20;
 pub const RELEASE_WAIT: Duration = Duration::from_millis(250);
 
 /// The boot id recorded when the kernel's cannot be read.
-pub const UNKNOWN_BOOT_ID: &str = "unknown";
+pub(crate) const UNKNOWN_BOOT_ID: &str = "unknown";
 
 /// The name of the thread that owns the file.
-pub const WRITER_THREAD: &str = "roxyd-power-log";
+pub(crate) const WRITER_THREAD: &str = "roxyd-power-log";
 
 /// The log's path in `state_dir`.
 #[must_use]
@@ -465,7 +465,7 @@ fn trim_keep(read: &ReadLog) -> (usize, u64) {
 }
 
 /// Logs one WARN naming `path` when `skipped` lines could not be read.
-pub fn warn_skipped(path: &Path, skipped: usize) {
+pub(crate) fn warn_skipped(path: &Path, skipped: usize) {
     if skipped > 0 {
         tracing::warn!(path = %path.display(), skipped, "skipped lines of the power log that are not entries (corrupt, truncated or edited)");
     }

@@ -15,10 +15,10 @@ use std::{
 use super::{MAX_LOG_BYTES, entry::Entry};
 
 /// Most bytes read from the end of the log: twice what roxyd keeps.
-pub const READ_LIMIT: u64 = 2 * MAX_LOG_BYTES;
+pub(crate) const READ_LIMIT: u64 = 2 * MAX_LOG_BYTES;
 
 /// Longest line taken as an entry; a longer one is skipped unparsed.
-pub const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 /// What was read from the log, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -6,8 +6,9 @@
 
 use std::{io, sync::Arc, time::Duration};
 
+use roxyd::platform::recorder::journal::Recorder;
 use roxyd::{
-    dispatch::{DispatchConfig, Dispatcher, journal::Recorder},
+    dispatch::{DispatchConfig, Dispatcher},
     platform::{
         GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, Settlement, StartError,
     },

@@ -6,6 +6,7 @@
 pub mod backend_lifetime;
 pub mod held_reply;
 pub mod immediate;
+#[cfg(feature = "test-backend")]
 pub mod lab_agent;
 
 use std::{

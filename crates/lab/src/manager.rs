@@ -187,7 +187,8 @@ impl Manager {
     pub async fn accept(&self) -> Result<AgentSession, ManagerError> {
         let connection = self.accept_connection().await?;
         let (mut send, mut recv) = connection.accept_bi().await.map_err(transport)?;
-        let payload = wire::read_frame(&mut recv, MAX_REPLY_LEN)
+        let payload = wire::FrameReader::new(&mut recv)
+            .read_frame(MAX_REPLY_LEN)
             .await
             .map_err(transport)?
             .ok_or_else(|| transport("agent closed the handshake stream"))?;
@@ -264,9 +265,11 @@ impl AgentSession {
             .await
             .map_err(transport)?;
         let _ = send.shutdown().await;
-        wire::read_frame(&mut recv, MAX_REPLY_LEN)
+        wire::FrameReader::new(&mut recv)
+            .read_frame(MAX_REPLY_LEN)
             .await
             .map_err(transport)?
+            .map(|reply| reply.to_vec())
             .ok_or_else(|| transport("agent closed the stream without a reply"))
     }
 

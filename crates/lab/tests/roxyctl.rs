@@ -144,7 +144,7 @@ mod manager_modes {
         send.finish().unwrap();
         let answer = within(
             "roxyctl answers the handshake",
-            wire::read_frame(&mut recv, 1024),
+            wire::FrameReader::new(&mut recv).read_frame(1024),
         )
         .await
         .unwrap()
@@ -195,10 +195,14 @@ mod manager_modes {
         let (mut send, mut recv) = within("roxyctl sends its request", connection.accept_bi())
             .await
             .unwrap();
-        let request = within("the request frame", wire::read_frame(&mut recv, 1024))
-            .await
-            .unwrap()
-            .expect("a request frame");
+        let request = within(
+            "the request frame",
+            wire::FrameReader::new(&mut recv).read_frame(1024),
+        )
+        .await
+        .unwrap()
+        .expect("a request frame")
+        .to_vec();
         let body_bytes: Vec<u8> = (0..body.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&body[i..i + 2], 16).unwrap())

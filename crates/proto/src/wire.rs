@@ -13,9 +13,7 @@ mod message;
 pub mod reply_text;
 
 pub use codec::{DECODE_LIMIT, DecodeError, decode, decode_prefix, encode};
-pub use frame::{
-    DEFAULT_MAX_FRAME_LEN, FrameError, FrameReader, Payload, READ_AHEAD, read_frame, write_frame,
-};
+pub use frame::{DEFAULT_MAX_FRAME_LEN, FrameError, FrameReader, Payload, READ_AHEAD, write_frame};
 pub use message::{
     AgentInfo, HandshakeReply, NodePowerRequest, NodePowerResponse, REQUEST_CODE_LEN, Request,
     RequestCode, RequestFrameError, Status, encode_request,

@@ -32,41 +32,6 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads one frame's payload.
-///
-/// Returns `Ok(None)` when the stream ends cleanly at a frame boundary, the
-/// normal end of a request stream. The length is checked against `max_len`
-/// before any buffer is allocated.
-///
-/// # Errors
-///
-/// [`FrameError::TooLarge`] past the limit, [`FrameError::Truncated`] when the
-/// stream ends mid-frame, [`FrameError::Io`] when the transport fails.
-pub async fn read_frame<R>(reader: &mut R, max_len: u32) -> Result<Option<Vec<u8>>, FrameError>
-where
-    R: AsyncRead + Unpin + ?Sized,
-{
-    let mut header = [0_u8; 4];
-    let mut filled = 0;
-    while filled < header.len() {
-        let n = reader.read(&mut header[filled..]).await?;
-        if n == 0 {
-            return if filled == 0 {
-                Ok(None)
-            } else {
-                Err(FrameError::Truncated)
-            };
-        }
-        filled += n;
-    }
-    let mut payload = vec![0_u8; payload_len(header, max_len)?];
-    reader
-        .read_exact(&mut payload)
-        .await
-        .map_err(inside_frame)?;
-    Ok(Some(payload))
-}
-
 /// The payload length a frame header announces, refused past `max_len`
 /// before anything is allocated for it.
 fn payload_len(header: [u8; 4], max_len: u32) -> Result<usize, FrameError> {
@@ -165,11 +130,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(read)
     }
 
-    /// Reads one frame's payload, as [`read_frame`] does.
+    /// Reads one frame's payload.
+    ///
+    /// Returns `Ok(None)` when the stream ends cleanly at a frame boundary,
+    /// the normal end of a request stream. The length is checked against
+    /// `max_len` before any buffer is allocated.
     ///
     /// # Errors
     ///
-    /// As [`read_frame`].
+    /// [`FrameError::TooLarge`] past the limit, [`FrameError::Truncated`]
+    /// when the stream ends mid-frame, [`FrameError::Io`] when the transport
+    /// fails.
     pub async fn read_frame(&mut self, max_len: u32) -> Result<Option<Payload>, FrameError> {
         while self.buffered() < 4 {
             if self.fill().await? == 0 {

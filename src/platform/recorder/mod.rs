@@ -1,10 +1,10 @@
 //! The `test-backend` recorder: a backend that notes each call, in order,
 //! instead of acting, and reports it to a [`CallLog`].
 //!
-//! It knows nothing above `platform`: the journal that puts its calls beside
-//! the dispatch layer's steps (`roxyd::dispatch::journal`) is one
-//! [`CallLog`]; the daemon's recorder uses [`LogLines`], which keeps nothing
-//! (every call is logged as it happens).
+//! The recorder itself knows nothing above `platform`: the [`journal`] that
+//! puts its calls beside the dispatch layer's steps, for tests, the demo and
+//! benchmarks, is one [`CallLog`]; the daemon's recorder uses [`LogLines`],
+//! which keeps nothing (every call is logged as it happens).
 
 use std::{
     fmt, io,
@@ -13,6 +13,8 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
 };
+
+pub mod journal;
 
 use super::{
     GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, Settlement, StartError,
@@ -71,7 +73,7 @@ struct PerformGate {
 impl RecordingBackend {
     /// A recorder that accepts every call and reports each to `log`.
     #[must_use]
-    pub fn logging_to(log: Arc<dyn CallLog>) -> Self {
+    pub(crate) fn logging_to(log: Arc<dyn CallLog>) -> Self {
         Self {
             log,
             refuse_prepare: Arc::default(),

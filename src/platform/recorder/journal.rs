@@ -15,11 +15,11 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher};
+use super::{Call, CallLog, RecordingBackend};
 use crate::{
+    dispatch::{DispatchConfig, DispatchEvent, DispatchObserver, Dispatcher},
     platform::{
         GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, Settlement, StartError,
-        recorder::{Call, CallLog, RecordingBackend},
     },
     reply::Delivery,
 };
@@ -66,7 +66,7 @@ impl Entry {
 /// The shared, ordered list of [`Entry`]s, each with the time it was noted.
 ///
 /// It keeps everything: tests, the demo and benchmarks read it whole. The
-/// daemon's recorder keeps nothing ([`crate::platform::recorder::LogLines`]).
+/// daemon's recorder keeps nothing ([`super::LogLines`]).
 #[derive(Clone, Debug, Default)]
 pub struct Journal {
     entries: Arc<watch::Sender<Vec<(Instant, Entry)>>>,
