@@ -36,7 +36,7 @@ impl Stop {
     }
 
     /// [`Self::requested`] as a future that owns its signal.
-    pub(crate) async fn requested_owned(mut self) {
+    pub async fn requested_owned(mut self) {
         self.requested().await;
     }
 

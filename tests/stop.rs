@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use roxyd::dispatch::journal::{Entry, Journal, Recorder};
+use roxyd::platform::recorder::journal::{Entry, Journal, Recorder};
 use roxyd::{
     connection::{self, ConnectionEnd, ConnectionLimits},
     dispatch::{DispatchConfig, DispatchEvent},
@@ -307,10 +307,13 @@ async fn a_stop_while_a_stream_waits_for_a_request_ends_promptly() {
     wire::write_frame(&mut send, &wire::encode_request(RequestCode::ECHO, &[]))
         .await
         .unwrap();
-    within("the echo reply", wire::read_frame(&mut recv, 1024))
-        .await
-        .unwrap()
-        .expect("an echo reply");
+    within(
+        "the echo reply",
+        wire::FrameReader::new(&mut recv).read_frame(1024),
+    )
+    .await
+    .unwrap()
+    .expect("an echo reply");
     rig.stop().await;
     let end = tokio::time::timeout(bound / 2, rig.serving)
         .await

@@ -176,7 +176,7 @@ pub struct ConnectionLimits {
 
 impl ConnectionLimits {
     /// The default bound of [`Self::slots_held_timeout`].
-    pub(crate) const DEFAULT_SLOTS_HELD_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_SLOTS_HELD_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// Serves every request stream the Manager opens on `connection`, each on a
