@@ -18,7 +18,8 @@ use std::{
 
 use roxyd::{
     config::Config,
-    dispatch::{DispatchConfig, DispatchEvent, DispatchObserver, journal::Recorder},
+    dispatch::{DispatchConfig, DispatchEvent, DispatchObserver},
+    platform::recorder::journal::Recorder,
     wire::{self, RequestCode},
 };
 use roxyd_lab::{Lab, manager::AgentSession};
@@ -87,9 +88,10 @@ async fn one_echo(session: AgentSession) -> Outcome {
         Err(e) => return Outcome::Failed(format!("read: {e}")),
     };
     let mut rest = bytes.as_slice();
+    let mut frames = wire::FrameReader::new(&mut rest);
     let mut replies = 0;
     loop {
-        match wire::read_frame(&mut rest, wire::DEFAULT_MAX_FRAME_LEN).await {
+        match frames.read_frame(wire::DEFAULT_MAX_FRAME_LEN).await {
             Ok(None) => break,
             Ok(Some(payload)) => match wire::decode::<Result<(), String>>(&payload) {
                 Ok(Ok(())) => replies += 1,
