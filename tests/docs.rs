@@ -4,6 +4,8 @@
 //! unit names files the Debian package installs, and every repository path,
 //! benchmark and test the documentation names exists.
 
+mod env_names;
+
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -556,26 +558,6 @@ fn every_bench_and_test_the_docs_name_exists() {
     );
 }
 
-/// The words of `text` that start with `prefix` and go on in capitals,
-/// digits and underscores.
-fn names_with_prefix(text: &str, prefix: &str) -> BTreeSet<String> {
-    text.match_indices(prefix)
-        .filter(|(at, _)| {
-            !text[..*at]
-                .chars()
-                .next_back()
-                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-        .map(|(at, _)| {
-            text[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
-                .collect::<String>()
-        })
-        .filter(|name| name.len() > prefix.len() && !name.ends_with('_'))
-        .collect()
-}
-
 /// Every test and benchmark setting the documentation names
 /// (`ROXYTEST_*`, `ROXYBENCH_*`) is read by a test, benchmark or script.
 #[test]
@@ -599,7 +581,7 @@ fn every_test_and_bench_setting_the_docs_name_is_read() {
         let shown = doc.strip_prefix(repo()).unwrap().display().to_string();
         let text = std::fs::read_to_string(&doc).unwrap();
         for prefix in ["ROXYTEST_", "ROXYBENCH_"] {
-            for name in names_with_prefix(&text, prefix) {
+            for name in env_names::names_with_prefix(&text, prefix) {
                 named += 1;
                 if !code.contains(&name) {
                     unread.push(format!(

@@ -4,6 +4,8 @@
 //! shell would stop roxyd from starting. They are named `ROXYTEST_*` and
 //! `ROXYBENCH_*`.
 
+mod env_names;
+
 use std::{collections::BTreeSet, path::Path, process::Command};
 
 use clap::CommandFactory;
@@ -32,26 +34,6 @@ fn texts(relative: &[&str]) -> Vec<(String, String)> {
     out
 }
 
-/// The words of `text` that start with `prefix` and go on in capitals,
-/// digits and underscores.
-fn names_with_prefix(text: &str, prefix: &str) -> BTreeSet<String> {
-    text.match_indices(prefix)
-        .filter(|(at, _)| {
-            !text[..*at]
-                .chars()
-                .next_back()
-                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-        .map(|(at, _)| {
-            text[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
-                .collect::<String>()
-        })
-        .filter(|name| name.len() > prefix.len())
-        .collect()
-}
-
 /// Where test and benchmark settings are read or set.
 const KNOB_SOURCES: [&str; 5] = [
     "scripts",
@@ -67,8 +49,8 @@ fn knob_names() -> BTreeSet<String> {
     texts(&KNOB_SOURCES)
         .iter()
         .flat_map(|(_, text)| {
-            let mut names = names_with_prefix(text, "ROXYTEST_");
-            names.extend(names_with_prefix(text, "ROXYBENCH_"));
+            let mut names = env_names::names_with_prefix(text, "ROXYTEST_");
+            names.extend(env_names::names_with_prefix(text, "ROXYBENCH_"));
             names
         })
         .collect()
@@ -145,7 +127,7 @@ fn test_and_bench_code_uses_only_variables_roxyd_reads() {
         .collect();
     let mut offences = Vec::new();
     for (file, text) in texts(&KNOB_SOURCES) {
-        for name in names_with_prefix(&text, "ROXYD_") {
+        for name in env_names::names_with_prefix(&text, "ROXYD_") {
             if let Err(e) = roxyd::config::check_env_names([name.clone().into()], &options) {
                 offences.push(format!("{file}: {name}: {e}"));
             }
