@@ -100,18 +100,7 @@ impl Rig {
     /// Waits until the pending operation was released or dropped, and
     /// returns which; a release has left its mark before anything runs.
     async fn settlement(&self, op: ImmediateOp) -> Settlement {
-        let entries = within(self.journal().wait_for(|e| {
-            e.iter()
-                .any(|e| matches!(e, Entry::Settled(o, _) if *o == op))
-        }))
-        .await;
-        entries
-            .iter()
-            .find_map(|e| match e {
-                Entry::Settled(o, how) if *o == op => Some(*how),
-                _ => None,
-            })
-            .unwrap()
+        within(self.journal().settlement(op)).await
     }
 
     /// Opens a stream and writes `request` on it; both halves are the

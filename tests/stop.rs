@@ -139,21 +139,11 @@ impl Rig {
 
     /// How the pending `op` was settled.
     async fn settlement(&self, op: ImmediateOp) -> Settlement {
-        let entries = within(
+        within(
             "the pending operation's settlement",
-            self.journal().wait_for(|e| {
-                e.iter()
-                    .any(|e| matches!(e, Entry::Settled(o, _) if *o == op))
-            }),
+            self.journal().settlement(op),
         )
-        .await;
-        entries
-            .iter()
-            .find_map(|e| match e {
-                Entry::Settled(o, how) if *o == op => Some(*how),
-                _ => None,
-            })
-            .unwrap()
+        .await
     }
 }
 

@@ -120,6 +120,24 @@ impl Journal {
         self.wait_for_within(Self::WAIT_LIMIT, done).await
     }
 
+    /// Waits until the pending `op` was released or cancelled, and returns
+    /// which: the mark is left before anything runs.
+    ///
+    /// # Panics
+    ///
+    /// When `op` is not settled within [`Self::WAIT_LIMIT`].
+    pub async fn settlement(&self, op: ImmediateOp) -> Settlement {
+        let settled = |e: &Entry| match e {
+            Entry::Settled(o, how) if *o == op => Some(*how),
+            _ => None,
+        };
+        self.wait_for(|entries| entries.iter().any(|e| settled(e).is_some()))
+            .await
+            .iter()
+            .find_map(settled)
+            .expect("the settlement waited for")
+    }
+
     /// [`Self::wait_for`] with its own time limit.
     ///
     /// # Panics
