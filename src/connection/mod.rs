@@ -28,7 +28,6 @@ use std::{
 };
 
 use tokio::{task::JoinSet, time::Instant};
-use tracing::Instrument;
 
 pub mod streams;
 
@@ -37,6 +36,7 @@ use streams::{StreamActivity, Streams};
 use crate::{
     dispatch::{DispatchConfig, Dispatcher, StreamEnd},
     handshake::{self, HandshakeError, Identity},
+    logging::RequestSpan,
     platform::PowerBackend,
 };
 
@@ -268,11 +268,7 @@ pub async fn serve_connection_with<B: PowerBackend>(
                         // A stream that starts waiting now is due no sooner.
                         idle_check.as_mut().reset(Instant::now() + idle);
                     }
-                    let span = tracing::info_span!(
-                        "request",
-                        connection = connection.stable_id(),
-                        stream = send.id().index()
-                    );
+                    let span = RequestSpan::new(connection.stable_id(), send.id().index());
                     slots.serve(&dispatcher, send, recv, span);
                     recheck_room = true;
                 }
@@ -383,11 +379,16 @@ impl Slots {
         dispatcher: &Arc<Dispatcher<B>>,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
-        span: tracing::Span,
+        span: RequestSpan,
     ) {
         let activity = self.streams.track();
-        self.serving
-            .spawn(serve_stream(Arc::clone(dispatcher), activity, send, recv).instrument(span));
+        self.serving.spawn(serve_stream(
+            Arc::clone(dispatcher),
+            activity,
+            span,
+            send,
+            recv,
+        ));
     }
 
     /// Takes in a serving task's end.
@@ -531,12 +532,13 @@ enum Served {
 async fn serve_stream<B: PowerBackend>(
     dispatcher: Arc<Dispatcher<B>>,
     activity: Arc<StreamActivity>,
+    span: RequestSpan,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Served {
     let stream = send.id();
     let end = {
-        let serving = dispatcher.serve_stream_reporting(&mut recv, &mut send, &activity);
+        let serving = dispatcher.serve_stream_reporting(&mut recv, &mut send, &activity, &span);
         CatchPanic(std::pin::pin!(serving)).await
     };
     let Ok(end) = end else {

@@ -23,10 +23,12 @@
 use std::{pin::pin, sync::Arc, task::Poll, time::Duration};
 
 use tokio::io::{AsyncRead, AsyncWriteExt};
+use tracing::Instrument;
 
 use crate::connection::streams::{self, CloseReason, StreamActivity};
 
 use crate::{
+    logging::RequestSpan,
     platform::{GracefulOp, ImmediateOp, PowerBackend, PowerOp},
     power::{
         PowerHandler,
@@ -197,8 +199,9 @@ impl<B: PowerBackend> Dispatcher<B> {
         W: ReplySink + ?Sized,
     {
         let activity = StreamActivity::default();
+        let span = RequestSpan::current();
         tokio::select! {
-            end = self.serve_stream_reporting(recv, send, &activity) => end,
+            end = self.serve_stream_reporting(recv, send, &activity, &span) => end,
             () = streams::close_when_idle(&activity, self.config.stream_idle_timeout) => {
                 unreachable!("close_when_idle never returns")
             }
@@ -208,12 +211,14 @@ impl<B: PowerBackend> Dispatcher<B> {
     /// As [`Self::serve_stream`], but the stream is closed when idle, or to
     /// make room, only by whoever holds `activity`, which this keeps up to
     /// date (the connection layer holds every stream's, see
-    /// [`streams::Streams`]).
+    /// [`streams::Streams`]). Every line about a request goes to `span`; an
+    /// echo logs none.
     pub(crate) async fn serve_stream_reporting<R, W>(
         &self,
         recv: &mut R,
         send: &mut W,
         activity: &StreamActivity,
+        span: &RequestSpan,
     ) -> StreamEnd
     where
         R: AsyncRead + Unpin + Send + ?Sized,
@@ -232,11 +237,13 @@ impl<B: PowerBackend> Dispatcher<B> {
                 Ok(Ok(Some(payload))) => payload,
                 Ok(Ok(None)) => return StreamEnd::Finished,
                 Ok(Err(e @ FrameError::TooLarge { .. })) => {
-                    return Box::pin(self.refuse_oversized(&e, send)).await;
+                    return Box::pin(self.refuse_oversized(&e, send))
+                        .instrument(span.get().clone())
+                        .await;
                 }
                 Ok(Err(e)) => return StreamEnd::ReadFailed(e.to_string()),
             };
-            if let Some(end) = self.serve_frame(&payload, recv, send).await {
+            if let Some(end) = self.serve_frame(&payload, recv, send, span).await {
                 return end;
             }
         }
@@ -249,6 +256,7 @@ impl<B: PowerBackend> Dispatcher<B> {
         payload: &[u8],
         recv: &mut R,
         send: &mut W,
+        span: &RequestSpan,
     ) -> Option<StreamEnd>
     where
         R: AsyncRead + Unpin + Send + ?Sized,
@@ -257,7 +265,9 @@ impl<B: PowerBackend> Dispatcher<B> {
         let request = match Request::parse(payload) {
             Ok(request) => request,
             Err(e) => {
-                crate::warn_repeated!(crate::logging::BAD_REQUEST, error = %e, "malformed request");
+                span.get().in_scope(|| {
+                    crate::warn_repeated!(crate::logging::BAD_REQUEST, error = %e, "malformed request");
+                });
                 return self.answer_error(u32::MAX, send, &e.to_string()).await;
             }
         };
@@ -270,30 +280,50 @@ impl<B: PowerBackend> Dispatcher<B> {
             }
             RequestCode::NodePower => match wire::decode_prefix::<NodePowerRequest>(request.body) {
                 Ok(power) => {
-                    Box::pin(self.serve_power(code, power, WireForm::Grouped, recv, send)).await
+                    Box::pin(self.serve_power(code, power, WireForm::Grouped, recv, send))
+                        .instrument(span.get().clone())
+                        .await
                 }
                 Err(e) => {
                     let text = format!("malformed body for request code {code}: {e}");
-                    crate::warn_repeated!(crate::logging::BAD_REQUEST, code, error = %e, "malformed request");
+                    span.get().in_scope(|| {
+                        crate::warn_repeated!(crate::logging::BAD_REQUEST, code, error = %e, "malformed request");
+                    });
                     self.answer_error(code, send, &text).await
                 }
             },
             // The flat forms' body is `()`, which any bytes decode as.
             RequestCode::FlatReboot => {
                 let request = NodePowerRequest::Reboot;
-                Box::pin(self.serve_power(code, request, WireForm::Flat, recv, send)).await
+                Box::pin(self.serve_power(code, request, WireForm::Flat, recv, send))
+                    .instrument(span.get().clone())
+                    .await
             }
             RequestCode::FlatShutdown => {
                 let request = NodePowerRequest::Shutdown;
-                Box::pin(self.serve_power(code, request, WireForm::Flat, recv, send)).await
+                Box::pin(self.serve_power(code, request, WireForm::Flat, recv, send))
+                    .instrument(span.get().clone())
+                    .await
             }
             RequestCode::NotSupported(_) => {
-                crate::warn_repeated!(crate::logging::BAD_REQUEST, code, "request not supported");
+                span.get().in_scope(|| {
+                    crate::warn_repeated!(
+                        crate::logging::BAD_REQUEST,
+                        code,
+                        "request not supported"
+                    );
+                });
                 self.answer_error(code, send, reply_text::NOT_SUPPORTED)
                     .await
             }
             RequestCode::Unknown(_) => {
-                crate::warn_repeated!(crate::logging::BAD_REQUEST, code, "unknown request code");
+                span.get().in_scope(|| {
+                    crate::warn_repeated!(
+                        crate::logging::BAD_REQUEST,
+                        code,
+                        "unknown request code"
+                    );
+                });
                 let text = reply_text::unknown_request_code(code);
                 self.answer_error(code, send, &text).await
             }
