@@ -216,20 +216,23 @@ async fn the_delivery_bound_ships_at_two_seconds(
     #[values(Immediate::GroupedReboot, Immediate::FlatShutdown)] request: Immediate,
 ) {
     let rule = "the wait for the acknowledgement ends at the 2 s delivery bound";
-    let sink = EdgeSink::new(Write::AcceptAfter(Duration::ZERO), ack_after);
-    let served = serve_at_edge(request, sink, rule).await;
-    assert_eq!(served.end, StreamEnd::Released(request.op()), "{rule}");
-    assert!(
-        served
-            .entries
-            .contains(&Entry::Dispatch(DispatchEvent::DeliveryConfirmed(
-                delivery.clone()
-            ))),
-        "rule broken: {rule}: expected {delivery:?}; {:#?}",
-        served.entries
-    );
-    assert_eq!(served.took, released_at, "rule broken: {rule}");
-    assert_eq!(performed(&served), 1, "{:#?}", served.entries);
+    support::bounded(rule, async move {
+        let sink = EdgeSink::new(Write::AcceptAfter(Duration::ZERO), ack_after);
+        let served = serve_at_edge(request, sink, rule).await;
+        assert_eq!(served.end, StreamEnd::Released(request.op()), "{rule}");
+        assert!(
+            served
+                .entries
+                .contains(&Entry::Dispatch(DispatchEvent::DeliveryConfirmed(
+                    delivery.clone()
+                ))),
+            "rule broken: {rule}: expected {delivery:?}; {:#?}",
+            served.entries
+        );
+        assert_eq!(served.took, released_at, "rule broken: {rule}");
+        assert_eq!(performed(&served), 1, "{:#?}", served.entries);
+    })
+    .await;
 }
 
 /// The reply-write bound: a write that completes just inside it is a
@@ -245,23 +248,26 @@ async fn the_reply_write_bound_ships_at_ten_seconds(
     #[values(Immediate::GroupedReboot, Immediate::FlatShutdown)] request: Immediate,
 ) {
     let rule = "a reply not written within the 10 s reply-write bound drops the operation";
-    let sink = EdgeSink::new(Write::AcceptAfter(accept_after), Duration::ZERO);
-    let served = serve_at_edge(request, sink, rule).await;
-    let op = request.op();
-    if released {
-        assert_eq!(served.end, StreamEnd::Released(op), "rule broken: {rule}");
-        assert_eq!(performed(&served), 1, "{:#?}", served.entries);
-    } else {
-        assert_dropped_never_performed(&served, rule);
-        assert_eq!(served.took, REPLY_WRITE_BOUND, "rule broken: {rule}");
-        assert!(
-            served
-                .entries
-                .contains(&Entry::Settled(op, Settlement::Cancelled)),
-            "{:#?}",
-            served.entries
-        );
-    }
+    support::bounded(rule, async move {
+        let sink = EdgeSink::new(Write::AcceptAfter(accept_after), Duration::ZERO);
+        let served = serve_at_edge(request, sink, rule).await;
+        let op = request.op();
+        if released {
+            assert_eq!(served.end, StreamEnd::Released(op), "rule broken: {rule}");
+            assert_eq!(performed(&served), 1, "{:#?}", served.entries);
+        } else {
+            assert_dropped_never_performed(&served, rule);
+            assert_eq!(served.took, REPLY_WRITE_BOUND, "rule broken: {rule}");
+            assert!(
+                served
+                    .entries
+                    .contains(&Entry::Settled(op, Settlement::Cancelled)),
+                "{:#?}",
+                served.entries
+            );
+        }
+    })
+    .await;
 }
 
 /// The decline window: a `STOP_SENDING(0)` with the Manager's FIN just
@@ -277,22 +283,25 @@ async fn the_decline_window_ships_at_500_ms(
     #[values(Immediate::GroupedReboot, Immediate::FlatShutdown)] request: Immediate,
 ) {
     let rule = "a STOP_SENDING(0) within the 500 ms decline window is a decline, later is not";
-    let sink = EdgeSink::new(Write::StopAfter(stop_after), Duration::ZERO);
-    let served = serve_at_edge(request, sink, rule).await;
-    let op = request.op();
-    if declined {
-        assert_eq!(served.end, StreamEnd::Released(op), "rule broken: {rule}");
-        assert!(
-            served
-                .entries
-                .contains(&Entry::Dispatch(DispatchEvent::ReplyDeclined(op))),
-            "{:#?}",
-            served.entries
-        );
-        assert_eq!(performed(&served), 1, "{:#?}", served.entries);
-    } else {
-        assert_dropped_never_performed(&served, rule);
-    }
+    support::bounded(rule, async move {
+        let sink = EdgeSink::new(Write::StopAfter(stop_after), Duration::ZERO);
+        let served = serve_at_edge(request, sink, rule).await;
+        let op = request.op();
+        if declined {
+            assert_eq!(served.end, StreamEnd::Released(op), "rule broken: {rule}");
+            assert!(
+                served
+                    .entries
+                    .contains(&Entry::Dispatch(DispatchEvent::ReplyDeclined(op))),
+                "{:#?}",
+                served.entries
+            );
+            assert_eq!(performed(&served), 1, "{:#?}", served.entries);
+        } else {
+            assert_dropped_never_performed(&served, rule);
+        }
+    })
+    .await;
 }
 
 /// The reply write failed, the operation was dropped, and nothing was
@@ -390,54 +399,57 @@ async fn a_manager_that_never_acknowledges_holds_the_release_only_to_the_deliver
     #[case] request: Immediate,
 ) {
     let rule = "the wait for the Manager's acknowledgement ends at the 2 s delivery bound";
-    let lab = Lab::new().unwrap();
-    let relay = UdpRelay::start(lab.manager.local_addr().unwrap(), 23)
-        .await
-        .unwrap();
-    let recorder = Recorder::new();
-    let (dispatcher, _lifetime) = BackendLifetime::dispatcher(&recorder, shipped());
-    let (session, agent): (_, LabAgent) = lab
-        .connect_via(relay.addr(), Arc::new(dispatcher))
-        .await
-        .unwrap();
-    // The handshake is over (the Manager had the agent's acknowledgement of
-    // its answer): from now on nothing the agent sends reaches the Manager.
-    relay.block(Direction::ToManager, true);
-    let (mut send, _recv) = session.open_stream().await.unwrap();
-    wire::write_frame(&mut send, &request.frame())
-        .await
-        .unwrap();
-    send.finish().unwrap();
-    let op = request.op();
-    let entries = recorder
-        .journal()
-        .wait_for_within(DELIVERY_BOUND * 5, |e| e.contains(&Entry::Perform(op)))
-        .await;
-    let timed = recorder.journal().timed_entries();
-    let at = |wanted: &Entry| {
-        timed.iter().find(|(_, e)| e == wanted).map_or_else(
-            || panic!("rule broken: {rule}: no {wanted:?} in {entries:#?}"),
-            |(t, _)| *t,
-        )
-    };
-    let written = at(&Entry::Dispatch(DispatchEvent::ReplyWritten {
-        code: request.code_and_body().0,
-        ok: true,
-    }));
-    let gave_up = at(&Entry::Dispatch(DispatchEvent::DeliveryConfirmed(
-        Delivery::TimedOut,
-    )));
-    let released = at(&Entry::Settled(op, Settlement::Released));
-    let waited = gave_up - written;
-    assert!(
-        waited >= DELIVERY_BOUND && waited < DELIVERY_BOUND * 2,
-        "rule broken: {rule}: waited {waited:?}"
-    );
-    assert!(released >= gave_up, "{entries:#?}");
-    let (forwarded, dropped) = relay.counts(Direction::ToManager);
-    assert!(
-        dropped > 0,
-        "the relay swallowed nothing ({forwarded} forwarded)"
-    );
-    drop(agent);
+    support::bounded(rule, async move {
+        let lab = Lab::new().unwrap();
+        let relay = UdpRelay::start(lab.manager.local_addr().unwrap(), 23)
+            .await
+            .unwrap();
+        let recorder = Recorder::new();
+        let (dispatcher, _lifetime) = BackendLifetime::dispatcher(&recorder, shipped());
+        let (session, agent): (_, LabAgent) = lab
+            .connect_via(relay.addr(), Arc::new(dispatcher))
+            .await
+            .unwrap();
+        // The handshake is over (the Manager had the agent's acknowledgement of
+        // its answer): from now on nothing the agent sends reaches the Manager.
+        relay.block(Direction::ToManager, true);
+        let (mut send, _recv) = session.open_stream().await.unwrap();
+        wire::write_frame(&mut send, &request.frame())
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        let op = request.op();
+        let entries = recorder
+            .journal()
+            .wait_for_within(DELIVERY_BOUND * 5, |e| e.contains(&Entry::Perform(op)))
+            .await;
+        let timed = recorder.journal().timed_entries();
+        let at = |wanted: &Entry| {
+            timed.iter().find(|(_, e)| e == wanted).map_or_else(
+                || panic!("rule broken: {rule}: no {wanted:?} in {entries:#?}"),
+                |(t, _)| *t,
+            )
+        };
+        let written = at(&Entry::Dispatch(DispatchEvent::ReplyWritten {
+            code: request.code_and_body().0,
+            ok: true,
+        }));
+        let gave_up = at(&Entry::Dispatch(DispatchEvent::DeliveryConfirmed(
+            Delivery::TimedOut,
+        )));
+        let released = at(&Entry::Settled(op, Settlement::Released));
+        let waited = gave_up - written;
+        assert!(
+            waited >= DELIVERY_BOUND && waited < DELIVERY_BOUND * 2,
+            "rule broken: {rule}: waited {waited:?}"
+        );
+        assert!(released >= gave_up, "{entries:#?}");
+        let (forwarded, dropped) = relay.counts(Direction::ToManager);
+        assert!(
+            dropped > 0,
+            "the relay swallowed nothing ({forwarded} forwarded)"
+        );
+        drop(agent);
+    })
+    .await;
 }

@@ -112,20 +112,26 @@ async fn configuration_error_is_one_line_naming_source_key_value_and_range(
     #[case] invocation: Invocation,
     #[case] needles: &[&str],
 ) {
-    let setup = setup();
-    let (args, env) = invocation(&setup);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (exit, output) = run_to_exit(&args, &env).await;
-    assert_eq!(exit.code(), Some(2), "{output}");
-    let line = output
-        .lines()
-        .find(|line| needles.iter().all(|n| line.contains(n)))
-        .unwrap_or_else(|| panic!("expected one line with {needles:?} in:\n{output}"));
-    assert!(
-        line.starts_with("roxyd: ") || line.starts_with("error: "),
-        "{line}"
-    );
-    assert!(!output.contains("connecting to the Manager"), "{output}");
+    support::bounded(
+        "configuration error is one line naming source key value and range",
+        async move {
+            let setup = setup();
+            let (args, env) = invocation(&setup);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (exit, output) = run_to_exit(&args, &env).await;
+            assert_eq!(exit.code(), Some(2), "{output}");
+            let line = output
+                .lines()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+                .unwrap_or_else(|| panic!("expected one line with {needles:?} in:\n{output}"));
+            assert!(
+                line.starts_with("roxyd: ") || line.starts_with("error: "),
+                "{line}"
+            );
+            assert!(!output.contains("connecting to the Manager"), "{output}");
+        },
+    )
+    .await;
 }
 
 /// The Manager address and the TLS files in the file alone, in the
@@ -137,6 +143,7 @@ async fn configuration_error_is_one_line_naming_source_key_value_and_range(
 #[case::command_line_over_both(Place::CommandLine)]
 #[tokio::test]
 async fn manager_and_tls_files_come_from_file_environment_or_command_line(#[case] place: Place) {
+    support::bounded("manager and tls files come from file environment or command line", async move {
     let s = setup();
     let manager = format!("{SERVER_NAME}@{}", s.lab.manager.local_addr().unwrap());
     let (cert, key, ca) = (
@@ -192,6 +199,8 @@ async fn manager_and_tls_files_come_from_file_environment_or_command_line(#[case
     roxyd.signal(Signal::SIGTERM);
     let (exit, output) = roxyd.exit().await;
     assert_eq!(exit.code(), Some(0), "{output}");
+    })
+    .await;
 }
 
 #[derive(Debug, Clone, Copy)]

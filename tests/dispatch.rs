@@ -133,6 +133,7 @@ async fn immediate_reply_is_written_before_release(
     #[case] form: WireForm,
     #[case] op: ImmediateOp,
 ) {
+    support::bounded("an immediate request's reply is written before the operation is released", async move {
     let recorder = Recorder::new();
     // The sink itself fails the test if the operation was released before
     // the reply reached it, and holds the acknowledgement until told.
@@ -170,6 +171,8 @@ async fn immediate_reply_is_written_before_release(
         vec![Entry::Settled(op, Settlement::Released)]
     );
     assert_performed_once(&recorder, op).await;
+    })
+    .await;
 }
 
 #[rstest]
@@ -180,29 +183,32 @@ async fn graceful_command_is_started_then_answered(
     #[case] request: NodePowerRequest,
     #[case] op: GracefulOp,
 ) {
-    let mut stream = Stream::open(Recorder::new());
-    let reply = stream
-        .request(RequestCode::NODE_POWER, &wire::encode(&request))
-        .await;
-    assert_eq!(reply, reply::initiated_payload(WireForm::Grouped));
-    let entries = stream.recorder.journal().entries();
-    let started = position(&entries, &Entry::StartGraceful(op));
-    let written = position(
-        &entries,
-        &Entry::Dispatch(DispatchEvent::ReplyWritten {
-            code: RequestCode::NODE_POWER,
-            ok: true,
-        }),
-    );
-    assert!(started < written);
-    // A graceful reply leaves the stream serving.
-    stream.dispatcher.power().wait_idle().await;
-    stream.echo_still_served().await;
-    assert_eq!(
-        stream.recorder.journal().power_operations(),
-        vec![Entry::StartGraceful(op)]
-    );
-    assert_eq!(stream.finish().await, StreamEnd::Finished);
+    support::bounded("a graceful command is started, then answered", async move {
+        let mut stream = Stream::open(Recorder::new());
+        let reply = stream
+            .request(RequestCode::NODE_POWER, &wire::encode(&request))
+            .await;
+        assert_eq!(reply, reply::initiated_payload(WireForm::Grouped));
+        let entries = stream.recorder.journal().entries();
+        let started = position(&entries, &Entry::StartGraceful(op));
+        let written = position(
+            &entries,
+            &Entry::Dispatch(DispatchEvent::ReplyWritten {
+                code: RequestCode::NODE_POWER,
+                ok: true,
+            }),
+        );
+        assert!(started < written);
+        // A graceful reply leaves the stream serving.
+        stream.dispatcher.power().wait_idle().await;
+        stream.echo_still_served().await;
+        assert_eq!(
+            stream.recorder.journal().power_operations(),
+            vec![Entry::StartGraceful(op)]
+        );
+        assert_eq!(stream.finish().await, StreamEnd::Finished);
+    })
+    .await;
 }
 
 /// What a [`ScriptedSink`]'s write does.
@@ -475,12 +481,15 @@ async fn failed_reply_write_cancels(
     #[case] form: WireForm,
     #[case] op: ImmediateOp,
 ) {
-    let recorder = Recorder::new();
-    let (mut sink, _) = ScriptedSink::new(&recorder, Write::Lost);
-    let (code, body) = power_request(request, form);
-    let end = serve_one_request(&recorder, code, &body, &mut sink).await;
-    assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
-    assert_dropped(&recorder, op);
+    support::bounded("a failed reply write cancels the operation", async move {
+        let recorder = Recorder::new();
+        let (mut sink, _) = ScriptedSink::new(&recorder, Write::Lost);
+        let (code, body) = power_request(request, form);
+        let end = serve_one_request(&recorder, code, &body, &mut sink).await;
+        assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
+        assert_dropped(&recorder, op);
+    })
+    .await;
 }
 
 #[rstest]
@@ -492,13 +501,19 @@ async fn reply_write_that_never_completes_cancels(
     #[case] form: WireForm,
     #[case] op: ImmediateOp,
 ) {
-    let recorder = Recorder::new();
-    let (mut sink, _) = ScriptedSink::new(&recorder, Write::Stalled);
-    let (code, body) = power_request(request, form);
-    // With time paused, the reply timeout fires as soon as nothing else can run.
-    let end = serve_one_request(&recorder, code, &body, &mut sink).await;
-    assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
-    assert_dropped(&recorder, op);
+    support::bounded(
+        "a reply write that never completes cancels the operation at the reply-write bound",
+        async move {
+            let recorder = Recorder::new();
+            let (mut sink, _) = ScriptedSink::new(&recorder, Write::Stalled);
+            let (code, body) = power_request(request, form);
+            // With time paused, the reply timeout fires as soon as nothing else can run.
+            let end = serve_one_request(&recorder, code, &body, &mut sink).await;
+            assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
+            assert_dropped(&recorder, op);
+        },
+    )
+    .await;
 }
 
 /// A review-protocol 0.19 Manager declines the reply: `STOP_SENDING` code 0
@@ -519,19 +534,25 @@ async fn declined_reply_releases(
     )]
     write: Write,
 ) {
-    let recorder = Recorder::new();
-    let (mut sink, _) = ScriptedSink::new(&recorder, write);
-    let (code, body) = power_request(request, form);
-    let end = serve_scripted(&recorder, code, &body, After::Finished, &mut sink).await;
-    assert_eq!(end, StreamEnd::Released(op));
-    assert_eq!(
-        settled(&recorder),
-        vec![Entry::Settled(op, Settlement::Released)]
-    );
-    let entries = recorder.journal().entries();
-    let declined = position(&entries, &Entry::Dispatch(DispatchEvent::ReplyDeclined(op)));
-    assert!(position(&entries, &Entry::Settled(op, Settlement::Released)) > declined);
-    assert_performed_once(&recorder, op).await;
+    support::bounded(
+        "a declined reply (STOP_SENDING(0) and FIN) releases the operation",
+        async move {
+            let recorder = Recorder::new();
+            let (mut sink, _) = ScriptedSink::new(&recorder, write);
+            let (code, body) = power_request(request, form);
+            let end = serve_scripted(&recorder, code, &body, After::Finished, &mut sink).await;
+            assert_eq!(end, StreamEnd::Released(op));
+            assert_eq!(
+                settled(&recorder),
+                vec![Entry::Settled(op, Settlement::Released)]
+            );
+            let entries = recorder.journal().entries();
+            let declined = position(&entries, &Entry::Dispatch(DispatchEvent::ReplyDeclined(op)));
+            assert!(position(&entries, &Entry::Settled(op, Settlement::Released)) > declined);
+            assert_performed_once(&recorder, op).await;
+        },
+    )
+    .await;
 }
 
 /// Every failed write that is not a decline drops the operation.
@@ -555,13 +576,19 @@ async fn failed_write_that_is_not_a_decline_drops(
     )]
     power: (NodePowerRequest, WireForm, ImmediateOp),
 ) {
-    let (request, form, op) = power;
-    let recorder = Recorder::new();
-    let (mut sink, _) = ScriptedSink::new(&recorder, write);
-    let (code, body) = power_request(request, form);
-    let end = serve_scripted(&recorder, code, &body, after, &mut sink).await;
-    assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
-    assert_dropped(&recorder, op);
+    support::bounded(
+        "a failed write that is not a decline drops the operation",
+        async move {
+            let (request, form, op) = power;
+            let recorder = Recorder::new();
+            let (mut sink, _) = ScriptedSink::new(&recorder, write);
+            let (code, body) = power_request(request, form);
+            let end = serve_scripted(&recorder, code, &body, after, &mut sink).await;
+            assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
+            assert_dropped(&recorder, op);
+        },
+    )
+    .await;
 }
 
 #[rstest]
@@ -574,17 +601,23 @@ async fn refused_preparation_is_invalid_command(
     #[case] request: NodePowerRequest,
     #[case] form: WireForm,
 ) {
-    let recorder = Recorder::new();
-    recorder.set_refuse_prepare(true);
-    let mut stream = Stream::open(recorder);
-    let (code, body) = power_request(request, form);
-    assert_eq!(
-        stream.request(code, &body).await,
-        err(reply_text::INVALID_COMMAND)
-    );
-    stream.echo_still_served().await;
-    assert_eq!(stream.recorder.journal().power_operations(), vec![]);
-    assert_eq!(stream.finish().await, StreamEnd::Finished);
+    support::bounded(
+        "a refused preparation is answered `invalid command`",
+        async move {
+            let recorder = Recorder::new();
+            recorder.set_refuse_prepare(true);
+            let mut stream = Stream::open(recorder);
+            let (code, body) = power_request(request, form);
+            assert_eq!(
+                stream.request(code, &body).await,
+                err(reply_text::INVALID_COMMAND)
+            );
+            stream.echo_still_served().await;
+            assert_eq!(stream.recorder.journal().power_operations(), vec![]);
+            assert_eq!(stream.finish().await, StreamEnd::Finished);
+        },
+    )
+    .await;
 }
 
 #[rstest]
@@ -592,15 +625,21 @@ async fn refused_preparation_is_invalid_command(
 #[case::graceful_shutdown(NodePowerRequest::GracefulShutdown)]
 #[tokio::test]
 async fn failed_start_is_fail(#[case] request: NodePowerRequest) {
-    let recorder = Recorder::new();
-    recorder.set_fail_start(true);
-    let mut stream = Stream::open(recorder);
-    let reply = stream
-        .request(RequestCode::NODE_POWER, &wire::encode(&request))
-        .await;
-    assert_eq!(reply, err(reply_text::FAIL));
-    stream.echo_still_served().await;
-    assert_eq!(stream.recorder.journal().power_operations(), vec![]);
+    support::bounded(
+        "a graceful command that fails to start is answered `fail`",
+        async move {
+            let recorder = Recorder::new();
+            recorder.set_fail_start(true);
+            let mut stream = Stream::open(recorder);
+            let reply = stream
+                .request(RequestCode::NODE_POWER, &wire::encode(&request))
+                .await;
+            assert_eq!(reply, err(reply_text::FAIL));
+            stream.echo_still_served().await;
+            assert_eq!(stream.recorder.journal().power_operations(), vec![]);
+        },
+    )
+    .await;
 }
 
 /// What a bad request gets.
@@ -632,187 +671,232 @@ async fn bad_request_gets_a_reply_and_the_stream_keeps_serving(
     #[case] payload: Vec<u8>,
     #[case] expect: Expect,
 ) {
-    let mut stream = Stream::open(Recorder::new());
-    stream.send_payload(&payload).await;
-    let reply = stream.reply().await;
-    match expect {
-        Expect::Exactly(bytes) => assert_eq!(reply, bytes),
-        Expect::ErrorStartingWith(prefix) => {
-            let text = wire::decode::<Result<(), String>>(&reply)
-                .unwrap()
-                .unwrap_err();
-            assert!(text.starts_with(prefix), "{text:?}");
-        }
-    }
-    stream.echo_still_served().await;
-    // And a power request on the same stream is still served correctly.
-    let graceful = wire::encode(&NodePowerRequest::GracefulReboot);
-    let reply = stream.request(RequestCode::NODE_POWER, &graceful).await;
-    assert_eq!(reply, reply::initiated_payload(WireForm::Grouped));
-    assert_eq!(
-        stream.recorder.journal().power_operations(),
-        vec![Entry::StartGraceful(GracefulOp::Reboot)]
-    );
+    support::bounded(
+        "bad request gets a reply and the stream keeps serving",
+        async move {
+            let mut stream = Stream::open(Recorder::new());
+            stream.send_payload(&payload).await;
+            let reply = stream.reply().await;
+            match expect {
+                Expect::Exactly(bytes) => assert_eq!(reply, bytes),
+                Expect::ErrorStartingWith(prefix) => {
+                    let text = wire::decode::<Result<(), String>>(&reply)
+                        .unwrap()
+                        .unwrap_err();
+                    assert!(text.starts_with(prefix), "{text:?}");
+                }
+            }
+            stream.echo_still_served().await;
+            // And a power request on the same stream is still served correctly.
+            let graceful = wire::encode(&NodePowerRequest::GracefulReboot);
+            let reply = stream.request(RequestCode::NODE_POWER, &graceful).await;
+            assert_eq!(reply, reply::initiated_payload(WireForm::Grouped));
+            assert_eq!(
+                stream.recorder.journal().power_operations(),
+                vec![Entry::StartGraceful(GracefulOp::Reboot)]
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn trailing_bytes_after_a_valid_body_are_ignored_as_the_reference_does() {
-    let mut stream = Stream::open(Recorder::new());
-    let reply = stream
-        .request(RequestCode::NODE_POWER, &[3, 0xde, 0xad])
-        .await;
-    assert_eq!(reply, reply::initiated_payload(WireForm::Grouped));
-    assert_eq!(
-        stream.recorder.journal().power_operations(),
-        vec![Entry::StartGraceful(GracefulOp::PowerOff)]
-    );
+    support::bounded(
+        "trailing bytes after a valid body are ignored as the reference does",
+        async move {
+            let mut stream = Stream::open(Recorder::new());
+            let reply = stream
+                .request(RequestCode::NODE_POWER, &[3, 0xde, 0xad])
+                .await;
+            assert_eq!(reply, reply::initiated_payload(WireForm::Grouped));
+            assert_eq!(
+                stream.recorder.journal().power_operations(),
+                vec![Entry::StartGraceful(GracefulOp::PowerOff)]
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn echo_answers_ok() {
-    let mut stream = Stream::open(Recorder::new());
-    assert_eq!(stream.request(RequestCode::ECHO, &[]).await, ok_unit());
-    assert_eq!(stream.finish().await, StreamEnd::Finished);
+    support::bounded("an echo request is answered Ok", async move {
+        let mut stream = Stream::open(Recorder::new());
+        assert_eq!(stream.request(RequestCode::ECHO, &[]).await, ok_unit());
+        assert_eq!(stream.finish().await, StreamEnd::Finished);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn oversized_frame_is_refused_before_allocating_and_ends_the_stream() {
-    let mut stream = Stream::open(Recorder::new());
-    // Only the header: a 4 GiB claim, no body follows.
-    tokio::io::AsyncWriteExt::write_all(&mut stream.manager, &u32::MAX.to_be_bytes())
-        .await
-        .unwrap();
-    let text = wire::decode::<Result<(), String>>(&stream.reply().await)
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(
-        text,
-        "frame of 4294967295 bytes exceeds the limit of 65536 bytes"
-    );
-    assert_eq!(stream.finish().await, StreamEnd::FrameTooLarge);
+    support::bounded(
+        "oversized frame is refused before allocating and ends the stream",
+        async move {
+            let mut stream = Stream::open(Recorder::new());
+            // Only the header: a 4 GiB claim, no body follows.
+            tokio::io::AsyncWriteExt::write_all(&mut stream.manager, &u32::MAX.to_be_bytes())
+                .await
+                .unwrap();
+            let text = wire::decode::<Result<(), String>>(&stream.reply().await)
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(
+                text,
+                "frame of 4294967295 bytes exceeds the limit of 65536 bytes"
+            );
+            assert_eq!(stream.finish().await, StreamEnd::FrameTooLarge);
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn frame_cut_short_ends_the_stream_without_any_operation() {
-    let mut stream = Stream::open(Recorder::new());
-    let frame = {
-        let mut out = Vec::new();
-        let payload = wire::encode_request(RequestCode::NODE_POWER, &[0]);
-        wire::write_frame(&mut out, &payload).await.unwrap();
-        out
-    };
-    tokio::io::AsyncWriteExt::write_all(&mut stream.manager, &frame[..frame.len() - 1])
-        .await
-        .unwrap();
-    let recorder = stream.recorder.clone();
-    let end = stream.finish().await;
-    assert!(matches!(end, StreamEnd::ReadFailed(_)), "{end:?}");
-    assert_eq!(recorder.journal().power_operations(), vec![]);
+    support::bounded(
+        "frame cut short ends the stream without any operation",
+        async move {
+            let mut stream = Stream::open(Recorder::new());
+            let frame = {
+                let mut out = Vec::new();
+                let payload = wire::encode_request(RequestCode::NODE_POWER, &[0]);
+                wire::write_frame(&mut out, &payload).await.unwrap();
+                out
+            };
+            tokio::io::AsyncWriteExt::write_all(&mut stream.manager, &frame[..frame.len() - 1])
+                .await
+                .unwrap();
+            let recorder = stream.recorder.clone();
+            let end = stream.finish().await;
+            assert!(matches!(end, StreamEnd::ReadFailed(_)), "{end:?}");
+            assert_eq!(recorder.journal().power_operations(), vec![]);
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_second_power_request_is_refused_while_one_is_under_way() {
-    let recorder = Recorder::new();
-    let dispatcher = dispatcher(&recorder, DispatchConfig::default());
-    let power = dispatcher.power();
+    support::bounded(
+        "a second power request is refused while one is under way",
+        async move {
+            let recorder = Recorder::new();
+            let dispatcher = dispatcher(&recorder, DispatchConfig::default());
+            let power = dispatcher.power();
 
-    let pending = power
-        .prepare(ImmediateOp::Reboot, RequestForm::NodePower)
-        .unwrap();
-    assert!(power.is_busy());
-    assert!(matches!(
-        power.prepare(ImmediateOp::PowerOff, RequestForm::NodePower),
-        Err(PrepareError::InProgress)
-    ));
-    assert!(matches!(
-        power.start_graceful(GracefulOp::Reboot, RequestForm::NodePower),
-        Err(StartError::InProgress)
-    ));
-    // Cancelling frees the latch.
-    drop(pending);
-    assert!(!power.is_busy());
-    let again = power
-        .prepare(ImmediateOp::PowerOff, RequestForm::NodePower)
-        .unwrap();
-    drop(again);
-    assert_eq!(recorder.journal().power_operations(), vec![]);
+            let pending = power
+                .prepare(ImmediateOp::Reboot, RequestForm::NodePower)
+                .unwrap();
+            assert!(power.is_busy());
+            assert!(matches!(
+                power.prepare(ImmediateOp::PowerOff, RequestForm::NodePower),
+                Err(PrepareError::InProgress)
+            ));
+            assert!(matches!(
+                power.start_graceful(GracefulOp::Reboot, RequestForm::NodePower),
+                Err(StartError::InProgress)
+            ));
+            // Cancelling frees the latch.
+            drop(pending);
+            assert!(!power.is_busy());
+            let again = power
+                .prepare(ImmediateOp::PowerOff, RequestForm::NodePower)
+                .unwrap();
+            drop(again);
+            assert_eq!(recorder.journal().power_operations(), vec![]);
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_power_request_during_a_running_operation_gets_its_error_reply() {
-    let recorder = Recorder::new();
-    // The first operation does not return, like a real reboot(2).
-    recorder.set_hold_perform(true);
-    let mut first = Stream::open(recorder.clone());
-    let (code, body) = power_request(NodePowerRequest::Reboot, WireForm::Grouped);
-    assert_eq!(
-        first.request(code, &body).await,
-        reply::initiated_payload(WireForm::Grouped)
-    );
-    recorder
-        .journal()
-        .wait_for(|e| e.contains(&Entry::Perform(ImmediateOp::Reboot)))
-        .await;
+    support::bounded(
+        "a power request during a running operation gets its error reply",
+        async move {
+            let recorder = Recorder::new();
+            // The first operation does not return, like a real reboot(2).
+            recorder.set_hold_perform(true);
+            let mut first = Stream::open(recorder.clone());
+            let (code, body) = power_request(NodePowerRequest::Reboot, WireForm::Grouped);
+            assert_eq!(
+                first.request(code, &body).await,
+                reply::initiated_payload(WireForm::Grouped)
+            );
+            recorder
+                .journal()
+                .wait_for(|e| e.contains(&Entry::Perform(ImmediateOp::Reboot)))
+                .await;
 
-    // A second stream on the same dispatcher.
-    let dispatcher = Arc::clone(&first.dispatcher);
-    let (mut manager, agent) = tokio::io::duplex(4096);
-    let serving = tokio::spawn(async move {
-        let (mut recv, mut send) = tokio::io::split(agent);
-        dispatcher.serve_stream(&mut recv, &mut send).await
-    });
-    for (code, body, expected) in [
-        (
-            RequestCode::FLAT_SHUTDOWN,
-            Vec::new(),
-            reply_text::INVALID_COMMAND,
-        ),
-        (
-            RequestCode::NODE_POWER,
-            wire::encode(&NodePowerRequest::Reboot),
-            reply_text::INVALID_COMMAND,
-        ),
-        (
-            RequestCode::NODE_POWER,
-            wire::encode(&NodePowerRequest::GracefulShutdown),
-            reply_text::FAIL,
-        ),
-    ] {
-        wire::write_frame(&mut manager, &wire::encode_request(code, &body))
-            .await
-            .unwrap();
-        let reply = wire::FrameReader::new(&mut manager)
-            .read_frame(u32::MAX)
-            .await
-            .unwrap()
-            .unwrap()
-            .to_vec();
-        assert_eq!(reply, err(expected));
-    }
-    drop(manager);
-    assert_eq!(serving.await.unwrap(), StreamEnd::Finished);
-    recorder.set_hold_perform(false);
-    first.dispatcher.power().wait_idle().await;
-    assert_eq!(
-        recorder.journal().power_operations(),
-        vec![Entry::Perform(ImmediateOp::Reboot)]
-    );
+            // A second stream on the same dispatcher.
+            let dispatcher = Arc::clone(&first.dispatcher);
+            let (mut manager, agent) = tokio::io::duplex(4096);
+            let serving = tokio::spawn(async move {
+                let (mut recv, mut send) = tokio::io::split(agent);
+                dispatcher.serve_stream(&mut recv, &mut send).await
+            });
+            for (code, body, expected) in [
+                (
+                    RequestCode::FLAT_SHUTDOWN,
+                    Vec::new(),
+                    reply_text::INVALID_COMMAND,
+                ),
+                (
+                    RequestCode::NODE_POWER,
+                    wire::encode(&NodePowerRequest::Reboot),
+                    reply_text::INVALID_COMMAND,
+                ),
+                (
+                    RequestCode::NODE_POWER,
+                    wire::encode(&NodePowerRequest::GracefulShutdown),
+                    reply_text::FAIL,
+                ),
+            ] {
+                wire::write_frame(&mut manager, &wire::encode_request(code, &body))
+                    .await
+                    .unwrap();
+                let reply = wire::FrameReader::new(&mut manager)
+                    .read_frame(u32::MAX)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .to_vec();
+                assert_eq!(reply, err(expected));
+            }
+            drop(manager);
+            assert_eq!(serving.await.unwrap(), StreamEnd::Finished);
+            recorder.set_hold_perform(false);
+            first.dispatcher.power().wait_idle().await;
+            assert_eq!(
+                recorder.journal().power_operations(),
+                vec![Entry::Perform(ImmediateOp::Reboot)]
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_stream_is_ended_after_the_idle_timeout() {
-    let recorder = Recorder::new();
-    let config = DispatchConfig {
-        stream_idle_timeout: Duration::from_secs(5),
-        ..DispatchConfig::default()
-    };
-    let dispatcher = dispatcher(&recorder, config);
-    let (_manager, agent) = tokio::io::duplex(4096);
-    let (mut recv, mut send) = tokio::io::split(agent);
-    assert_eq!(
-        dispatcher.serve_stream(&mut recv, &mut send).await,
-        StreamEnd::IdleTimeout
-    );
+    support::bounded(
+        "a silent stream is ended after the idle timeout",
+        async move {
+            let recorder = Recorder::new();
+            let config = DispatchConfig {
+                stream_idle_timeout: Duration::from_secs(5),
+                ..DispatchConfig::default()
+            };
+            let dispatcher = dispatcher(&recorder, config);
+            let (_manager, agent) = tokio::io::duplex(4096);
+            let (mut recv, mut send) = tokio::io::split(agent);
+            assert_eq!(
+                dispatcher.serve_stream(&mut recv, &mut send).await,
+                StreamEnd::IdleTimeout
+            );
+        },
+    )
+    .await;
 }
 
 /// The daemon waits for a released operation before it exits: on a real
@@ -820,35 +904,41 @@ async fn a_silent_stream_is_ended_after_the_idle_timeout() {
 /// the Manager `Initiated` and reaching the syscall.
 #[tokio::test]
 async fn a_released_operation_is_awaited_until_it_was_performed() {
-    let recorder = Recorder::new();
-    recorder.set_hold_perform(true);
-    let dispatcher = dispatcher(&recorder, DispatchConfig::default());
-    let (mut sink, gate) = ScriptedSink::new(&recorder, Write::Accept);
-    gate.acknowledge.notify_one();
-    let (code, body) = power_request(NodePowerRequest::Reboot, WireForm::Grouped);
-    let mut recv = ScriptedRecv {
-        frame: framed(&wire::encode_request(code, &body)),
-        read: 0,
-        after: After::Finished,
-    };
-    let end = dispatcher.serve_stream(&mut recv, &mut sink).await;
-    assert_eq!(end, StreamEnd::Released(ImmediateOp::Reboot));
-    // The perform has begun (recorded) and is held, like a reboot(2) that
-    // has not returned: the wait must not be over.
-    within(
-        recorder
-            .journal()
-            .wait_for(|e| e.contains(&Entry::Perform(ImmediateOp::Reboot))),
+    support::bounded(
+        "a released operation is awaited until it was performed",
+        async move {
+            let recorder = Recorder::new();
+            recorder.set_hold_perform(true);
+            let dispatcher = dispatcher(&recorder, DispatchConfig::default());
+            let (mut sink, gate) = ScriptedSink::new(&recorder, Write::Accept);
+            gate.acknowledge.notify_one();
+            let (code, body) = power_request(NodePowerRequest::Reboot, WireForm::Grouped);
+            let mut recv = ScriptedRecv {
+                frame: framed(&wire::encode_request(code, &body)),
+                read: 0,
+                after: After::Finished,
+            };
+            let end = dispatcher.serve_stream(&mut recv, &mut sink).await;
+            assert_eq!(end, StreamEnd::Released(ImmediateOp::Reboot));
+            // The perform has begun (recorded) and is held, like a reboot(2) that
+            // has not returned: the wait must not be over.
+            within(
+                recorder
+                    .journal()
+                    .wait_for(|e| e.contains(&Entry::Perform(ImmediateOp::Reboot))),
+            )
+            .await;
+            let mut waiting = std::pin::pin!(dispatcher.power().wait_performed());
+            let polled = waiting
+                .as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()));
+            assert!(
+                polled.is_pending(),
+                "the wait ended while the operation was still being performed"
+            );
+            recorder.set_hold_perform(false);
+            within(waiting).await;
+        },
     )
     .await;
-    let mut waiting = std::pin::pin!(dispatcher.power().wait_performed());
-    let polled = waiting
-        .as_mut()
-        .poll(&mut Context::from_waker(std::task::Waker::noop()));
-    assert!(
-        polled.is_pending(),
-        "the wait ended while the operation was still being performed"
-    );
-    recorder.set_hold_perform(false);
-    within(waiting).await;
 }

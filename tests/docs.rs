@@ -4,6 +4,8 @@
 //! unit names files the Debian package installs, and every repository path,
 //! benchmark and test the documentation names exists.
 
+mod support;
+
 mod env_names;
 
 use std::{
@@ -58,31 +60,36 @@ fn tracked_files() -> Vec<PathBuf> {
 
 #[test]
 fn no_tracked_file_refers_to_a_path_outside_the_repository() {
-    // Spelt in pieces so that this file does not trip its own test.
-    let forbidden = [concat!("..", "/shared"), concat!("/wo", "rk/")];
-    let files = tracked_files();
-    assert!(files.len() > 20, "found only {} files", files.len());
-    let mut offences = Vec::new();
-    for path in &files {
-        // Binary and non-UTF-8 files are not documentation.
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        for (number, line) in text.lines().enumerate() {
-            if forbidden.iter().any(|f| line.contains(f)) {
-                offences.push(format!(
-                    "{}:{}: {}",
-                    path.strip_prefix(repo()).unwrap_or(path).display(),
-                    number + 1,
-                    line.trim()
-                ));
+    support::bounded_blocking(
+        "no tracked file refers to a path outside the repository",
+        move || {
+            // Spelt in pieces so that this file does not trip its own test.
+            let forbidden = [concat!("..", "/shared"), concat!("/wo", "rk/")];
+            let files = tracked_files();
+            assert!(files.len() > 20, "found only {} files", files.len());
+            let mut offences = Vec::new();
+            for path in &files {
+                // Binary and non-UTF-8 files are not documentation.
+                let Ok(text) = std::fs::read_to_string(path) else {
+                    continue;
+                };
+                for (number, line) in text.lines().enumerate() {
+                    if forbidden.iter().any(|f| line.contains(f)) {
+                        offences.push(format!(
+                            "{}:{}: {}",
+                            path.strip_prefix(repo()).unwrap_or(path).display(),
+                            number + 1,
+                            line.trim()
+                        ));
+                    }
+                }
             }
-        }
-    }
-    assert!(
-        offences.is_empty(),
-        "paths outside the repository:\n{}",
-        offences.join("\n")
+            assert!(
+                offences.is_empty(),
+                "paths outside the repository:\n{}",
+                offences.join("\n")
+            );
+        },
     );
 }
 
@@ -124,50 +131,57 @@ const PLACEHOLDERS: [&str; 9] = [
 /// must be in roxyd's source.
 #[test]
 fn readme_troubleshooting_quotes_lines_roxyd_prints() {
-    let readme = read("README.md");
-    let rows = table_rows(
-        &section(&readme, "Troubleshooting"),
-        "| roxyd says | what it means |",
-    );
-    assert!(rows.len() >= 10, "troubleshooting table: {rows:?}");
-    let mut source = String::new();
-    for path in tracked_files() {
-        let relative = path.strip_prefix(repo()).unwrap().to_string_lossy();
-        // What roxyd prints comes from its own crate and the shared proto
-        // crate it links; never from the lab.
-        let agent = relative.starts_with("src/") || relative.starts_with("crates/proto/src/");
-        if agent && relative.ends_with(".rs") {
-            source.push_str(
-                &std::fs::read_to_string(&path)
-                    .unwrap()
-                    .replace("\\\"", "\""),
+    support::bounded_blocking(
+        "the README's troubleshooting quotes lines roxyd prints",
+        move || {
+            let readme = read("README.md");
+            let rows = table_rows(
+                &section(&readme, "Troubleshooting"),
+                "| roxyd says | what it means |",
             );
-        }
-    }
-    let mut missing = Vec::new();
-    for row in &rows {
-        let spans: Vec<&str> = row[0].split('`').skip(1).step_by(2).collect();
-        assert!(!spans.is_empty(), "no quoted line in {row:?}");
-        for span in spans {
-            let mut fragments = vec![span.to_owned()];
-            for placeholder in PLACEHOLDERS {
-                fragments = fragments
-                    .iter()
-                    .flat_map(|f| split_on_word(f, placeholder))
-                    .collect();
-            }
-            for fragment in fragments {
-                let fragment = fragment.trim_matches(|c: char| c.is_whitespace() || c == ':');
-                if fragment.len() >= 3 && !source.contains(fragment) {
-                    missing.push(format!("{fragment:?} (from `{span}`)"));
+            assert!(rows.len() >= 10, "troubleshooting table: {rows:?}");
+            let mut source = String::new();
+            for path in tracked_files() {
+                let relative = path.strip_prefix(repo()).unwrap().to_string_lossy();
+                // What roxyd prints comes from its own crate and the shared proto
+                // crate it links; never from the lab.
+                let agent =
+                    relative.starts_with("src/") || relative.starts_with("crates/proto/src/");
+                if agent && relative.ends_with(".rs") {
+                    source.push_str(
+                        &std::fs::read_to_string(&path)
+                            .unwrap()
+                            .replace("\\\"", "\""),
+                    );
                 }
             }
-        }
-    }
-    assert!(
-        missing.is_empty(),
-        "quoted in the README but not in the agent's source:\n{}",
-        missing.join("\n")
+            let mut missing = Vec::new();
+            for row in &rows {
+                let spans: Vec<&str> = row[0].split('`').skip(1).step_by(2).collect();
+                assert!(!spans.is_empty(), "no quoted line in {row:?}");
+                for span in spans {
+                    let mut fragments = vec![span.to_owned()];
+                    for placeholder in PLACEHOLDERS {
+                        fragments = fragments
+                            .iter()
+                            .flat_map(|f| split_on_word(f, placeholder))
+                            .collect();
+                    }
+                    for fragment in fragments {
+                        let fragment =
+                            fragment.trim_matches(|c: char| c.is_whitespace() || c == ':');
+                        if fragment.len() >= 3 && !source.contains(fragment) {
+                            missing.push(format!("{fragment:?} (from `{span}`)"));
+                        }
+                    }
+                }
+            }
+            assert!(
+                missing.is_empty(),
+                "quoted in the README but not in the agent's source:\n{}",
+                missing.join("\n")
+            );
+        },
     );
 }
 
@@ -230,37 +244,42 @@ const PERMANENT: &str = "restarting cannot help";
 
 #[test]
 fn exit_statuses_agree_between_help_readme_and_unit() {
-    let help = help_exit_statuses();
-    assert_eq!(
-        help.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-        [0, 1, 2, 3, 4],
-        "{help:?}"
-    );
-    let readme = read("README.md");
-    let lines: Vec<&str> = readme.lines().collect();
-    let readme_rows: Vec<(u8, String)> = table_rows(&lines, "| exit status | meaning |")
-        .into_iter()
-        .map(|row| (row[0].parse().unwrap(), row[1].replace('`', "")))
-        .collect();
-    assert_eq!(readme_rows, help, "README's table differs from --help");
+    support::bounded_blocking(
+        "the exit statuses agree between --help, the README and the unit",
+        move || {
+            let help = help_exit_statuses();
+            assert_eq!(
+                help.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+                [0, 1, 2, 3, 4],
+                "{help:?}"
+            );
+            let readme = read("README.md");
+            let lines: Vec<&str> = readme.lines().collect();
+            let readme_rows: Vec<(u8, String)> = table_rows(&lines, "| exit status | meaning |")
+                .into_iter()
+                .map(|row| (row[0].parse().unwrap(), row[1].replace('`', "")))
+                .collect();
+            assert_eq!(readme_rows, help, "README's table differs from --help");
 
-    let unit = read("contrib/roxyd.service");
-    let prevented: BTreeSet<u8> = unit
-        .lines()
-        .find_map(|line| line.strip_prefix("RestartPreventExitStatus="))
-        .expect("RestartPreventExitStatus= in the unit")
-        .split_whitespace()
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let permanent: BTreeSet<u8> = help
-        .iter()
-        .filter(|(_, meaning)| meaning.ends_with(PERMANENT))
-        .map(|(status, _)| *status)
-        .collect();
-    assert!(!permanent.is_empty());
-    assert_eq!(
-        prevented, permanent,
-        "RestartPreventExitStatus must list exactly the statuses --help says restarting cannot help"
+            let unit = read("contrib/roxyd.service");
+            let prevented: BTreeSet<u8> = unit
+                .lines()
+                .find_map(|line| line.strip_prefix("RestartPreventExitStatus="))
+                .expect("RestartPreventExitStatus= in the unit")
+                .split_whitespace()
+                .map(|s| s.parse().unwrap())
+                .collect();
+            let permanent: BTreeSet<u8> = help
+                .iter()
+                .filter(|(_, meaning)| meaning.ends_with(PERMANENT))
+                .map(|(status, _)| *status)
+                .collect();
+            assert!(!permanent.is_empty());
+            assert_eq!(
+                prevented, permanent,
+                "RestartPreventExitStatus must list exactly the statuses --help says restarting cannot help"
+            );
+        },
     );
 }
 
@@ -441,43 +460,45 @@ fn bare_path(word: &str) -> &str {
 /// or as a link target (from the document's directory) exists.
 #[test]
 fn every_path_the_docs_name_exists() {
-    let tops = top_level_names();
-    let mut missing = Vec::new();
-    let docs = reference_docs();
-    assert!(docs.len() >= 4, "documentation found: {docs:?}");
-    for doc in &docs {
-        let shown = doc.strip_prefix(repo()).unwrap().display().to_string();
-        let (spans, links) = spans_and_links(&std::fs::read_to_string(doc).unwrap());
-        for span in &spans {
-            for word in span.split_whitespace() {
-                let path = bare_path(word);
-                let first = path.split('/').next().unwrap_or_default();
-                let named = path.contains('/') || path.contains('.');
-                if named
-                    && tops.contains(first)
-                    && !path.contains('*')
-                    && !repo().join(path).exists()
-                    && !ignored_by_git(path)
-                {
-                    missing.push(format!("{shown}: `{path}`"));
+    support::bounded_blocking("every path the docs name exists", move || {
+        let tops = top_level_names();
+        let mut missing = Vec::new();
+        let docs = reference_docs();
+        assert!(docs.len() >= 4, "documentation found: {docs:?}");
+        for doc in &docs {
+            let shown = doc.strip_prefix(repo()).unwrap().display().to_string();
+            let (spans, links) = spans_and_links(&std::fs::read_to_string(doc).unwrap());
+            for span in &spans {
+                for word in span.split_whitespace() {
+                    let path = bare_path(word);
+                    let first = path.split('/').next().unwrap_or_default();
+                    let named = path.contains('/') || path.contains('.');
+                    if named
+                        && tops.contains(first)
+                        && !path.contains('*')
+                        && !repo().join(path).exists()
+                        && !ignored_by_git(path)
+                    {
+                        missing.push(format!("{shown}: `{path}`"));
+                    }
+                }
+            }
+            for link in &links {
+                if link.contains("://") || link.starts_with('#') || link.starts_with("mailto:") {
+                    continue;
+                }
+                let path = link.split('#').next().unwrap_or(link);
+                if !path.is_empty() && !doc.parent().unwrap().join(path).exists() {
+                    missing.push(format!("{shown}: link ({path})"));
                 }
             }
         }
-        for link in &links {
-            if link.contains("://") || link.starts_with('#') || link.starts_with("mailto:") {
-                continue;
-            }
-            let path = link.split('#').next().unwrap_or(link);
-            if !path.is_empty() && !doc.parent().unwrap().join(path).exists() {
-                missing.push(format!("{shown}: link ({path})"));
-            }
-        }
-    }
-    assert!(
-        missing.is_empty(),
-        "named in the docs but not in the repository:\n{}",
-        missing.join("\n")
-    );
+        assert!(
+            missing.is_empty(),
+            "named in the docs but not in the repository:\n{}",
+            missing.join("\n")
+        );
+    });
 }
 
 /// Every `--bench NAME` the docs, scripts and CI give is a benchmark of the
@@ -485,112 +506,119 @@ fn every_path_the_docs_name_exists() {
 /// `tests/binary.rs`.
 #[test]
 fn every_bench_and_test_the_docs_name_exists() {
-    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
-    let benches: BTreeSet<&str> = manifest["bench"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|bench| bench["name"].as_str().unwrap())
-        .collect();
-    let mut texts: Vec<(String, String)> = reference_docs()
-        .iter()
-        .map(|doc| {
-            (
-                doc.strip_prefix(repo()).unwrap().display().to_string(),
-                std::fs::read_to_string(doc).unwrap(),
-            )
-        })
-        .collect();
-    for extra in ["CHANGELOG.md", ".ci/run", ".github/workflows/ci.yml"] {
-        texts.push((extra.to_owned(), read(extra)));
-    }
-    let mut missing = Vec::new();
-    let mut benches_named = 0;
-    for (shown, text) in &texts {
-        for rest in text.split("--bench ").skip(1) {
-            let name = rest
-                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
-                .next()
-                .unwrap();
-            // `--bench NAME`: a placeholder, not a name.
-            if name.chars().all(|c| c.is_ascii_uppercase()) {
-                continue;
+    support::bounded_blocking("every bench and test the docs name exists", move || {
+        let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+        let benches: BTreeSet<&str> = manifest["bench"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|bench| bench["name"].as_str().unwrap())
+            .collect();
+        let mut texts: Vec<(String, String)> = reference_docs()
+            .iter()
+            .map(|doc| {
+                (
+                    doc.strip_prefix(repo()).unwrap().display().to_string(),
+                    std::fs::read_to_string(doc).unwrap(),
+                )
+            })
+            .collect();
+        for extra in ["CHANGELOG.md", ".ci/run", ".github/workflows/ci.yml"] {
+            texts.push((extra.to_owned(), read(extra)));
+        }
+        let mut missing = Vec::new();
+        let mut benches_named = 0;
+        for (shown, text) in &texts {
+            for rest in text.split("--bench ").skip(1) {
+                let name = rest
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+                    .next()
+                    .unwrap();
+                // `--bench NAME`: a placeholder, not a name.
+                if name.chars().all(|c| c.is_ascii_uppercase()) {
+                    continue;
+                }
+                benches_named += 1;
+                if !benches.contains(name) {
+                    missing.push(format!("{shown}: --bench {name}"));
+                }
             }
-            benches_named += 1;
-            if !benches.contains(name) {
-                missing.push(format!("{shown}: --bench {name}"));
+            let (spans, _) = spans_and_links(text);
+            for span in spans {
+                let parts: Vec<&str> = span.split("::").collect();
+                let [binary, .., test] = parts.as_slice() else {
+                    continue;
+                };
+                if parts.len() < 2
+                    || !test
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                {
+                    continue;
+                }
+                // `dispatch::streams` names a module of the crate, not a test.
+                let module = repo().join("src").join(parts.join("/"));
+                if module.with_extension("rs").exists() || module.is_dir() {
+                    continue;
+                }
+                let file = repo().join("tests").join(format!("{binary}.rs"));
+                let Ok(source) = std::fs::read_to_string(&file) else {
+                    continue;
+                };
+                if !source.contains(&format!("fn {test}(")) {
+                    missing.push(format!(
+                        "{shown}: `{span}` (no fn {test} in tests/{binary}.rs)"
+                    ));
+                }
             }
         }
-        let (spans, _) = spans_and_links(text);
-        for span in spans {
-            let parts: Vec<&str> = span.split("::").collect();
-            let [binary, .., test] = parts.as_slice() else {
-                continue;
-            };
-            if parts.len() < 2
-                || !test
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            {
-                continue;
-            }
-            // `dispatch::streams` names a module of the crate, not a test.
-            let module = repo().join("src").join(parts.join("/"));
-            if module.with_extension("rs").exists() || module.is_dir() {
-                continue;
-            }
-            let file = repo().join("tests").join(format!("{binary}.rs"));
-            let Ok(source) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            if !source.contains(&format!("fn {test}(")) {
-                missing.push(format!(
-                    "{shown}: `{span}` (no fn {test} in tests/{binary}.rs)"
-                ));
-            }
-        }
-    }
-    assert!(benches_named >= 4, "found {benches_named} --bench names");
-    assert!(
-        missing.is_empty(),
-        "named in the docs but not in the code:\n{}",
-        missing.join("\n")
-    );
+        assert!(benches_named >= 4, "found {benches_named} --bench names");
+        assert!(
+            missing.is_empty(),
+            "named in the docs but not in the code:\n{}",
+            missing.join("\n")
+        );
+    });
 }
 
 /// Every test and benchmark setting the documentation names
 /// (`ROXYTEST_*`, `ROXYBENCH_*`) is read by a test, benchmark or script.
 #[test]
 fn every_test_and_bench_setting_the_docs_name_is_read() {
-    let mut code = String::new();
-    for path in tracked_files() {
-        let relative = path
-            .strip_prefix(repo())
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let is_code =
-            path.extension().is_some_and(|e| e == "rs") || relative.starts_with("scripts/");
-        if is_code && relative != "tests/docs.rs" && relative != "tests/knobs.rs" {
-            code.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
-        }
-    }
-    let mut unread = Vec::new();
-    let mut named = 0;
-    for doc in reference_docs() {
-        let shown = doc.strip_prefix(repo()).unwrap().display().to_string();
-        let text = std::fs::read_to_string(&doc).unwrap();
-        for prefix in ["ROXYTEST_", "ROXYBENCH_"] {
-            for name in env_names::names_with_prefix(&text, prefix) {
-                named += 1;
-                if !code.contains(&name) {
-                    unread.push(format!(
-                        "{shown}: {name} is read by no test, bench or script"
-                    ));
+    support::bounded_blocking(
+        "every test and bench setting the docs name is read",
+        move || {
+            let mut code = String::new();
+            for path in tracked_files() {
+                let relative = path
+                    .strip_prefix(repo())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                let is_code =
+                    path.extension().is_some_and(|e| e == "rs") || relative.starts_with("scripts/");
+                if is_code && relative != "tests/docs.rs" && relative != "tests/knobs.rs" {
+                    code.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
                 }
             }
-        }
-    }
-    assert!(named >= 3, "found {named} settings in the docs");
-    assert!(unread.is_empty(), "{}", unread.join("\n"));
+            let mut unread = Vec::new();
+            let mut named = 0;
+            for doc in reference_docs() {
+                let shown = doc.strip_prefix(repo()).unwrap().display().to_string();
+                let text = std::fs::read_to_string(&doc).unwrap();
+                for prefix in ["ROXYTEST_", "ROXYBENCH_"] {
+                    for name in env_names::names_with_prefix(&text, prefix) {
+                        named += 1;
+                        if !code.contains(&name) {
+                            unread.push(format!(
+                                "{shown}: {name} is read by no test, bench or script"
+                            ));
+                        }
+                    }
+                }
+            }
+            assert!(named >= 3, "found {named} settings in the docs");
+            assert!(unread.is_empty(), "{}", unread.join("\n"));
+        },
+    );
 }

@@ -176,12 +176,15 @@ fn position(entries: &[Entry], wanted: &Entry) -> usize {
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn fire_and_forget_stop_and_fin_before_the_write_is_carried_out(#[case] request: Immediate) {
+    support::bounded("a fire-and-forget Manager's STOP_SENDING(0) and FIN before the write still get the operation carried out", async move {
     let rig = Rig::new(true).await;
     let (code, body) = request.code_and_body();
     within(rig.session.fire_and_forget(code, &body))
         .await
         .unwrap();
     rig.assert_carried_out_after_decline(request.op()).await;
+    })
+    .await;
 }
 
 /// The 0.19 Manager exactly as it is, with no order forced: carried out,
@@ -194,10 +197,16 @@ async fn fire_and_forget_manager_gets_its_operation(
     #[case] request: NodePowerRequest,
     #[case] op: ImmediateOp,
 ) {
-    let rig = Rig::new(false).await;
-    let sent = within(rig.session.node_power_as(Generation::V0_19, request)).await;
-    assert_eq!(sent.unwrap(), None, "a 0.19 Manager reads no reply");
-    rig.assert_carried_out(op).await;
+    support::bounded(
+        "a fire-and-forget (0.19) Manager gets its operation carried out",
+        async move {
+            let rig = Rig::new(false).await;
+            let sent = within(rig.session.node_power_as(Generation::V0_19, request)).await;
+            assert_eq!(sent.unwrap(), None, "a 0.19 Manager reads no reply");
+            rig.assert_carried_out(op).await;
+        },
+    )
+    .await;
 }
 
 /// The Manager stops the stream only once the reply was written: carried
@@ -207,18 +216,24 @@ async fn fire_and_forget_manager_gets_its_operation(
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn stop_after_the_write_is_carried_out(#[case] request: Immediate) {
-    let rig = Rig::new(false).await;
-    let (mut send, recv) = rig.open_with(request).await;
-    send.finish().unwrap();
-    let (code, _) = request.code_and_body();
-    rig.until(Entry::Dispatch(DispatchEvent::ReplyWritten {
-        code,
-        ok: true,
-    }))
+    support::bounded(
+        "a STOP_SENDING after the reply was written still gets the operation carried out",
+        async move {
+            let rig = Rig::new(false).await;
+            let (mut send, recv) = rig.open_with(request).await;
+            send.finish().unwrap();
+            let (code, _) = request.code_and_body();
+            rig.until(Entry::Dispatch(DispatchEvent::ReplyWritten {
+                code,
+                ok: true,
+            }))
+            .await;
+            drop(recv);
+            let op = request.op();
+            rig.assert_carried_out(op).await;
+        },
+    )
     .await;
-    drop(recv);
-    let op = request.op();
-    rig.assert_carried_out(op).await;
 }
 
 /// On a lossy path the FIN can come after the `STOP_SENDING`: the agent
@@ -230,15 +245,21 @@ async fn stop_after_the_write_is_carried_out(#[case] request: Immediate) {
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn stop_first_fin_later_is_carried_out(#[case] request: Immediate) {
-    let rig = Rig::new(true).await;
-    let (mut send, recv) = rig.open_with(request).await;
-    drop(recv);
-    let (code, _) = request.code_and_body();
-    // The reply failed on the stop; the agent now waits for the FIN.
-    rig.until(Entry::Dispatch(DispatchEvent::ReplyFailed { code }))
-        .await;
-    send.finish().unwrap();
-    rig.assert_carried_out_after_decline(request.op()).await;
+    support::bounded(
+        "STOP_SENDING(0) first and the FIN later is a decline that is carried out",
+        async move {
+            let rig = Rig::new(true).await;
+            let (mut send, recv) = rig.open_with(request).await;
+            drop(recv);
+            let (code, _) = request.code_and_body();
+            // The reply failed on the stop; the agent now waits for the FIN.
+            rig.until(Entry::Dispatch(DispatchEvent::ReplyFailed { code }))
+                .await;
+            send.finish().unwrap();
+            rig.assert_carried_out_after_decline(request.op()).await;
+        },
+    )
+    .await;
 }
 
 /// `STOP_SENDING(0)` while the Manager's send side stays open is not a
@@ -248,19 +269,25 @@ async fn stop_first_fin_later_is_carried_out(#[case] request: Immediate) {
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn stop_without_fin_drops(#[case] request: Immediate) {
-    let config = DispatchConfig {
-        decline: DeclineRule {
-            fin_wait: Duration::from_millis(100),
-            ..DeclineRule::default()
-        },
-        ..DispatchConfig::default()
-    };
-    let rig = Rig::with(true, config, LabOptions::default()).await;
-    let (send, recv) = rig.open_with(request).await;
-    drop(recv);
-    rig.assert_dropped(request.op()).await;
-    // Only now may the Manager's side end.
-    drop(send);
+    support::bounded(
+        "STOP_SENDING(0) without a FIN within the wait drops the operation",
+        Box::pin(async move {
+            let config = DispatchConfig {
+                decline: DeclineRule {
+                    fin_wait: Duration::from_millis(100),
+                    ..DeclineRule::default()
+                },
+                ..DispatchConfig::default()
+            };
+            let rig = Rig::with(true, config, LabOptions::default()).await;
+            let (send, recv) = rig.open_with(request).await;
+            drop(recv);
+            rig.assert_dropped(request.op()).await;
+            // Only now may the Manager's side end.
+            drop(send);
+        }),
+    )
+    .await;
 }
 
 /// A 0.18 Manager that gave up: its reply was held up (four bytes of credit,
@@ -271,29 +298,35 @@ async fn stop_without_fin_drops(#[case] request: Immediate) {
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn stop_and_fin_after_the_reply_was_held_up_drops(#[case] request: Immediate) {
-    let window = Duration::from_millis(100);
-    let config = DispatchConfig {
-        decline: DeclineRule {
-            window,
-            ..DeclineRule::default()
-        },
-        ..DispatchConfig::default()
-    };
-    let options = LabOptions {
-        stream_receive_window: Some(4),
-        ..LabOptions::default()
-    };
-    let rig = Rig::with(false, config, options).await;
-    let (mut send, recv) = rig.open_with(request).await;
-    send.finish().unwrap();
-    rig.until(Entry::Dispatch(DispatchEvent::Prepared(request.op())))
-        .await;
-    // The reply became pending before `Prepared` was noted; waiting three
-    // windows from here puts the stop past the window whatever the
-    // scheduling (the clock only moves forward).
-    tokio::time::sleep(window * 3).await;
-    drop(recv);
-    rig.assert_dropped(request.op()).await;
+    support::bounded(
+        "STOP_SENDING and FIN after the decline window drop the operation",
+        Box::pin(async move {
+            let window = Duration::from_millis(100);
+            let config = DispatchConfig {
+                decline: DeclineRule {
+                    window,
+                    ..DeclineRule::default()
+                },
+                ..DispatchConfig::default()
+            };
+            let options = LabOptions {
+                stream_receive_window: Some(4),
+                ..LabOptions::default()
+            };
+            let rig = Rig::with(false, config, options).await;
+            let (mut send, recv) = rig.open_with(request).await;
+            send.finish().unwrap();
+            rig.until(Entry::Dispatch(DispatchEvent::Prepared(request.op())))
+                .await;
+            // The reply became pending before `Prepared` was noted; waiting three
+            // windows from here puts the stop past the window whatever the
+            // scheduling (the clock only moves forward).
+            tokio::time::sleep(window * 3).await;
+            drop(recv);
+            rig.assert_dropped(request.op()).await;
+        }),
+    )
+    .await;
 }
 
 /// `STOP_SENDING` with an error code is not a decline: dropped.
@@ -304,11 +337,17 @@ async fn stop_and_fin_after_the_reply_was_held_up_drops(#[case] request: Immedia
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn stop_with_an_error_code_drops(#[case] request: Immediate) {
-    let rig = Rig::new(true).await;
-    let (mut send, mut recv) = rig.open_with(request).await;
-    send.finish().unwrap();
-    recv.stop(7u32.into()).unwrap();
-    rig.assert_dropped(request.op()).await;
+    support::bounded(
+        "STOP_SENDING with an error code drops the operation",
+        Box::pin(async move {
+            let rig = Rig::new(true).await;
+            let (mut send, mut recv) = rig.open_with(request).await;
+            send.finish().unwrap();
+            recv.stop(7u32.into()).unwrap();
+            rig.assert_dropped(request.op()).await;
+        }),
+    )
+    .await;
 }
 
 /// The Manager resets its side of the stream and stops the agent's: no FIN,
@@ -318,15 +357,21 @@ async fn stop_with_an_error_code_drops(#[case] request: Immediate) {
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn stream_reset_drops(#[case] request: Immediate) {
-    let rig = Rig::new(true).await;
-    let (mut send, mut recv) = rig.open_with(request).await;
-    // Only once the agent has read the request: a reset before that would
-    // discard it unread.
-    rig.until(Entry::Dispatch(DispatchEvent::Prepared(request.op())))
-        .await;
-    send.reset(3u32.into()).unwrap();
-    recv.stop(0u32.into()).unwrap();
-    rig.assert_dropped(request.op()).await;
+    support::bounded(
+        "a reset stream drops the operation",
+        Box::pin(async move {
+            let rig = Rig::new(true).await;
+            let (mut send, mut recv) = rig.open_with(request).await;
+            // Only once the agent has read the request: a reset before that would
+            // discard it unread.
+            rig.until(Entry::Dispatch(DispatchEvent::Prepared(request.op())))
+                .await;
+            send.reset(3u32.into()).unwrap();
+            recv.stop(0u32.into()).unwrap();
+            rig.assert_dropped(request.op()).await;
+        }),
+    )
+    .await;
 }
 
 /// The connection is lost before the reply could be written: dropped.
@@ -335,17 +380,23 @@ async fn stream_reset_drops(#[case] request: Immediate) {
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn connection_lost_before_the_write_drops(#[case] request: Immediate) {
-    let rig = Rig::new(true).await;
-    let (mut send, _recv) = rig.session.open_stream().await.unwrap();
-    wire::write_frame(&mut send, &request.frame())
-        .await
-        .unwrap();
-    send.finish().unwrap();
-    rig.until(Entry::Dispatch(DispatchEvent::Prepared(request.op())))
-        .await;
-    rig.session.connection().close(0u32.into(), b"manager gone");
-    assert_eq!(rig.settlement(request.op()).await, Settlement::Cancelled);
-    rig.assert_nothing_performed().await;
+    support::bounded(
+        "a connection lost before the reply write drops the operation",
+        Box::pin(async move {
+            let rig = Rig::new(true).await;
+            let (mut send, _recv) = rig.session.open_stream().await.unwrap();
+            wire::write_frame(&mut send, &request.frame())
+                .await
+                .unwrap();
+            send.finish().unwrap();
+            rig.until(Entry::Dispatch(DispatchEvent::Prepared(request.op())))
+                .await;
+            rig.session.connection().close(0u32.into(), b"manager gone");
+            assert_eq!(rig.settlement(request.op()).await, Settlement::Cancelled);
+            rig.assert_nothing_performed().await;
+        }),
+    )
+    .await;
 }
 
 /// A 0.18 Manager reads the reply: written, its delivery awaited, then
@@ -358,25 +409,31 @@ async fn manager_that_reads_the_reply_is_unchanged(
     #[case] request: NodePowerRequest,
     #[case] op: ImmediateOp,
 ) {
-    let rig = Rig::new(false).await;
-    let reply = within(rig.session.node_power_as(Generation::V0_18, request)).await;
-    assert_eq!(reply.unwrap(), Some(Ok(NodePowerResponse::Initiated)));
-    let entries = within(rig.journal().wait_for(|e| e.contains(&Entry::Perform(op)))).await;
-    let written = position(
-        &entries,
-        &Entry::Dispatch(DispatchEvent::ReplyWritten {
-            code: RequestCode::NODE_POWER,
-            ok: true,
-        }),
-    );
-    let delivered = entries
-        .iter()
-        .position(Entry::is_reply_delivered)
-        .unwrap_or_else(|| panic!("no delivery in {entries:#?}"));
-    let released = position(&entries, &Entry::Settled(op, Settlement::Released));
-    assert!(written < delivered && delivered < released, "{entries:#?}");
-    assert!(
-        !entries.contains(&Entry::Dispatch(DispatchEvent::ReplyDeclined(op))),
-        "{entries:#?}"
-    );
+    support::bounded(
+        "a 0.18 Manager that reads the reply gets it, then the operation",
+        async move {
+            let rig = Rig::new(false).await;
+            let reply = within(rig.session.node_power_as(Generation::V0_18, request)).await;
+            assert_eq!(reply.unwrap(), Some(Ok(NodePowerResponse::Initiated)));
+            let entries = within(rig.journal().wait_for(|e| e.contains(&Entry::Perform(op)))).await;
+            let written = position(
+                &entries,
+                &Entry::Dispatch(DispatchEvent::ReplyWritten {
+                    code: RequestCode::NODE_POWER,
+                    ok: true,
+                }),
+            );
+            let delivered = entries
+                .iter()
+                .position(Entry::is_reply_delivered)
+                .unwrap_or_else(|| panic!("no delivery in {entries:#?}"));
+            let released = position(&entries, &Entry::Settled(op, Settlement::Released));
+            assert!(written < delivered && delivered < released, "{entries:#?}");
+            assert!(
+                !entries.contains(&Entry::Dispatch(DispatchEvent::ReplyDeclined(op))),
+                "{entries:#?}"
+            );
+        },
+    )
+    .await;
 }

@@ -4,6 +4,8 @@
 //! shell would stop roxyd from starting. They are named `ROXYTEST_*` and
 //! `ROXYBENCH_*`.
 
+mod support;
+
 mod env_names;
 
 use std::{collections::BTreeSet, path::Path, process::Command};
@@ -83,36 +85,44 @@ fn roxyd_with(env: &[(String, String)]) -> (Option<i32>, String) {
 
 #[test]
 fn a_shell_exporting_every_test_and_bench_setting_still_starts_roxyd() {
-    let knobs = knob_names();
-    for expected in ["ROXYTEST_REAL_BINARY", "ROXYBENCH_QUICK"] {
-        assert!(
-            knobs.contains(expected),
-            "{expected} not found in {knobs:?}"
-        );
-    }
-    let env: Vec<(String, String)> = knobs.iter().map(|k| (k.clone(), "1".to_owned())).collect();
-    let (status, stderr) = roxyd_with(&env);
-    assert!(
-        !stderr.contains("unknown environment variable"),
-        "roxyd refused a test or bench setting: {stderr}"
+    support::bounded_blocking(
+        "a shell exporting every test and bench setting still starts roxyd",
+        move || {
+            let knobs = knob_names();
+            for expected in ["ROXYTEST_REAL_BINARY", "ROXYBENCH_QUICK"] {
+                assert!(
+                    knobs.contains(expected),
+                    "{expected} not found in {knobs:?}"
+                );
+            }
+            let env: Vec<(String, String)> =
+                knobs.iter().map(|k| (k.clone(), "1".to_owned())).collect();
+            let (status, stderr) = roxyd_with(&env);
+            assert!(
+                !stderr.contains("unknown environment variable"),
+                "roxyd refused a test or bench setting: {stderr}"
+            );
+            assert!(
+                stderr.contains("/nonexistent/roxyd-knobs/agent.pem"),
+                "roxyd did not get as far as reading its certificate: {stderr}"
+            );
+            assert_eq!(status, Some(2), "{stderr}");
+        },
     );
-    assert!(
-        stderr.contains("/nonexistent/roxyd-knobs/agent.pem"),
-        "roxyd did not get as far as reading its certificate: {stderr}"
-    );
-    assert_eq!(status, Some(2), "{stderr}");
 }
 
 /// What the test above guards against: a setting under the daemon's prefix
 /// stops roxyd.
 #[test]
 fn a_setting_under_the_daemon_prefix_stops_roxyd() {
-    let (status, stderr) = roxyd_with(&[("ROXYD_BENCH_QUICK".to_owned(), "1".to_owned())]);
-    assert!(
-        stderr.contains("unknown environment variable ROXYD_BENCH_QUICK"),
-        "{stderr}"
-    );
-    assert_eq!(status, Some(2), "{stderr}");
+    support::bounded_blocking("a setting under the daemon prefix stops roxyd", move || {
+        let (status, stderr) = roxyd_with(&[("ROXYD_BENCH_QUICK".to_owned(), "1".to_owned())]);
+        assert!(
+            stderr.contains("unknown environment variable ROXYD_BENCH_QUICK"),
+            "{stderr}"
+        );
+        assert_eq!(status, Some(2), "{stderr}");
+    });
 }
 
 /// Every `ROXYD_` name the scripts, benchmarks and shared test code use is

@@ -4,6 +4,8 @@
 //! immediate request.
 #![cfg(all(unix, feature = "test-backend"))]
 
+mod support;
+
 use std::{
     fs, io,
     path::Path,
@@ -193,33 +195,39 @@ async fn graceful_exited_and_host_stayed_up_next_request_is_accepted(
     #[case] script: &str,
     #[case] next: NodePowerRequest,
 ) {
-    let rig = Rig::new(script);
-    let run = rig
-        .dispatcher
-        .power()
-        .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
-        .unwrap();
-    let exited_0 = tokio::time::timeout(HANG, run.finished())
-        .await
-        .expect("the command ends");
-    assert_eq!(exited_0, script == "fake-command-ok");
-
-    assert_eq!(rig.request(next).await, initiated(), "{next:?}");
-    match next {
-        NodePowerRequest::Reboot => rig.wait_performed(ImmediateOp::Reboot).await,
-        NodePowerRequest::Shutdown => rig.wait_performed(ImmediateOp::PowerOff).await,
-        _ => {
-            tokio::time::timeout(HANG, rig.dispatcher.power().wait_idle())
+    support::bounded(
+        "once a graceful command exited and the host stayed up, the next request is accepted",
+        async move {
+            let rig = Rig::new(script);
+            let run = rig
+                .dispatcher
+                .power()
+                .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
+                .unwrap();
+            let exited_0 = tokio::time::timeout(HANG, run.finished())
                 .await
-                .expect("the second command ends");
-            let second = if next == NodePowerRequest::GracefulReboot {
-                "reboot "
-            } else {
-                "poweroff "
-            };
-            assert_eq!(rig.calls(), ["reboot ", second]);
-        }
-    }
+                .expect("the command ends");
+            assert_eq!(exited_0, script == "fake-command-ok");
+
+            assert_eq!(rig.request(next).await, initiated(), "{next:?}");
+            match next {
+                NodePowerRequest::Reboot => rig.wait_performed(ImmediateOp::Reboot).await,
+                NodePowerRequest::Shutdown => rig.wait_performed(ImmediateOp::PowerOff).await,
+                _ => {
+                    tokio::time::timeout(HANG, rig.dispatcher.power().wait_idle())
+                        .await
+                        .expect("the second command ends");
+                    let second = if next == NodePowerRequest::GracefulReboot {
+                        "reboot "
+                    } else {
+                        "poweroff "
+                    };
+                    assert_eq!(rig.calls(), ["reboot ", second]);
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// The operator's way out of a hung graceful shutdown: an immediate request
@@ -234,31 +242,37 @@ async fn graceful_hangs_an_immediate_request_is_accepted_and_carried_out(
     #[case] request: NodePowerRequest,
     #[case] op: ImmediateOp,
 ) {
-    let rig = Rig::new("fake-command-hang");
-    assert_eq!(
-        rig.request(NodePowerRequest::GracefulReboot).await,
-        initiated()
-    );
-    assert!(rig.dispatcher.power().is_busy());
-    assert_eq!(
-        rig.request(NodePowerRequest::GracefulShutdown).await,
-        reply::error_payload(reply_text::FAIL),
-        "a second graceful command while the first runs"
-    );
+    support::bounded(
+        "while a graceful command hangs, an immediate request is accepted and carried out",
+        async move {
+            let rig = Rig::new("fake-command-hang");
+            assert_eq!(
+                rig.request(NodePowerRequest::GracefulReboot).await,
+                initiated()
+            );
+            assert!(rig.dispatcher.power().is_busy());
+            assert_eq!(
+                rig.request(NodePowerRequest::GracefulShutdown).await,
+                reply::error_payload(reply_text::FAIL),
+                "a second graceful command while the first runs"
+            );
 
-    assert_eq!(rig.request(request).await, initiated());
-    rig.wait_performed(op).await;
-    assert_eq!(rig.performed(), vec![Entry::Perform(op)]);
+            assert_eq!(rig.request(request).await, initiated());
+            rig.wait_performed(op).await;
+            assert_eq!(rig.performed(), vec![Entry::Perform(op)]);
 
-    // End the hung command; its exit (by a signal) frees the latch, and a
-    // graceful request is accepted again.
-    rig.kill_last_and_wait_idle().await;
-    assert_eq!(
-        rig.request(NodePowerRequest::GracefulShutdown).await,
-        initiated()
-    );
-    rig.kill_last_and_wait_idle().await;
-    assert_eq!(rig.started_pids().len(), 2);
+            // End the hung command; its exit (by a signal) frees the latch, and a
+            // graceful request is accepted again.
+            rig.kill_last_and_wait_idle().await;
+            assert_eq!(
+                rig.request(NodePowerRequest::GracefulShutdown).await,
+                initiated()
+            );
+            rig.kill_last_and_wait_idle().await;
+            assert_eq!(rig.started_pids().len(), 2);
+        },
+    )
+    .await;
 }
 
 /// A command that exits at once but leaves a child holding its standard
@@ -266,35 +280,41 @@ async fn graceful_hangs_an_immediate_request_is_accepted_and_carried_out(
 /// zombie) and the latch freed while the child still holds the pipe.
 #[tokio::test]
 async fn a_command_whose_child_holds_its_output_is_reaped_at_once() {
-    let rig = Rig::new("fake-command-leaves-child");
-    let run = rig
-        .dispatcher
-        .power()
-        .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
-        .unwrap();
-    let exited_0 = tokio::time::timeout(HANG, run.finished())
-        .await
-        .expect("the command is reaped while its child still holds the pipe");
-    assert!(exited_0);
-    assert!(!rig.dispatcher.power().is_busy());
+    support::bounded(
+        "a command whose child holds its output is reaped at once",
+        async move {
+            let rig = Rig::new("fake-command-leaves-child");
+            let run = rig
+                .dispatcher
+                .power()
+                .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
+                .unwrap();
+            let exited_0 = tokio::time::timeout(HANG, run.finished())
+                .await
+                .expect("the command is reaped while its child still holds the pipe");
+            assert!(exited_0);
+            assert!(!rig.dispatcher.power().is_busy());
 
-    let pid = rig.started_pids()[0];
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "the command {pid} is still in the process table (a zombie)"
-    );
-    let sleeper: i32 = fs::read_to_string(rig.dir.path().join("sleeper.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let alive = Path::new(&format!("/proc/{sleeper}")).exists();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(sleeper),
-        nix::sys::signal::Signal::SIGKILL,
+            let pid = rig.started_pids()[0];
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "the command {pid} is still in the process table (a zombie)"
+            );
+            let sleeper: i32 = fs::read_to_string(rig.dir.path().join("sleeper.pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let alive = Path::new(&format!("/proc/{sleeper}")).exists();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(sleeper),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            assert!(alive, "the sleeper should still have held the pipe");
+        },
     )
-    .unwrap();
-    assert!(alive, "the sleeper should still have held the pipe");
+    .await;
 }
 
 /// Threads of this process.
@@ -307,20 +327,23 @@ fn threads() -> usize {
 /// none can be missing when the runtime needs to wait.
 #[tokio::test(flavor = "current_thread")]
 async fn a_running_graceful_command_takes_no_thread() {
-    let rig = Rig::new("fake-command-hang");
-    let before = threads();
-    let _run = rig
-        .dispatcher
-        .power()
-        .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
-        .unwrap();
-    // Let the reaper start and the command write its first output.
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert!(rig.dispatcher.power().is_busy());
-    assert_eq!(threads(), before, "threads started for the command");
-    rig.kill_last_and_wait_idle().await;
+    support::bounded("a running graceful command takes no thread", async move {
+        let rig = Rig::new("fake-command-hang");
+        let before = threads();
+        let _run = rig
+            .dispatcher
+            .power()
+            .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
+            .unwrap();
+        // Let the reaper start and the command write its first output.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(rig.dispatcher.power().is_busy());
+        assert_eq!(threads(), before, "threads started for the command");
+        rig.kill_last_and_wait_idle().await;
+    })
+    .await;
 }
 
 /// A backend whose `perform` panics.
@@ -344,41 +367,44 @@ impl PowerBackend for PanickingPerform {
 /// the daemon's stop, which waits for it, is not held for ever.
 #[tokio::test]
 async fn a_panic_in_perform_ends_the_performing_state() {
-    let dispatcher = Arc::new(Dispatcher::new(
-        PanickingPerform,
-        roxyd::dispatch::DispatchConfig {
-            delivery_timeout: Duration::ZERO,
-            ..roxyd::dispatch::DispatchConfig::default()
-        },
-    ));
-    let (mut manager, agent) = tokio::io::duplex(4096);
-    let serving = {
-        let dispatcher = Arc::clone(&dispatcher);
-        tokio::spawn(async move {
-            let (mut recv, mut send) = tokio::io::split(agent);
-            dispatcher.serve_stream(&mut recv, &mut send).await
-        })
-    };
-    let frame = wire::encode_request(
-        RequestCode::NODE_POWER,
-        &wire::encode(&NodePowerRequest::Reboot),
-    );
-    wire::write_frame(&mut manager, &frame).await.unwrap();
-    let reply = tokio::time::timeout(
-        HANG,
-        wire::FrameReader::new(&mut manager).read_frame(u32::MAX),
-    )
-    .await
-    .expect("a reply")
-    .unwrap()
-    .unwrap()
-    .to_vec();
-    assert_eq!(reply, initiated());
-    drop(manager);
-    let _ = tokio::time::timeout(HANG, serving)
+    support::bounded("a panic in perform ends the performing state", async move {
+        let dispatcher = Arc::new(Dispatcher::new(
+            PanickingPerform,
+            roxyd::dispatch::DispatchConfig {
+                delivery_timeout: Duration::ZERO,
+                ..roxyd::dispatch::DispatchConfig::default()
+            },
+        ));
+        let (mut manager, agent) = tokio::io::duplex(4096);
+        let serving = {
+            let dispatcher = Arc::clone(&dispatcher);
+            tokio::spawn(async move {
+                let (mut recv, mut send) = tokio::io::split(agent);
+                dispatcher.serve_stream(&mut recv, &mut send).await
+            })
+        };
+        let frame = wire::encode_request(
+            RequestCode::NODE_POWER,
+            &wire::encode(&NodePowerRequest::Reboot),
+        );
+        wire::write_frame(&mut manager, &frame).await.unwrap();
+        let reply = tokio::time::timeout(
+            HANG,
+            wire::FrameReader::new(&mut manager).read_frame(u32::MAX),
+        )
         .await
-        .expect("the stream ends");
-    tokio::time::timeout(Duration::from_secs(10), dispatcher.power().wait_performed())
-        .await
-        .expect("a panicked perform left the operation counted as being performed");
+        .expect("a reply")
+        .unwrap()
+        .unwrap()
+        .to_vec();
+        assert_eq!(reply, initiated());
+        drop(manager);
+        let _ = tokio::time::timeout(HANG, serving)
+            .await
+            .expect("the stream ends");
+        tokio::time::timeout(Duration::from_secs(10), dispatcher.power().wait_performed())
+            .await
+            .expect("a panicked perform left the operation counted as being performed");
+    })
+    .await;
 }

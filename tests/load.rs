@@ -109,49 +109,56 @@ async fn one_echo(session: AgentSession) -> Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stream_of_many_at_once_is_answered_exactly_once_then_ended() {
-    let lab = Lab::new().unwrap();
-    let echoes = Arc::new(Echoes::default());
-    let dispatcher = Recorder::new()
-        .dispatcher(DispatchConfig::default())
-        .with_observer(Arc::clone(&echoes) as Arc<dyn DispatchObserver>);
-    let (session, agent) = lab.connect(Arc::new(dispatcher)).await.unwrap();
-    let limit = usize::try_from(Config::default().max_concurrent_streams).unwrap();
-    assert!(STREAMS >= 20 * limit, "too few streams to wait for credit");
+    support::bounded_for(
+        support::FLOOD_LIMIT,
+        "every stream of many at once is answered exactly once then ended",
+        async move {
+            let lab = Lab::new().unwrap();
+            let echoes = Arc::new(Echoes::default());
+            let dispatcher = Recorder::new()
+                .dispatcher(DispatchConfig::default())
+                .with_observer(Arc::clone(&echoes) as Arc<dyn DispatchObserver>);
+            let (session, agent) = lab.connect(Arc::new(dispatcher)).await.unwrap();
+            let limit = usize::try_from(Config::default().max_concurrent_streams).unwrap();
+            assert!(STREAMS >= 20 * limit, "too few streams to wait for credit");
 
-    let mut streams = JoinSet::new();
-    for _ in 0..STREAMS {
-        streams.spawn(one_echo(session.clone()));
-    }
-    let outcomes = tokio::time::timeout(LIMIT, streams.join_all())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "rule broken: every stream is answered and ended; {STREAMS} streams \
+            let mut streams = JoinSet::new();
+            for _ in 0..STREAMS {
+                streams.spawn(one_echo(session.clone()));
+            }
+            let outcomes = tokio::time::timeout(LIMIT, streams.join_all())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "rule broken: every stream is answered and ended; {STREAMS} streams \
                  were not all ended within {LIMIT:?} ({} echo requests dispatched)",
-                echoes.0.load(Ordering::SeqCst)
-            )
-        });
+                        echoes.0.load(Ordering::SeqCst)
+                    )
+                });
 
-    let mut wrong: Vec<(usize, Outcome)> = outcomes
-        .into_iter()
-        .enumerate()
-        .filter(|(_, outcome)| *outcome != Outcome::OneReplyThenEnd)
-        .collect();
-    let count = wrong.len();
-    wrong.sort_by(|a, b| a.1.cmp(&b.1));
-    wrong.dedup_by(|a, b| a.1 == b.1);
-    assert!(
-        wrong.is_empty(),
-        "rule broken: every stream gets exactly one reply, then the agent's end of \
+            let mut wrong: Vec<(usize, Outcome)> = outcomes
+                .into_iter()
+                .enumerate()
+                .filter(|(_, outcome)| *outcome != Outcome::OneReplyThenEnd)
+                .collect();
+            let count = wrong.len();
+            wrong.sort_by(|a, b| a.1.cmp(&b.1));
+            wrong.dedup_by(|a, b| a.1 == b.1);
+            assert!(
+                wrong.is_empty(),
+                "rule broken: every stream gets exactly one reply, then the agent's end of \
          stream; {count} of {STREAMS} did not, for instance: {wrong:?}"
-    );
-    assert_eq!(
-        echoes.0.load(Ordering::SeqCst),
-        STREAMS,
-        "rule broken: every request is dispatched exactly once"
-    );
-    assert!(
-        !agent.serving.is_finished(),
-        "the connection ended under load"
-    );
+            );
+            assert_eq!(
+                echoes.0.load(Ordering::SeqCst),
+                STREAMS,
+                "rule broken: every request is dispatched exactly once"
+            );
+            assert!(
+                !agent.serving.is_finished(),
+                "the connection ended under load"
+            );
+        },
+    )
+    .await;
 }

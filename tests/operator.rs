@@ -37,55 +37,66 @@ async fn roxyd_warns_at_start_up_when_others_can_read_its_key(
     #[case] key_mode: u32,
     #[case] warns: bool,
 ) {
-    let lab = Lab::new().unwrap();
-    let dir = TempDir::new().unwrap();
-    let files = lab.pki.write_to(dir.path()).unwrap();
-    std::fs::set_permissions(&files.agent_key, std::fs::Permissions::from_mode(key_mode)).unwrap();
-    let output = start_and_stop(&lab_args(&files, lab.manager.local_addr().unwrap()), &[]).await;
-    let warning = format!(
-        "private key file {} is readable by group or others (mode {key_mode:04o})",
-        files.agent_key.display()
-    );
-    assert_eq!(
-        output.contains(&warning),
-        warns,
-        "expected the warning: {warns}\n{output}"
-    );
+    support::bounded(
+        "roxyd warns at start-up when others can read its key",
+        async move {
+            let lab = Lab::new().unwrap();
+            let dir = TempDir::new().unwrap();
+            let files = lab.pki.write_to(dir.path()).unwrap();
+            std::fs::set_permissions(&files.agent_key, std::fs::Permissions::from_mode(key_mode))
+                .unwrap();
+            let output =
+                start_and_stop(&lab_args(&files, lab.manager.local_addr().unwrap()), &[]).await;
+            let warning = format!(
+                "private key file {} is readable by group or others (mode {key_mode:04o})",
+                files.agent_key.display()
+            );
+            assert_eq!(
+                output.contains(&warning),
+                warns,
+                "expected the warning: {warns}\n{output}"
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn every_documented_roxyd_variable_is_accepted() {
-    let lab = Lab::new().unwrap();
-    let dir = TempDir::new().unwrap();
-    let files = lab.pki.write_to(dir.path()).unwrap();
-    let config = write_file(dir.path(), "roxyd.toml", "");
-    let manager = lab_args(&files, lab.manager.local_addr().unwrap())
-        .pop()
-        .unwrap();
-    let text = |p: &Path| p.to_str().unwrap().to_owned();
-    let env: Vec<(String, String)> = [
-        ("ROXYD_CONFIG", text(&config)),
-        ("ROXYD_CERT", text(&files.agent_cert)),
-        ("ROXYD_KEY", text(&files.agent_key)),
-        ("ROXYD_CA_CERTS", text(&files.ca_cert)),
-        ("ROXYD_APP_NAME", "roxy".into()),
-        ("ROXYD_PROTOCOL_VERSION", "0.47.0".into()),
-        ("ROXYD_MAX_FRAME_LEN", "65536".into()),
-        ("ROXYD_MAX_CONCURRENT_STREAMS", "64".into()),
-        ("ROXYD_HANDSHAKE_TIMEOUT_SECS", "10".into()),
-        ("ROXYD_STREAM_IDLE_TIMEOUT_SECS", "60".into()),
-        ("ROXYD_REPLY_TIMEOUT_SECS", "10".into()),
-        ("ROXYD_DELIVERY_TIMEOUT_MS", "2000".into()),
-        ("ROXYD_RECONNECT_INITIAL_MS", "1000".into()),
-        ("ROXYD_RECONNECT_MAX_MS", "60000".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let output = start_and_stop(&[manager], &env).await;
-    assert!(!output.contains("unknown environment variable"), "{output}");
-    // ROXYD_LOG_FILE: `daemon::logs_go_to_the_configured_file` and others.
+    support::bounded("every documented ROXYD_ variable is accepted", async move {
+        let lab = Lab::new().unwrap();
+        let dir = TempDir::new().unwrap();
+        let files = lab.pki.write_to(dir.path()).unwrap();
+        let config = write_file(dir.path(), "roxyd.toml", "");
+        let manager = lab_args(&files, lab.manager.local_addr().unwrap())
+            .pop()
+            .unwrap();
+        let text = |p: &Path| p.to_str().unwrap().to_owned();
+        let env: Vec<(String, String)> = [
+            ("ROXYD_CONFIG", text(&config)),
+            ("ROXYD_CERT", text(&files.agent_cert)),
+            ("ROXYD_KEY", text(&files.agent_key)),
+            ("ROXYD_CA_CERTS", text(&files.ca_cert)),
+            ("ROXYD_APP_NAME", "roxy".into()),
+            ("ROXYD_PROTOCOL_VERSION", "0.47.0".into()),
+            ("ROXYD_MAX_FRAME_LEN", "65536".into()),
+            ("ROXYD_MAX_CONCURRENT_STREAMS", "64".into()),
+            ("ROXYD_HANDSHAKE_TIMEOUT_SECS", "10".into()),
+            ("ROXYD_STREAM_IDLE_TIMEOUT_SECS", "60".into()),
+            ("ROXYD_REPLY_TIMEOUT_SECS", "10".into()),
+            ("ROXYD_DELIVERY_TIMEOUT_MS", "2000".into()),
+            ("ROXYD_RECONNECT_INITIAL_MS", "1000".into()),
+            ("ROXYD_RECONNECT_MAX_MS", "60000".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let output = start_and_stop(&[manager], &env).await;
+        assert!(!output.contains("unknown environment variable"), "{output}");
+        // ROXYD_LOG_FILE: `daemon::logs_go_to_the_configured_file` and others.
+    })
+    .await;
 }
 
 /// Nothing answers at the Manager's address (a UDP socket that reads
@@ -93,23 +104,29 @@ async fn every_documented_roxyd_variable_is_accepted() {
 /// exits 1.
 #[tokio::test]
 async fn check_with_nothing_answering_says_so() {
-    let lab = Lab::new().unwrap();
-    let dir = TempDir::new().unwrap();
-    let files = lab.pki.write_to(dir.path()).unwrap();
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = silent.local_addr().unwrap();
-    let mut args = lab_args(&files, addr);
-    args.insert(0, "--check".into());
-    let (exit, output) =
-        support::run_to_exit(&args, &[("ROXYD_HANDSHAKE_TIMEOUT_SECS", "1")]).await;
-    assert_eq!(exit.code(), Some(1), "{output}");
-    assert!(
-        output.contains(&format!(
-            "roxyd: no answer from the Manager at {addr} within 1 s"
-        )),
-        "{output}"
-    );
-    drop(silent);
+    support::bounded(
+        "--check with nothing answering says so and exits 1",
+        async move {
+            let lab = Lab::new().unwrap();
+            let dir = TempDir::new().unwrap();
+            let files = lab.pki.write_to(dir.path()).unwrap();
+            let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = silent.local_addr().unwrap();
+            let mut args = lab_args(&files, addr);
+            args.insert(0, "--check".into());
+            let (exit, output) =
+                support::run_to_exit(&args, &[("ROXYD_HANDSHAKE_TIMEOUT_SECS", "1")]).await;
+            assert_eq!(exit.code(), Some(1), "{output}");
+            assert!(
+                output.contains(&format!(
+                    "roxyd: no answer from the Manager at {addr} within 1 s"
+                )),
+                "{output}"
+            );
+            drop(silent);
+        },
+    )
+    .await;
 }
 
 /// `--check` against a loopback port where nothing listens: the host
@@ -118,23 +135,26 @@ async fn check_with_nothing_answering_says_so() {
 /// the test's own limit).
 #[tokio::test]
 async fn check_fails_at_once_when_nothing_listens() {
-    let lab = Lab::new().unwrap();
-    let dir = TempDir::new().unwrap();
-    let files = lab.pki.write_to(dir.path()).unwrap();
-    // A port that was free a moment ago; nothing listens on it now.
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut args = lab_args(&files, addr);
-    args.insert(0, "--check".into());
-    let (exit, output) =
-        support::run_to_exit(&args, &[("ROXYD_HANDSHAKE_TIMEOUT_SECS", "300")]).await;
-    assert_eq!(exit.code(), Some(1), "{output}");
-    assert!(
-        output.contains(&format!(
-            "roxyd: nothing listens at {addr}: it answered ICMP port unreachable"
-        )),
-        "{output}"
-    );
+    support::bounded("--check fails at once when nothing listens", async move {
+        let lab = Lab::new().unwrap();
+        let dir = TempDir::new().unwrap();
+        let files = lab.pki.write_to(dir.path()).unwrap();
+        // A port that was free a moment ago; nothing listens on it now.
+        let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut args = lab_args(&files, addr);
+        args.insert(0, "--check".into());
+        let (exit, output) =
+            support::run_to_exit(&args, &[("ROXYD_HANDSHAKE_TIMEOUT_SECS", "300")]).await;
+        assert_eq!(exit.code(), Some(1), "{output}");
+        assert!(
+            output.contains(&format!(
+                "roxyd: nothing listens at {addr}: it answered ICMP port unreachable"
+            )),
+            "{output}"
+        );
+    })
+    .await;
 }

@@ -20,7 +20,7 @@ use std::{
     ffi::OsString,
     os::unix::process::ExitStatusExt,
     path::Path,
-    process::{Command, ExitStatus},
+    process::ExitStatus,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -41,13 +41,15 @@ use support::{HANG, Roxyd, immediate::Immediate, signal_pid};
 use tempfile::TempDir;
 
 /// Why these tests cannot run here, if they cannot.
-fn unavailable() -> Option<String> {
+async fn unavailable() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Some("not root: cannot create PID namespaces".into());
     }
-    match Command::new("unshare")
+    match tokio::process::Command::new("unshare")
         .args(["--pid", "--fork", "true"])
+        .kill_on_drop(true)
         .status()
+        .await
     {
         Ok(status) if status.success() => None,
         Ok(status) => Some(format!("cannot create a PID namespace (unshare: {status})")),
@@ -59,8 +61,8 @@ fn unavailable() -> Option<String> {
 /// nothing must never count as passed. Where there is no root, the runners
 /// select these tests out instead (`scripts/test` and CI use the nextest
 /// profile `unprivileged`), so they show as skipped.
-fn require_pid_namespaces() {
-    if let Some(reason) = unavailable() {
+async fn require_pid_namespaces() {
+    if let Some(reason) = unavailable().await {
         panic!(
             "cannot run here ({reason}); run the suite with scripts/test, which filters these tests out where they cannot run"
         );
@@ -84,20 +86,27 @@ const CHILD_OP: &str = "ROXYTEST_PIDNS_CHILD_OP";
 #[rstest]
 #[case::reboot("reboot", Signal::SIGHUP)]
 #[case::power_off("power-off", Signal::SIGINT)]
-fn linux_backend_ends_its_pid_namespace(#[case] op: &str, #[case] expected: Signal) {
-    require_pid_namespaces();
-    let status = Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "pid_namespace_child", "--ignored", "--nocapture"])
-        .env(CHILD_OP, op)
-        .status()
-        .unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(expected as i32),
-        "the namespace should end by {expected}: {status}"
-    );
+#[tokio::test]
+async fn linux_backend_ends_its_pid_namespace(#[case] op: &str, #[case] expected: Signal) {
+    let rule = "reboot(2) as PID 1 of a PID namespace ends the namespace";
+    support::bounded(rule, async move {
+        require_pid_namespaces().await;
+        let status = tokio::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "pid_namespace_child", "--ignored", "--nocapture"])
+            .env(CHILD_OP, op)
+            .kill_on_drop(true)
+            .status()
+            .await
+            .unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(expected as i32),
+            "the namespace should end by {expected}: {status}"
+        );
+    })
+    .await;
 }
 
 /// A `sync(2)` that never returns (a hung mount or disk) still ends in the
@@ -110,24 +119,30 @@ async fn a_sync_that_never_returns_still_ends_in_reboot(
     #[case] op: &str,
     #[case] expected: Signal,
 ) {
-    require_pid_namespaces();
-    let mut child = tokio::process::Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "pid_namespace_child", "--ignored", "--nocapture"])
-        .env(CHILD_OP, op)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let status = tokio::time::timeout(HANG, child.wait())
-        .await
-        .expect("reboot(2) was never reached: the hung sync held it")
-        .unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(expected as i32),
-        "the namespace should end by {expected}: {status}"
-    );
+    support::bounded(
+        "a sync(2) that never returns still ends in reboot(2) once the sync bound passed",
+        async move {
+            require_pid_namespaces().await;
+            let mut child = tokio::process::Command::new("unshare")
+                .args(["--pid", "--fork", "--kill-child", "--"])
+                .arg(std::env::current_exe().unwrap())
+                .args(["--exact", "pid_namespace_child", "--ignored", "--nocapture"])
+                .env(CHILD_OP, op)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let status = tokio::time::timeout(HANG, child.wait())
+                .await
+                .expect("reboot(2) was never reached: the hung sync held it")
+                .unwrap();
+            assert_eq!(
+                status.signal(),
+                Some(expected as i32),
+                "the namespace should end by {expected}: {status}"
+            );
+        },
+    )
+    .await;
 }
 
 /// Runs only as [`linux_backend_ends_its_pid_namespace`]'s (or
@@ -401,7 +416,7 @@ fn setup(options: LabOptions) -> Setup {
 /// connected to a lab Manager and answering echo. Keep the [`Setup`]: it
 /// holds the Manager.
 async fn serving_real_binary() -> (Setup, Namespaced, AgentSession) {
-    require_pid_namespaces();
+    require_pid_namespaces().await;
     let binary = real_binary();
     let setup = setup(LabOptions::default());
     let addr = setup.lab.manager.local_addr().unwrap();
@@ -458,27 +473,33 @@ async fn accept(lab: &Lab) -> AgentSession {
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn real_binary_replies_then_ends_its_namespace(#[case] request: Immediate) {
-    let (_setup, roxyd, session) = serving_real_binary().await;
+    support::bounded(
+        "the real binary replies, then reboot(2) ends its PID namespace",
+        async move {
+            let (_setup, roxyd, session) = serving_real_binary().await;
 
-    // Both ends watched at once: when the Manager has the reply, and when
-    // the namespace is gone.
-    let ((reply, replied_at), (status, died_at, output)) = tokio::join!(
-        async { (request.send(&session).await, Instant::now()) },
-        roxyd.exit_at(),
-    );
-    assert_eq!(reply, reply::initiated_payload(request.form()));
-    assert_eq!(
-        status.signal(),
-        Some(request.signal() as i32),
-        "namespace should end by {}: {status}\n{output}",
-        request.signal()
-    );
-    assert!(
-        replied_at < died_at,
-        "the Manager had the reply only {:?} after the namespace died\n{output}",
-        replied_at - died_at
-    );
-    assert_released_after_acknowledgement(&output);
+            // Both ends watched at once: when the Manager has the reply, and when
+            // the namespace is gone.
+            let ((reply, replied_at), (status, died_at, output)) = tokio::join!(
+                async { (request.send(&session).await, Instant::now()) },
+                roxyd.exit_at(),
+            );
+            assert_eq!(reply, reply::initiated_payload(request.form()));
+            assert_eq!(
+                status.signal(),
+                Some(request.signal() as i32),
+                "namespace should end by {}: {status}\n{output}",
+                request.signal()
+            );
+            assert!(
+                replied_at < died_at,
+                "the Manager had the reply only {:?} after the namespace died\n{output}",
+                replied_at - died_at
+            );
+            assert_released_after_acknowledgement(&output);
+        },
+    )
+    .await;
 }
 
 #[rstest]
@@ -488,118 +509,139 @@ async fn real_binary_replies_then_ends_its_namespace(#[case] request: Immediate)
 async fn manager_stopping_the_stream_before_the_reply_leaves_roxyd_running(
     #[case] request: Immediate,
 ) {
-    require_pid_namespaces();
-    let binary = real_binary();
-    // Four bytes of credit per stream: roxyd's reply (5 or 6 bytes) cannot
-    // be written in full until the Manager reads, which it never does.
-    let setup = setup(LabOptions {
-        stream_receive_window: Some(4),
-        ..LabOptions::default()
-    });
-    let addr = setup.lab.manager.local_addr().unwrap();
-    let mut roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &[]).await;
-    let session = accept(&setup.lab).await;
+    support::bounded(
+        "a Manager stopping the stream before the reply leaves roxyd running",
+        async move {
+            require_pid_namespaces().await;
+            let binary = real_binary();
+            // Four bytes of credit per stream: roxyd's reply (5 or 6 bytes) cannot
+            // be written in full until the Manager reads, which it never does.
+            let setup = setup(LabOptions {
+                stream_receive_window: Some(4),
+                ..LabOptions::default()
+            });
+            let addr = setup.lab.manager.local_addr().unwrap();
+            let mut roxyd =
+                Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &[]).await;
+            let session = accept(&setup.lab).await;
 
-    let (mut send, mut recv) = session.open_stream().await.unwrap();
-    let (code, body) = request.code_and_body();
-    wire::write_frame(&mut send, &wire::encode_request(code, &body))
-        .await
-        .unwrap();
-    roxyd.wait_for_line(&["prepared; writing the reply"]).await;
-    recv.stop(0u32.into()).unwrap();
-    roxyd
-        .wait_for_line(&["reply not written; cancelling"])
-        .await;
-    roxyd
-        .wait_for_line(&["pending power operation cancelled; nothing done"])
-        .await;
+            let (mut send, mut recv) = session.open_stream().await.unwrap();
+            let (code, body) = request.code_and_body();
+            wire::write_frame(&mut send, &wire::encode_request(code, &body))
+                .await
+                .unwrap();
+            roxyd.wait_for_line(&["prepared; writing the reply"]).await;
+            recv.stop(0u32.into()).unwrap();
+            roxyd
+                .wait_for_line(&["reply not written; cancelling"])
+                .await;
+            roxyd
+                .wait_for_line(&["pending power operation cancelled; nothing done"])
+                .await;
 
-    // Still alive and serving; then it stops cleanly: no power operation ran.
-    let (mut send, mut recv) = session.open_stream().await.unwrap();
-    wire::write_frame(&mut send, &wire::encode_request(RequestCode::ECHO, &[]))
-        .await
-        .unwrap();
-    send.finish().unwrap();
-    let echo = tokio::time::timeout(HANG, async {
-        let mut reply = Vec::new();
-        recv.read_to_end(64)
+            // Still alive and serving; then it stops cleanly: no power operation ran.
+            let (mut send, mut recv) = session.open_stream().await.unwrap();
+            wire::write_frame(&mut send, &wire::encode_request(RequestCode::ECHO, &[]))
+                .await
+                .unwrap();
+            send.finish().unwrap();
+            let echo = tokio::time::timeout(HANG, async {
+                let mut reply = Vec::new();
+                recv.read_to_end(64)
+                    .await
+                    .map(|bytes| reply.extend(bytes))
+                    .unwrap();
+                reply
+            })
             .await
-            .map(|bytes| reply.extend(bytes))
             .unwrap();
-        reply
-    })
-    .await
-    .unwrap();
-    assert_eq!(echo[4..], wire::encode(&Ok::<(), String>(())));
-    roxyd.signal(Signal::SIGTERM);
-    let (status, output) = roxyd.exit().await;
-    assert_eq!(status.code(), Some(0), "{status}\n{output}");
-    assert!(!output.contains("releasing power operation"), "{output}");
+            assert_eq!(echo[4..], wire::encode(&Ok::<(), String>(())));
+            roxyd.signal(Signal::SIGTERM);
+            let (status, output) = roxyd.exit().await;
+            assert_eq!(status.code(), Some(0), "{status}\n{output}");
+            assert!(!output.contains("releasing power operation"), "{output}");
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn without_cap_sys_boot_immediate_requests_are_invalid_command() {
-    require_pid_namespaces();
-    let binary = real_binary();
-    let setup = setup(LabOptions::default());
-    let addr = setup.lab.manager.local_addr().unwrap();
-    let roxyd =
-        Namespaced::start(&binary, &setup.files, addr, Privileges::WithoutSysBoot, &[]).await;
-    let session = accept(&setup.lab).await;
-    for request in [
-        Immediate::GroupedReboot,
-        Immediate::GroupedShutdown,
-        Immediate::FlatReboot,
-        Immediate::FlatShutdown,
-    ] {
-        let reply = request.send(&session).await;
-        assert_eq!(
-            reply,
-            reply::error_payload(reply_text::INVALID_COMMAND),
-            "{request:?}"
-        );
-    }
-    assert_eq!(
-        session.unit_request(RequestCode::ECHO).await.unwrap(),
-        Ok(())
-    );
-    roxyd.signal(Signal::SIGTERM);
-    let (status, output) = roxyd.exit().await;
-    assert_eq!(status.code(), Some(0), "{status}\n{output}");
-    assert!(
-        output.contains("CAP_SYS_BOOT is not in the effective capability set"),
-        "{output}"
-    );
+    support::bounded(
+        "without CAP_SYS_BOOT immediate requests are answered `invalid command`",
+        async move {
+            require_pid_namespaces().await;
+            let binary = real_binary();
+            let setup = setup(LabOptions::default());
+            let addr = setup.lab.manager.local_addr().unwrap();
+            let roxyd =
+                Namespaced::start(&binary, &setup.files, addr, Privileges::WithoutSysBoot, &[])
+                    .await;
+            let session = accept(&setup.lab).await;
+            for request in [
+                Immediate::GroupedReboot,
+                Immediate::GroupedShutdown,
+                Immediate::FlatReboot,
+                Immediate::FlatShutdown,
+            ] {
+                let reply = request.send(&session).await;
+                assert_eq!(
+                    reply,
+                    reply::error_payload(reply_text::INVALID_COMMAND),
+                    "{request:?}"
+                );
+            }
+            assert_eq!(
+                session.unit_request(RequestCode::ECHO).await.unwrap(),
+                Ok(())
+            );
+            roxyd.signal(Signal::SIGTERM);
+            let (status, output) = roxyd.exit().await;
+            assert_eq!(status.code(), Some(0), "{status}\n{output}");
+            assert!(
+                output.contains("CAP_SYS_BOOT is not in the effective capability set"),
+                "{output}"
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn sigterm_while_the_reply_write_is_held_up_cancels() {
-    require_pid_namespaces();
-    let binary = real_binary();
-    let setup = setup(LabOptions {
-        stream_receive_window: Some(4),
-        ..LabOptions::default()
-    });
-    let addr = setup.lab.manager.local_addr().unwrap();
-    // A reply timeout far beyond the test: only SIGTERM can end the write.
-    let env = [("ROXYD_REPLY_TIMEOUT_SECS", "3600")];
-    let mut roxyd = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
-    let session = accept(&setup.lab).await;
-    let (mut send, _recv) = session.open_stream().await.unwrap();
-    let (code, body) = Immediate::GroupedReboot.code_and_body();
-    wire::write_frame(&mut send, &wire::encode_request(code, &body))
-        .await
-        .unwrap();
-    roxyd.wait_for_line(&["prepared; writing the reply"]).await;
+    support::bounded(
+        "SIGTERM while the reply write is held up cancels the operation",
+        async move {
+            require_pid_namespaces().await;
+            let binary = real_binary();
+            let setup = setup(LabOptions {
+                stream_receive_window: Some(4),
+                ..LabOptions::default()
+            });
+            let addr = setup.lab.manager.local_addr().unwrap();
+            // A reply timeout far beyond the test: only SIGTERM can end the write.
+            let env = [("ROXYD_REPLY_TIMEOUT_SECS", "3600")];
+            let mut roxyd =
+                Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
+            let session = accept(&setup.lab).await;
+            let (mut send, _recv) = session.open_stream().await.unwrap();
+            let (code, body) = Immediate::GroupedReboot.code_and_body();
+            wire::write_frame(&mut send, &wire::encode_request(code, &body))
+                .await
+                .unwrap();
+            roxyd.wait_for_line(&["prepared; writing the reply"]).await;
 
-    roxyd.signal(Signal::SIGTERM);
-    let (status, output) = roxyd.exit().await;
-    assert_eq!(status.code(), Some(0), "{status}\n{output}");
-    assert!(
-        output.contains("pending power operation cancelled; nothing done"),
-        "{output}"
-    );
-    assert!(!output.contains("releasing power operation"), "{output}");
+            roxyd.signal(Signal::SIGTERM);
+            let (status, output) = roxyd.exit().await;
+            assert_eq!(status.code(), Some(0), "{status}\n{output}");
+            assert!(
+                output.contains("pending power operation cancelled; nothing done"),
+                "{output}"
+            );
+            assert!(!output.contains("releasing power operation"), "{output}");
+        },
+    )
+    .await;
 }
 
 /// Once the reply is written the operation is committed: the Manager may
@@ -608,7 +650,8 @@ async fn sigterm_while_the_reply_write_is_held_up_cancels() {
 /// bound, `delivery_timeout_ms` here), never longer, then releases it.
 #[tokio::test]
 async fn sigterm_after_the_reply_was_written_releases_when_the_bound_passes() {
-    require_pid_namespaces();
+    support::bounded("SIGTERM after the reply was written releases the operation when the delivery bound passes", async move {
+    require_pid_namespaces().await;
     let binary = real_binary();
     let setup = setup(LabOptions::default());
     let relay = UdpRelay::start(setup.lab.manager.local_addr().unwrap(), 1)
@@ -649,6 +692,8 @@ async fn sigterm_after_the_reply_was_written_releases_when_the_bound_passes() {
         "released before the reply was written:\n{output}"
     );
     pending.abort();
+    })
+    .await;
 }
 
 /// The immediate path is the way out of a graceful shutdown that hangs, and a
@@ -668,53 +713,60 @@ async fn real_binary_after_a_graceful_request_carries_out_an_immediate_one(
     #[case] stand_in: &str,
     #[case] graceful_end: Option<&[&str]>,
 ) {
-    require_pid_namespaces();
-    let binary = real_binary();
-    let setup = setup(LabOptions::default());
-    let addr = setup.lab.manager.local_addr().unwrap();
-    let mut roxyd = Namespaced::start_with(
-        &binary,
-        &setup.files,
-        addr,
-        Privileges::Full,
-        &[],
-        Some(stand_in),
+    support::bounded(
+        "real binary after a graceful request carries out an immediate one",
+        async move {
+            require_pid_namespaces().await;
+            let binary = real_binary();
+            let setup = setup(LabOptions::default());
+            let addr = setup.lab.manager.local_addr().unwrap();
+            let mut roxyd = Namespaced::start_with(
+                &binary,
+                &setup.files,
+                addr,
+                Privileges::Full,
+                &[],
+                Some(stand_in),
+            )
+            .await;
+            let session = accept(&setup.lab).await;
+            let graceful = session
+                .request_raw(
+                    RequestCode::NODE_POWER,
+                    &wire::encode(&NodePowerRequest::GracefulReboot),
+                )
+                .await
+                .expect("a reply");
+            assert_eq!(graceful, reply::initiated_payload(WireForm::Grouped));
+            roxyd
+                .wait_for_line(&["graceful command started", "/usr/sbin/reboot"])
+                .await;
+            if let Some(end) = graceful_end {
+                roxyd.wait_for_line(end).await;
+            }
+
+            let reply = Immediate::GroupedReboot.send(&session).await;
+            assert_eq!(
+                reply,
+                reply::initiated_payload(WireForm::Grouped),
+                "the immediate reboot was refused"
+            );
+            let (status, output) = roxyd.exit().await;
+            assert_eq!(
+                status.signal(),
+                Some(Signal::SIGHUP as i32),
+                "{status}\n{output}"
+            );
+        },
     )
     .await;
-    let session = accept(&setup.lab).await;
-    let graceful = session
-        .request_raw(
-            RequestCode::NODE_POWER,
-            &wire::encode(&NodePowerRequest::GracefulReboot),
-        )
-        .await
-        .expect("a reply");
-    assert_eq!(graceful, reply::initiated_payload(WireForm::Grouped));
-    roxyd
-        .wait_for_line(&["graceful command started", "/usr/sbin/reboot"])
-        .await;
-    if let Some(end) = graceful_end {
-        roxyd.wait_for_line(end).await;
-    }
-
-    let reply = Immediate::GroupedReboot.send(&session).await;
-    assert_eq!(
-        reply,
-        reply::initiated_payload(WireForm::Grouped),
-        "the immediate reboot was refused"
-    );
-    let (status, output) = roxyd.exit().await;
-    assert_eq!(
-        status.signal(),
-        Some(Signal::SIGHUP as i32),
-        "{status}\n{output}"
-    );
 }
 
 /// A build without `test-backend` refuses the recorder in one line, before
 /// it connects anywhere.
 #[tokio::test]
 async fn real_binary_refuses_the_recorder_in_one_line() {
+    support::bounded("the real binary refuses the recorder in one line", async move {
     let binary = real_binary();
     let mut command = tokio::process::Command::new(&binary);
     command
@@ -736,9 +788,11 @@ async fn real_binary_refuses_the_recorder_in_one_line() {
         stderr.trim(),
         "roxyd: --backend recorder: this roxyd was built without the test-backend feature and cannot record; it carries power requests out"
     );
-    let version = std::process::Command::new(&binary)
+    let version = tokio::process::Command::new(&binary)
         .arg("--version")
+        .kill_on_drop(true)
         .output()
+        .await
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
@@ -747,6 +801,8 @@ async fn real_binary_refuses_the_recorder_in_one_line() {
             env!("CARGO_PKG_VERSION")
         )
     );
+    })
+    .await;
 }
 
 /// A review-protocol 0.19 Manager sends the immediate request fire-and-forget
@@ -759,18 +815,25 @@ async fn real_binary_carries_out_a_fire_and_forget_request(
     #[case] request: NodePowerRequest,
     #[case] expected: Signal,
 ) {
-    let (_setup, roxyd, session) = serving_real_binary().await;
-    let sent = tokio::time::timeout(HANG, session.node_power_as(Generation::V0_19, request))
-        .await
-        .expect("the request is sent");
-    assert_eq!(sent.unwrap(), None);
-    let (status, output) = roxyd.exit().await;
-    assert_eq!(
-        status.signal(),
-        Some(expected as i32),
-        "namespace should end by {expected}: {status}\n{output}"
-    );
-    assert!(output.contains("releasing power operation"), "{output}");
+    support::bounded(
+        "the real binary carries out a fire-and-forget request",
+        async move {
+            let (_setup, roxyd, session) = serving_real_binary().await;
+            let sent =
+                tokio::time::timeout(HANG, session.node_power_as(Generation::V0_19, request))
+                    .await
+                    .expect("the request is sent");
+            assert_eq!(sent.unwrap(), None);
+            let (status, output) = roxyd.exit().await;
+            assert_eq!(
+                status.signal(),
+                Some(expected as i32),
+                "namespace should end by {expected}: {status}\n{output}"
+            );
+            assert!(output.contains("releasing power operation"), "{output}");
+        },
+    )
+    .await;
 }
 
 /// Repeats the real immediate reboot from a 0.19 Manager (fire-and-forget)
@@ -780,7 +843,7 @@ async fn real_binary_carries_out_a_fire_and_forget_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "stress run: scripts/test --run-ignored only --no-capture -E 'test(stress)'"]
 async fn stress_fire_and_forget_is_carried_out() {
-    require_pid_namespaces();
+    require_pid_namespaces().await;
     let binary = real_binary();
     let runs: usize = std::env::var("ROXYTEST_STRESS_RUNS")
         .ok()
@@ -850,7 +913,7 @@ fn log_time(line: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "stress run: scripts/test --run-ignored only --no-capture -E 'test(stress)'"]
 async fn stress_reply_delivered_before_the_namespace_dies() {
-    require_pid_namespaces();
+    require_pid_namespaces().await;
     let binary = real_binary();
     let runs: usize = std::env::var("ROXYTEST_STRESS_RUNS")
         .ok()
@@ -930,53 +993,60 @@ fn reply_lost(output: &str) {
 /// take the host down; `--power-log` shows the release between the starts.
 #[tokio::test]
 async fn after_a_reboot_that_ended_only_its_namespace_the_next_start_says_so() {
-    require_pid_namespaces();
-    let binary = real_binary();
-    let setup = setup(LabOptions::default());
-    let addr = setup.lab.manager.local_addr().unwrap();
-    let state = TempDir::new().unwrap();
-    let env = [("ROXYD_STATE_DIR", state.path().to_str().unwrap())];
+    support::bounded(
+        "after a reboot that ended only its namespace, the next start says so",
+        async move {
+            require_pid_namespaces().await;
+            let binary = real_binary();
+            let setup = setup(LabOptions::default());
+            let addr = setup.lab.manager.local_addr().unwrap();
+            let state = TempDir::new().unwrap();
+            let env = [("ROXYD_STATE_DIR", state.path().to_str().unwrap())];
 
-    let (session, reply, _output) = reboot_in_namespace(&binary, &setup, &env).await;
-    let _ = tokio::time::timeout(HANG, reply).await;
-    session.connection().close(0u32.into(), b"next run");
+            let (session, reply, _output) = reboot_in_namespace(&binary, &setup, &env).await;
+            let _ = tokio::time::timeout(HANG, reply).await;
+            session.connection().close(0u32.into(), b"next run");
 
-    let mut again = Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
-    let manager = format!("{}@{addr}", roxyd_lab::SERVER_NAME);
-    let line = again
-        .roxyd
-        .wait_for_lines(&[&["did not take the host down"]])
-        .await
-        .swap_remove(0);
-    assert!(line.contains("WARN"), "{line}");
-    assert!(
-        line.contains(&format!("the reboot asked by {manager} at ")),
-        "{line}"
-    );
-    let _session = accept(&setup.lab).await;
-    again.signal(Signal::SIGTERM);
-    let (status, output) = again.exit().await;
-    assert_eq!(status.code(), Some(0), "{status}\n{output}");
+            let mut again =
+                Namespaced::start(&binary, &setup.files, addr, Privileges::Full, &env).await;
+            let manager = format!("{}@{addr}", roxyd_lab::SERVER_NAME);
+            let line = again
+                .roxyd
+                .wait_for_lines(&[&["did not take the host down"]])
+                .await
+                .swap_remove(0);
+            assert!(line.contains("WARN"), "{line}");
+            assert!(
+                line.contains(&format!("the reboot asked by {manager} at ")),
+                "{line}"
+            );
+            let _session = accept(&setup.lab).await;
+            again.signal(Signal::SIGTERM);
+            let (status, output) = again.exit().await;
+            assert_eq!(status.code(), Some(0), "{status}\n{output}");
 
-    let shown = tokio::process::Command::new(&binary)
-        .arg("--power-log")
-        .env_clear()
-        .env("ROXYD_STATE_DIR", state.path())
-        .output()
-        .await
-        .unwrap();
-    let shown = String::from_utf8(shown.stdout).unwrap();
-    let lines: Vec<&str> = shown.lines().collect();
-    assert_eq!(lines.len(), 3, "{shown}");
-    assert!(lines[0].contains("started"), "{shown}");
-    assert!(
-        lines[1].contains(&format!(
-            "reboot (node-power) asked by {manager}: reply delivered, released"
-        )),
-        "{shown}"
-    );
-    assert!(lines[2].contains("started"), "{shown}");
-    println!("roxyd --power-log after the namespace's reboot:\n{shown}start line: {line}");
+            let shown = tokio::process::Command::new(&binary)
+                .arg("--power-log")
+                .env_clear()
+                .env("ROXYD_STATE_DIR", state.path())
+                .output()
+                .await
+                .unwrap();
+            let shown = String::from_utf8(shown.stdout).unwrap();
+            let lines: Vec<&str> = shown.lines().collect();
+            assert_eq!(lines.len(), 3, "{shown}");
+            assert!(lines[0].contains("started"), "{shown}");
+            assert!(
+                lines[1].contains(&format!(
+                    "reboot (node-power) asked by {manager}: reply delivered, released"
+                )),
+                "{shown}"
+            );
+            assert!(lines[2].contains("started"), "{shown}");
+            println!("roxyd --power-log after the namespace's reboot:\n{shown}start line: {line}");
+        },
+    )
+    .await;
 }
 
 /// What roxyd logs (at debug level) once the release's entry is in the
@@ -992,7 +1062,7 @@ const RECORDED: &str = "release recorded in the power log";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "stress run: scripts/test --run-ignored only --no-capture -E 'test(stress_power_log)'"]
 async fn stress_power_log_added_time() {
-    require_pid_namespaces();
+    require_pid_namespaces().await;
     let binary = real_binary();
     let runs: usize = std::env::var("ROXYTEST_STRESS_RUNS")
         .ok()

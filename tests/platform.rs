@@ -2,6 +2,8 @@
 //! macOS backend (compiled and tested on every host), the fallback, and the
 //! Linux capability check. Nothing here calls `reboot(2)`.
 
+mod support;
+
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
@@ -82,15 +84,21 @@ fn grouped(request: NodePowerRequest) -> (u32, Vec<u8>) {
 #[case::flat_shutdown((RequestCode::FLAT_SHUTDOWN, Vec::new()))]
 #[tokio::test]
 async fn macos_refuses_immediate_operations(#[case] request: (u32, Vec<u8>)) {
-    let dir = TempDir::new().unwrap();
-    fake_command(dir.path(), "sudo", true);
-    let backend = MacosBackend::with_commands(
-        GracefulCommands::new(MacosBackend::REBOOT, MacosBackend::POWER_OFF)
-            .with_search_dirs(vec![dir.path().to_owned()]),
-    );
-    let reply = one_request(backend, request.0, &request.1).await;
-    assert_eq!(reply, reply::error_payload(reply_text::INVALID_COMMAND));
-    assert!(calls(dir.path()).is_empty());
+    support::bounded(
+        "macOS refuses immediate operations with `invalid command`",
+        async move {
+            let dir = TempDir::new().unwrap();
+            fake_command(dir.path(), "sudo", true);
+            let backend = MacosBackend::with_commands(
+                GracefulCommands::new(MacosBackend::REBOOT, MacosBackend::POWER_OFF)
+                    .with_search_dirs(vec![dir.path().to_owned()]),
+            );
+            let reply = one_request(backend, request.0, &request.1).await;
+            assert_eq!(reply, reply::error_payload(reply_text::INVALID_COMMAND));
+            assert!(calls(dir.path()).is_empty());
+        },
+    )
+    .await;
 }
 
 #[rstest]
@@ -98,19 +106,26 @@ async fn macos_refuses_immediate_operations(#[case] request: (u32, Vec<u8>)) {
 #[case::graceful_shutdown(GracefulOp::PowerOff, "sudo shutdown -h now")]
 #[tokio::test]
 async fn macos_graceful_runs_sudo(#[case] op: GracefulOp, #[case] expected: &str) {
-    let dir = TempDir::new().unwrap();
-    fake_command(dir.path(), "sudo", true);
-    let backend = MacosBackend::with_commands(
-        GracefulCommands::new(MacosBackend::REBOOT, MacosBackend::POWER_OFF)
-            .with_search_dirs(vec![dir.path().to_owned()]),
-    );
-    assert!(matches!(
-        backend.prepare(ImmediateOp::Reboot),
-        Err(PrepareError::Unsupported)
-    ));
-    let outcome = backend.start_graceful(op).unwrap().wait().await;
-    assert!(outcome.host_going_down(), "{outcome:?}");
-    assert_eq!(calls(dir.path()), vec![expected.to_owned()]);
+    support::bounded(
+        "a graceful request on macOS runs its command through sudo",
+        // Boxed: the future is too large to move by value.
+        Box::pin(async move {
+            let dir = TempDir::new().unwrap();
+            fake_command(dir.path(), "sudo", true);
+            let backend = MacosBackend::with_commands(
+                GracefulCommands::new(MacosBackend::REBOOT, MacosBackend::POWER_OFF)
+                    .with_search_dirs(vec![dir.path().to_owned()]),
+            );
+            assert!(matches!(
+                backend.prepare(ImmediateOp::Reboot),
+                Err(PrepareError::Unsupported)
+            ));
+            let outcome = backend.start_graceful(op).unwrap().wait().await;
+            assert!(outcome.host_going_down(), "{outcome:?}");
+            assert_eq!(calls(dir.path()), vec![expected.to_owned()]);
+        }),
+    )
+    .await;
 }
 
 /// The default table: `sudo reboot` and `sudo shutdown -h now`, with `sudo`
@@ -167,12 +182,18 @@ fn macos_default_commands_are_looked_up_in_system_directories() {
 #[case::graceful_shutdown(NodePowerRequest::GracefulShutdown)]
 #[tokio::test]
 async fn missing_graceful_command_is_fail(#[case] request: NodePowerRequest) {
-    let empty = TempDir::new().unwrap();
-    let commands = GracefulCommands::new(MacosBackend::REBOOT, MacosBackend::POWER_OFF)
-        .with_search_dirs(vec![empty.path().to_owned()]);
-    let (code, body) = grouped(request);
-    let reply = one_request(MacosBackend::with_commands(commands), code, &body).await;
-    assert_eq!(reply, reply::error_payload(reply_text::FAIL));
+    support::bounded(
+        "a missing graceful command is answered `fail`",
+        async move {
+            let empty = TempDir::new().unwrap();
+            let commands = GracefulCommands::new(MacosBackend::REBOOT, MacosBackend::POWER_OFF)
+                .with_search_dirs(vec![empty.path().to_owned()]);
+            let (code, body) = grouped(request);
+            let reply = one_request(MacosBackend::with_commands(commands), code, &body).await;
+            assert_eq!(reply, reply::error_payload(reply_text::FAIL));
+        },
+    )
+    .await;
 }
 
 #[test]
@@ -208,8 +229,14 @@ async fn unsupported_platform_refuses_everything(
     #[case] request: (u32, Vec<u8>),
     #[case] expected: &str,
 ) {
-    let reply = one_request(UnsupportedBackend, request.0, &request.1).await;
-    assert_eq!(reply, reply::error_payload(expected));
+    support::bounded(
+        "an unsupported platform refuses every power request",
+        async move {
+            let reply = one_request(UnsupportedBackend, request.0, &request.1).await;
+            assert_eq!(reply, reply::error_payload(expected));
+        },
+    )
+    .await;
 }
 
 #[cfg(target_os = "linux")]
@@ -250,12 +277,18 @@ mod linux {
     #[case::graceful_shutdown(NodePowerRequest::GracefulShutdown)]
     #[tokio::test]
     async fn graceful_answers_initiated_once_started(#[case] request: NodePowerRequest) {
-        let dir = TempDir::new().unwrap();
-        fake_command(dir.path(), "reboot", true);
-        fake_command(dir.path(), "poweroff", true);
-        let (code, body) = grouped(request);
-        let reply = one_request(backend_in(dir.path()), code, &body).await;
-        assert_eq!(reply, reply::initiated_payload(WireForm::Grouped));
+        support::bounded(
+            "a graceful request is answered Initiated once its command started",
+            async move {
+                let dir = TempDir::new().unwrap();
+                fake_command(dir.path(), "reboot", true);
+                fake_command(dir.path(), "poweroff", true);
+                let (code, body) = grouped(request);
+                let reply = one_request(backend_in(dir.path()), code, &body).await;
+                assert_eq!(reply, reply::initiated_payload(WireForm::Grouped));
+            },
+        )
+        .await;
     }
 
     #[rstest]
@@ -263,51 +296,60 @@ mod linux {
     #[case::graceful_shutdown(GracefulOp::PowerOff, "poweroff ")]
     #[tokio::test]
     async fn graceful_runs_the_system_command(#[case] op: GracefulOp, #[case] expected: &str) {
-        let dir = TempDir::new().unwrap();
-        fake_command(dir.path(), "reboot", true);
-        fake_command(dir.path(), "poweroff", true);
-        let dispatcher = Dispatcher::new(backend_in(dir.path()), DispatchConfig::default());
-        let going_down = dispatcher
-            .power()
-            .start_graceful(op, RequestForm::NodePower)
-            .unwrap()
-            .finished()
-            .await;
-        assert!(going_down);
-        assert_eq!(calls(dir.path()), vec![expected.to_owned()]);
+        support::bounded("a graceful request runs the system command", async move {
+            let dir = TempDir::new().unwrap();
+            fake_command(dir.path(), "reboot", true);
+            fake_command(dir.path(), "poweroff", true);
+            let dispatcher = Dispatcher::new(backend_in(dir.path()), DispatchConfig::default());
+            let going_down = dispatcher
+                .power()
+                .start_graceful(op, RequestForm::NodePower)
+                .unwrap()
+                .finished()
+                .await;
+            assert!(going_down);
+            assert_eq!(calls(dir.path()), vec![expected.to_owned()]);
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn a_graceful_command_frees_the_latch_once_it_exited_whatever_its_status() {
-        let dir = TempDir::new().unwrap();
-        fake_command(dir.path(), "reboot", false);
-        fake_command(dir.path(), "poweroff", true);
-        let dispatcher = Dispatcher::new(backend_in(dir.path()), DispatchConfig::default());
-        let power = dispatcher.power();
+        support::bounded(
+            "a graceful command frees the latch once it exited, whatever its status",
+            async move {
+                let dir = TempDir::new().unwrap();
+                fake_command(dir.path(), "reboot", false);
+                fake_command(dir.path(), "poweroff", true);
+                let dispatcher = Dispatcher::new(backend_in(dir.path()), DispatchConfig::default());
+                let power = dispatcher.power();
 
-        let failed = power
-            .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
-            .unwrap();
-        assert!(!failed.finished().await);
-        assert!(!power.is_busy());
-        let succeeded = power
-            .start_graceful(GracefulOp::PowerOff, RequestForm::NodePower)
-            .unwrap();
-        assert!(succeeded.finished().await);
-        // Exit status 0 does not mean the host goes down: nothing is blocked.
-        assert!(!power.is_busy());
-        let again = power
-            .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
-            .unwrap();
-        assert!(!again.finished().await);
-        assert_eq!(
-            calls(dir.path()),
-            vec![
-                "reboot ".to_owned(),
-                "poweroff ".to_owned(),
-                "reboot ".to_owned()
-            ]
-        );
+                let failed = power
+                    .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
+                    .unwrap();
+                assert!(!failed.finished().await);
+                assert!(!power.is_busy());
+                let succeeded = power
+                    .start_graceful(GracefulOp::PowerOff, RequestForm::NodePower)
+                    .unwrap();
+                assert!(succeeded.finished().await);
+                // Exit status 0 does not mean the host goes down: nothing is blocked.
+                assert!(!power.is_busy());
+                let again = power
+                    .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
+                    .unwrap();
+                assert!(!again.finished().await);
+                assert_eq!(
+                    calls(dir.path()),
+                    vec![
+                        "reboot ".to_owned(),
+                        "poweroff ".to_owned(),
+                        "reboot ".to_owned()
+                    ]
+                );
+            },
+        )
+        .await;
     }
 
     /// Bit 22 of `CapEff` in /proc/self/status: an independent reading.
@@ -340,28 +382,34 @@ mod linux {
     #[case::flat_reboot((RequestCode::FLAT_REBOOT, Vec::new()))]
     #[case::flat_shutdown((RequestCode::FLAT_SHUTDOWN, Vec::new()))]
     fn without_cap_sys_boot_immediate_is_invalid_command(#[case] request: (u32, Vec<u8>)) {
-        // Capabilities are per thread: drop CAP_SYS_BOOT from this thread's
-        // effective set and serve the request on a runtime in this thread.
-        let dropped = std::thread::spawn(move || {
-            if caps::drop(
-                None,
-                caps::CapSet::Effective,
-                caps::Capability::CAP_SYS_BOOT,
-            )
-            .is_err()
-            {
-                return None;
-            }
-            assert!(!has_cap_sys_boot_per_proc());
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        support::bounded_blocking(
+            "without CAP_SYS_BOOT immediate requests are answered `invalid command`",
+            move || {
+                // Capabilities are per thread: drop CAP_SYS_BOOT from this thread's
+                // effective set and serve the request on a runtime in this thread.
+                let dropped = std::thread::spawn(move || {
+                    if caps::drop(
+                        None,
+                        caps::CapSet::Effective,
+                        caps::Capability::CAP_SYS_BOOT,
+                    )
+                    .is_err()
+                    {
+                        return None;
+                    }
+                    assert!(!has_cap_sys_boot_per_proc());
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    Some(runtime.block_on(one_request(LinuxBackend::new(), request.0, &request.1)))
+                })
+                .join()
                 .unwrap();
-            Some(runtime.block_on(one_request(LinuxBackend::new(), request.0, &request.1)))
-        })
-        .join()
-        .unwrap();
-        let reply = dropped.expect("dropping a capability from the own thread always works");
-        assert_eq!(reply, reply::error_payload(reply_text::INVALID_COMMAND));
+                let reply =
+                    dropped.expect("dropping a capability from the own thread always works");
+                assert_eq!(reply, reply::error_payload(reply_text::INVALID_COMMAND));
+            },
+        );
     }
 }

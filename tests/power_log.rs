@@ -2,6 +2,8 @@
 //! explanations, the reader against bad input, the writer's bounds (size,
 //! trimming, a hung state directory) and its file mode.
 
+mod support;
+
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
@@ -16,8 +18,9 @@ use roxyd::power_log::{
 };
 use rstest::rstest;
 
-/// The longest a test waits for the writer: far above anything it takes.
-const FLUSH: Duration = Duration::from_secs(30);
+/// The longest a test waits for the writer: far above anything it takes,
+/// and shorter than nextest's slow-timeout.
+const FLUSH: Duration = Duration::from_secs(15);
 
 const MANAGER: &str = "manager.example@192.0.2.10:38390";
 
@@ -429,20 +432,25 @@ fn a_missing_state_directory_fails_the_record_without_blocking() {
 /// [`RELEASE_WAIT`] and goes on; recording from the runtime does not wait.
 #[test]
 fn a_hung_state_directory_holds_a_release_only_for_the_bound() {
-    let dir = tempfile::tempdir().unwrap();
-    nix::unistd::mkfifo(
-        &dir.path().join("power.log"),
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
-    )
-    .unwrap();
-    let log = PowerLog::start(dir.path(), MANAGER);
-    let asked_at = Instant::now();
-    log.command_started(asked());
-    log.refused(asked(), "fail", "busy");
-    let recorded = log.released(asked(), Reply::Delivered);
-    assert_eq!(recorded, Recorded::TimedOut);
-    assert!(
-        asked_at.elapsed() >= RELEASE_WAIT,
-        "it did wait for the writer"
+    support::bounded_blocking(
+        "a hung state directory holds a release only for its bound",
+        move || {
+            let dir = tempfile::tempdir().unwrap();
+            nix::unistd::mkfifo(
+                &dir.path().join("power.log"),
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+            )
+            .unwrap();
+            let log = PowerLog::start(dir.path(), MANAGER);
+            let asked_at = Instant::now();
+            log.command_started(asked());
+            log.refused(asked(), "fail", "busy");
+            let recorded = log.released(asked(), Reply::Delivered);
+            assert_eq!(recorded, Recorded::TimedOut);
+            assert!(
+                asked_at.elapsed() >= RELEASE_WAIT,
+                "it did wait for the writer"
+            );
+        },
     );
 }

@@ -73,6 +73,7 @@ async fn run_power_log(
 
 #[tokio::test]
 async fn power_log_prints_one_line_per_entry_newest_last_without_a_manager() {
+    support::bounded("--power-log prints one line per entry, newest last, without a Manager", async move {
     let dir = TempDir::new().unwrap();
     let lines = [start_line("b1"), released_line("b1"), exited_line("b2", 1)];
     write_file(dir.path(), "power.log", &format!("{}\n", lines.join("\n")));
@@ -91,10 +92,13 @@ async fn power_log_prints_one_line_per_entry_newest_last_without_a_manager() {
     let (status, json, _) = print_log(dir.path(), true).await;
     assert_eq!(status, Some(0));
     assert_eq!(json.lines().collect::<Vec<_>>(), lines);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn power_log_skips_damaged_lines_with_one_line_naming_the_file() {
+    support::bounded("--power-log skips damaged lines with one line naming the file", async move {
     let dir = TempDir::new().unwrap();
     let text = format!(
         "{}\nnot json\n{{\"at\":\"T\",\"kind\n\u{0}\u{1}\n{}",
@@ -113,50 +117,67 @@ async fn power_log_skips_damaged_lines_with_one_line_naming_the_file() {
             path.display()
         )
     );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn power_log_without_a_log_prints_nothing() {
-    let dir = TempDir::new().unwrap();
-    assert_eq!(
-        print_log(&dir.path().join("absent"), false).await,
-        (Some(0), String::new(), String::new())
-    );
+    support::bounded("--power-log without a log prints nothing", async move {
+        let dir = TempDir::new().unwrap();
+        assert_eq!(
+            print_log(&dir.path().join("absent"), false).await,
+            (Some(0), String::new(), String::new())
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn power_log_unreadable_is_one_line_and_status_4() {
-    let dir = TempDir::new().unwrap();
-    std::fs::create_dir(dir.path().join("power.log")).unwrap();
-    let (status, out, err) = print_log(dir.path(), false).await;
-    assert_eq!(status, Some(4), "{err}");
-    assert_eq!(out, "");
-    let path = dir.path().join("power.log");
-    assert!(
-        err.starts_with(&format!(
-            "roxyd: cannot read the power log {}: ",
-            path.display()
-        )) && err.trim().lines().count() == 1,
-        "{err}"
-    );
+    support::bounded(
+        "an unreadable power log is one line and exit status 4",
+        async move {
+            let dir = TempDir::new().unwrap();
+            std::fs::create_dir(dir.path().join("power.log")).unwrap();
+            let (status, out, err) = print_log(dir.path(), false).await;
+            assert_eq!(status, Some(4), "{err}");
+            assert_eq!(out, "");
+            let path = dir.path().join("power.log");
+            assert!(
+                err.starts_with(&format!(
+                    "roxyd: cannot read the power log {}: ",
+                    path.display()
+                )) && err.trim().lines().count() == 1,
+                "{err}"
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn power_log_takes_the_state_directory_from_the_configuration() {
-    let dir = TempDir::new().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    write_file(&state, "power.log", &format!("{}\n", start_line("b7")));
-    let config = write_file(
-        dir.path(),
-        "roxyd.toml",
-        &format!("state_dir = {:?}\n", state.to_str().unwrap()),
-    );
-    let mut args = vec!["-c".into(), config.into_os_string()];
-    args.extend(power_log_args(false));
-    let (status, out, err) = run_power_log(args, None).await;
-    assert_eq!(status, Some(0), "{err}");
-    assert!(out.contains("started  (boot b7)"), "{out}");
+    support::bounded(
+        "--power-log takes the state directory from the configuration",
+        async move {
+            let dir = TempDir::new().unwrap();
+            let state = dir.path().join("state");
+            std::fs::create_dir(&state).unwrap();
+            write_file(&state, "power.log", &format!("{}\n", start_line("b7")));
+            let config = write_file(
+                dir.path(),
+                "roxyd.toml",
+                &format!("state_dir = {:?}\n", state.to_str().unwrap()),
+            );
+            let mut args = vec!["-c".into(), config.into_os_string()];
+            args.extend(power_log_args(false));
+            let (status, out, err) = run_power_log(args, None).await;
+            assert_eq!(status, Some(0), "{err}");
+            assert!(out.contains("started  (boot b7)"), "{out}");
+        },
+    )
+    .await;
 }
 
 /// Starts roxyd on `state_dir`, pointed at a Manager that never answers;
@@ -190,6 +211,7 @@ async fn start_and_stop(state_dir: &Path, needles: &[&str]) -> (String, Vec<Entr
 
 #[tokio::test]
 async fn start_says_the_host_came_back_and_records_the_start() {
+    support::bounded("at start roxyd says the host came back and records the start", async move {
     let dir = TempDir::new().unwrap();
     write_file(
         dir.path(),
@@ -207,10 +229,13 @@ async fn start_says_the_host_came_back_and_records_the_start() {
     let newest = entries.last().unwrap();
     assert_eq!(newest.event, Event::Start);
     assert_eq!(newest.boot_id, power_log::boot_id());
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn start_warns_when_a_power_request_did_not_take_the_host_down() {
+    support::bounded("at start roxyd warns when a power request did not take the host down", async move {
     let dir = TempDir::new().unwrap();
     let boot = power_log::boot_id();
     write_file(
@@ -226,112 +251,138 @@ async fn start_warns_when_a_power_request_did_not_take_the_host_down() {
         )),
         "{line}"
     );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn start_says_the_host_restarted_without_a_power_request() {
-    let dir = TempDir::new().unwrap();
-    write_file(
-        dir.path(),
-        "power.log",
-        &format!("{}\n", start_line("an-old-boot")),
-    );
-    let (line, entries) = start_and_stop(
-        dir.path(),
-        &["the host restarted without a power request through roxyd"],
+    support::bounded(
+        "at start roxyd says the host restarted without a power request",
+        async move {
+            let dir = TempDir::new().unwrap();
+            write_file(
+                dir.path(),
+                "power.log",
+                &format!("{}\n", start_line("an-old-boot")),
+            );
+            let (line, entries) = start_and_stop(
+                dir.path(),
+                &["the host restarted without a power request through roxyd"],
+            )
+            .await;
+            assert!(line.contains("INFO"), "{line}");
+            assert_eq!(entries.len(), 2);
+        },
     )
     .await;
-    assert!(line.contains("INFO"), "{line}");
-    assert_eq!(entries.len(), 2);
 }
 
 #[tokio::test]
 async fn a_missing_state_directory_is_one_warning_at_start() {
-    let dir = TempDir::new().unwrap();
-    let absent = dir.path().join("absent");
-    let lab = Lab::new().unwrap();
-    let files = lab.pki.write_to(dir.path()).unwrap();
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let args = lab_args(&files, silent.local_addr().unwrap());
-    let mut roxyd = Roxyd::spawn(&args, &[("ROXYD_STATE_DIR", absent.to_str().unwrap())]);
-    let line = roxyd
-        .wait_for_lines(&[
-            &[
-                "cannot write the power log",
-                "power requests are still carried out",
-            ],
-            &["connecting to the Manager"],
-        ])
-        .await
-        .swap_remove(0);
-    assert!(
-        line.contains("WARN") && line.contains(absent.to_str().unwrap()),
-        "{line}"
-    );
-    roxyd.signal(Signal::SIGTERM);
-    let (status, output) = roxyd.exit().await;
-    assert_eq!(status.code(), Some(0), "{output}");
-    assert_eq!(
-        output.matches("cannot write the power log").count(),
-        1,
-        "{output}"
-    );
+    support::bounded(
+        "a missing state directory is one warning at start",
+        async move {
+            let dir = TempDir::new().unwrap();
+            let absent = dir.path().join("absent");
+            let lab = Lab::new().unwrap();
+            let files = lab.pki.write_to(dir.path()).unwrap();
+            let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let args = lab_args(&files, silent.local_addr().unwrap());
+            let mut roxyd = Roxyd::spawn(&args, &[("ROXYD_STATE_DIR", absent.to_str().unwrap())]);
+            let line = roxyd
+                .wait_for_lines(&[
+                    &[
+                        "cannot write the power log",
+                        "power requests are still carried out",
+                    ],
+                    &["connecting to the Manager"],
+                ])
+                .await
+                .swap_remove(0);
+            assert!(
+                line.contains("WARN") && line.contains(absent.to_str().unwrap()),
+                "{line}"
+            );
+            roxyd.signal(Signal::SIGTERM);
+            let (status, output) = roxyd.exit().await;
+            assert_eq!(status.code(), Some(0), "{output}");
+            assert_eq!(
+                output.matches("cannot write the power log").count(),
+                1,
+                "{output}"
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn check_reports_whether_the_state_directory_is_writable() {
-    let dir = TempDir::new().unwrap();
-    let lab = Lab::new().unwrap();
-    let files = lab.pki.write_to(dir.path()).unwrap();
-    let addr = lab.manager.local_addr().unwrap();
-    let manager = lab.manager;
-    let _accepting = tokio::spawn(async move {
-        loop {
-            let _ = manager.accept().await;
-        }
-    });
-    let mut args = lab_args(&files, addr);
-    args.insert(0, "--check".into());
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    for (state_dir, says) in [
-        (state.clone(), "is writable"),
-        (dir.path().join("absent"), "is not writable"),
-    ] {
-        let (status, output) =
-            run_to_exit(&args, &[("ROXYD_STATE_DIR", state_dir.to_str().unwrap())]).await;
-        assert_eq!(status.code(), Some(0), "{output}");
-        assert!(
-            output.contains(&format!(
-                "roxyd: the state directory {} {says}",
-                state_dir.display()
-            )),
-            "{output}"
-        );
-    }
-    assert_eq!(
-        std::fs::read_dir(&state).unwrap().count(),
-        0,
-        "--check leaves nothing behind"
-    );
+    support::bounded(
+        "--check reports whether the state directory is writable",
+        async move {
+            let dir = TempDir::new().unwrap();
+            let lab = Lab::new().unwrap();
+            let files = lab.pki.write_to(dir.path()).unwrap();
+            let addr = lab.manager.local_addr().unwrap();
+            let manager = lab.manager;
+            let _accepting = tokio::spawn(async move {
+                loop {
+                    let _ = manager.accept().await;
+                }
+            });
+            let mut args = lab_args(&files, addr);
+            args.insert(0, "--check".into());
+            let state = dir.path().join("state");
+            std::fs::create_dir(&state).unwrap();
+            for (state_dir, says) in [
+                (state.clone(), "is writable"),
+                (dir.path().join("absent"), "is not writable"),
+            ] {
+                let (status, output) =
+                    run_to_exit(&args, &[("ROXYD_STATE_DIR", state_dir.to_str().unwrap())]).await;
+                assert_eq!(status.code(), Some(0), "{output}");
+                assert!(
+                    output.contains(&format!(
+                        "roxyd: the state directory {} {says}",
+                        state_dir.display()
+                    )),
+                    "{output}"
+                );
+            }
+            assert_eq!(
+                std::fs::read_dir(&state).unwrap().count(),
+                0,
+                "--check leaves nothing behind"
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_damaged_log_is_one_warning_naming_the_file_and_the_next_entry_is_still_written() {
-    let dir = TempDir::new().unwrap();
-    let text = format!(
-        "garbage\n{}\n{{\"truncated\":",
-        released_line("an-old-boot")
-    );
-    write_file(dir.path(), "power.log", &text);
-    let path = dir.path().join("power.log");
-    let path = path.to_str().unwrap();
-    let (line, entries) =
-        start_and_stop(dir.path(), &["skipped lines of the power log", path]).await;
-    assert!(
-        line.contains("WARN") && line.contains("skipped=2"),
-        "{line}"
-    );
-    assert_eq!(entries.len(), 2, "{entries:?}");
-    assert_eq!(entries[1].event, Event::Start);
+    support::bounded(
+        "a damaged log is one warning naming the file and the next entry is still written",
+        async move {
+            let dir = TempDir::new().unwrap();
+            let text = format!(
+                "garbage\n{}\n{{\"truncated\":",
+                released_line("an-old-boot")
+            );
+            write_file(dir.path(), "power.log", &text);
+            let path = dir.path().join("power.log");
+            let path = path.to_str().unwrap();
+            let (line, entries) =
+                start_and_stop(dir.path(), &["skipped lines of the power log", path]).await;
+            assert!(
+                line.contains("WARN") && line.contains("skipped=2"),
+                "{line}"
+            );
+            assert_eq!(entries.len(), 2, "{entries:?}");
+            assert_eq!(entries[1].event, Event::Start);
+        },
+    )
+    .await;
 }

@@ -29,15 +29,18 @@ use roxyd::{
 };
 use roxyd_lab::{Lab, SERVER_NAME, manager::Generation};
 use rstest::rstest;
-use support::{held_reply::HeldUntilStopped, lab_agent::LabAgents};
+use support::{
+    backend_lifetime::BackendLifetime, held_reply::HeldUntilStopped, lab_agent::LabAgents,
+};
 use tempfile::TempDir;
 use tokio::io::AsyncWrite;
 
 const MANAGER: &str = "manager.roxyd.test@127.0.0.1:38390";
 
 /// The longest a test waits for the writer or a step: far above anything
-/// they take.
-const WAIT: Duration = Duration::from_secs(30);
+/// they take, and below the test's own limit, which cannot interrupt a
+/// blocking wait for the writer.
+const WAIT: Duration = Duration::from_secs(15);
 
 /// The power entries of the log in `dir` (the `start` entry left out).
 fn power_entries(dir: &Path) -> Vec<PowerRecord> {
@@ -108,54 +111,66 @@ async fn an_immediate_release_is_recorded_before_the_backend_performs(
     #[case] form: RequestForm,
     #[case] op: Op,
 ) {
-    let dir = TempDir::new().unwrap();
-    let (recorder, dispatcher, log) = started(dir.path(), DispatchConfig::default());
-    // Held in `perform`: had the host gone down now, what does the log say?
-    recorder.set_hold_perform(true);
-    let end = serve(&dispatcher, &request_frame(request, form)).await;
-    assert!(matches!(end, StreamEnd::Released(_)), "{end:?}");
-    tokio::time::timeout(
-        WAIT,
-        recorder
-            .journal()
-            .wait_for(|steps| steps.iter().any(|s| matches!(s, Step::Perform(_)))),
+    support::bounded(
+        "an immediate release is recorded before the backend performs",
+        async move {
+            let dir = TempDir::new().unwrap();
+            let (recorder, dispatcher, log) = started(dir.path(), DispatchConfig::default());
+            // Held in `perform`: had the host gone down now, what does the log say?
+            recorder.set_hold_perform(true);
+            let end = serve(&dispatcher, &request_frame(request, form)).await;
+            assert!(matches!(end, StreamEnd::Released(_)), "{end:?}");
+            tokio::time::timeout(
+                WAIT,
+                recorder
+                    .journal()
+                    .wait_for(|steps| steps.iter().any(|s| matches!(s, Step::Perform(_)))),
+            )
+            .await
+            .expect("perform is called");
+            let entries = power_entries(dir.path());
+            recorder.set_hold_perform(false);
+            assert_eq!(
+                entries,
+                [PowerRecord {
+                    op,
+                    request: form,
+                    manager: MANAGER.to_owned(),
+                    reply: Reply::Delivered,
+                    outcome: Outcome::Released,
+                    exit_status: None,
+                    reason: None,
+                }]
+            );
+            drop(log);
+        },
     )
-    .await
-    .expect("perform is called");
-    let entries = power_entries(dir.path());
-    recorder.set_hold_perform(false);
-    assert_eq!(
-        entries,
-        [PowerRecord {
-            op,
-            request: form,
-            manager: MANAGER.to_owned(),
-            reply: Reply::Delivered,
-            outcome: Outcome::Released,
-            exit_status: None,
-            reason: None,
-        }]
-    );
-    drop(log);
+    .await;
 }
 
 #[tokio::test]
 async fn a_release_without_the_acknowledgement_is_recorded_unconfirmed() {
-    let dir = TempDir::new().unwrap();
-    let config = DispatchConfig {
-        delivery_timeout: Duration::ZERO,
-        ..DispatchConfig::default()
-    };
-    let (recorder, dispatcher, log) = started(dir.path(), config);
-    let frame = request_frame(NodePowerRequest::Reboot, RequestForm::FlatReboot);
-    serve(&dispatcher, &frame).await;
-    dispatcher.power().wait_idle().await;
-    flush(&log);
-    let entries = power_entries(dir.path());
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    assert_eq!(entries[0].reply, Reply::Unconfirmed);
-    assert_eq!(entries[0].outcome, Outcome::Released);
-    drop(recorder);
+    support::bounded(
+        "a release without the acknowledgement is recorded unconfirmed",
+        async move {
+            let dir = TempDir::new().unwrap();
+            let config = DispatchConfig {
+                delivery_timeout: Duration::ZERO,
+                ..DispatchConfig::default()
+            };
+            let (recorder, dispatcher, log) = started(dir.path(), config);
+            let frame = request_frame(NodePowerRequest::Reboot, RequestForm::FlatReboot);
+            serve(&dispatcher, &frame).await;
+            dispatcher.power().wait_idle().await;
+            flush(&log);
+            let entries = power_entries(dir.path());
+            assert_eq!(entries.len(), 1, "{entries:?}");
+            assert_eq!(entries[0].reply, Reply::Unconfirmed);
+            assert_eq!(entries[0].outcome, Outcome::Released);
+            drop(recorder);
+        },
+    )
+    .await;
 }
 
 /// A send side whose every write fails, as a lost connection's does.
@@ -190,68 +205,88 @@ impl ReplySink for BrokenSink {
 
 #[tokio::test]
 async fn an_immediate_request_whose_reply_cannot_be_written_is_recorded_cancelled() {
-    let dir = TempDir::new().unwrap();
-    let (recorder, dispatcher, log) = started(dir.path(), DispatchConfig::default());
-    let frame = request_frame(NodePowerRequest::Shutdown, RequestForm::NodePower);
-    let end = serve_one(&dispatcher, &frame, &mut BrokenSink).await;
-    assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
-    flush(&log);
-    let entries = power_entries(dir.path());
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    let entry = &entries[0];
-    assert_eq!(
-        (entry.op, entry.reply.clone(), entry.outcome),
-        (Op::PowerOff, Reply::Cancelled, Outcome::Cancelled)
-    );
-    assert!(
-        entry.reason.as_deref().unwrap().contains("connection lost"),
-        "{entry:?}"
-    );
-    assert!(
-        !recorder
-            .journal()
-            .entries()
-            .iter()
-            .any(Step::is_power_operation)
-    );
+    support::bounded(
+        "an immediate request whose reply cannot be written is recorded cancelled",
+        async move {
+            let dir = TempDir::new().unwrap();
+            let recorder = Recorder::new();
+            let log = PowerLog::start(dir.path(), MANAGER);
+            let (dispatcher, lifetime) =
+                BackendLifetime::dispatcher(&recorder, DispatchConfig::default());
+            let dispatcher = dispatcher.with_power_log(log.clone());
+            let frame = request_frame(NodePowerRequest::Shutdown, RequestForm::NodePower);
+            let end = serve_one(&dispatcher, &frame, &mut BrokenSink).await;
+            assert!(matches!(end, StreamEnd::WriteFailed(_)), "{end:?}");
+            flush(&log);
+            let entries = power_entries(dir.path());
+            assert_eq!(entries.len(), 1, "{entries:?}");
+            let entry = &entries[0];
+            assert_eq!(
+                (entry.op, entry.reply.clone(), entry.outcome),
+                (Op::PowerOff, Reply::Cancelled, Outcome::Cancelled)
+            );
+            assert!(
+                entry.reason.as_deref().unwrap().contains("connection lost"),
+                "{entry:?}"
+            );
+            // Once every thread or task that could still perform has ended, nothing
+            // was performed.
+            drop(dispatcher);
+            lifetime.wait_all_gone().await;
+            assert!(
+                !recorder
+                    .journal()
+                    .entries()
+                    .iter()
+                    .any(Step::is_power_operation)
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn refused_immediate_requests_are_recorded_with_the_error_sent_and_why() {
-    let dir = TempDir::new().unwrap();
-    let (recorder, dispatcher, log) = started(dir.path(), DispatchConfig::default());
-    recorder.set_refuse_prepare(true);
-    let frame = request_frame(NodePowerRequest::Reboot, RequestForm::NodePower);
-    serve(&dispatcher, &frame).await;
-    recorder.set_refuse_prepare(false);
-    // Busy: one operation is pending.
-    let pending = dispatcher
-        .power()
-        .prepare(ImmediateOp::Reboot, RequestForm::NodePower)
-        .unwrap();
-    serve(&dispatcher, &frame).await;
-    drop(pending);
-    flush(&log);
-    let refusals: Vec<(Reply, Outcome, Option<String>)> = power_entries(dir.path())
-        .into_iter()
-        .map(|e| (e.reply, e.outcome, e.reason))
-        .collect();
-    let invalid = || Reply::Error("invalid command".to_owned());
-    assert_eq!(
-        refusals,
-        [
-            (
-                invalid(),
-                Outcome::Refused,
-                Some("refused by the recording backend".to_owned())
-            ),
-            (
-                invalid(),
-                Outcome::Refused,
-                Some("another power operation is in progress".to_owned())
-            ),
-        ]
-    );
+    support::bounded(
+        "refused immediate requests are recorded with the error sent and why",
+        async move {
+            let dir = TempDir::new().unwrap();
+            let (recorder, dispatcher, log) = started(dir.path(), DispatchConfig::default());
+            recorder.set_refuse_prepare(true);
+            let frame = request_frame(NodePowerRequest::Reboot, RequestForm::NodePower);
+            serve(&dispatcher, &frame).await;
+            recorder.set_refuse_prepare(false);
+            // Busy: one operation is pending.
+            let pending = dispatcher
+                .power()
+                .prepare(ImmediateOp::Reboot, RequestForm::NodePower)
+                .unwrap();
+            serve(&dispatcher, &frame).await;
+            drop(pending);
+            flush(&log);
+            let refusals: Vec<(Reply, Outcome, Option<String>)> = power_entries(dir.path())
+                .into_iter()
+                .map(|e| (e.reply, e.outcome, e.reason))
+                .collect();
+            let invalid = || Reply::Error("invalid command".to_owned());
+            assert_eq!(
+                refusals,
+                [
+                    (
+                        invalid(),
+                        Outcome::Refused,
+                        Some("refused by the recording backend".to_owned())
+                    ),
+                    (
+                        invalid(),
+                        Outcome::Refused,
+                        Some("another power operation is in progress".to_owned())
+                    ),
+                ]
+            );
+        },
+    )
+    .await;
 }
 
 #[rstest]
@@ -262,29 +297,35 @@ async fn a_graceful_request_on_the_recorder_is_recorded_started_or_refused(
     #[case] request: NodePowerRequest,
     #[case] op: Op,
 ) {
-    let dir = TempDir::new().unwrap();
-    let (recorder, dispatcher, log) = started(dir.path(), DispatchConfig::default());
-    let frame = request_frame(request, RequestForm::NodePower);
-    serve(&dispatcher, &frame).await;
-    recorder.set_fail_start(true);
-    serve(&dispatcher, &frame).await;
-    flush(&log);
-    let entries: Vec<(Op, Reply, Outcome, Option<String>)> = power_entries(dir.path())
-        .into_iter()
-        .map(|e| (e.op, e.reply, e.outcome, e.reason))
-        .collect();
-    assert_eq!(
-        entries,
-        [
-            (op, Reply::Initiated, Outcome::CommandStarted, None),
-            (
-                op,
-                Reply::Error("fail".to_owned()),
-                Outcome::Refused,
-                Some("refused by the recording backend".to_owned())
-            ),
-        ]
-    );
+    support::bounded(
+        "a graceful request on the recorder is recorded started or refused",
+        async move {
+            let dir = TempDir::new().unwrap();
+            let (recorder, dispatcher, log) = started(dir.path(), DispatchConfig::default());
+            let frame = request_frame(request, RequestForm::NodePower);
+            serve(&dispatcher, &frame).await;
+            recorder.set_fail_start(true);
+            serve(&dispatcher, &frame).await;
+            flush(&log);
+            let entries: Vec<(Op, Reply, Outcome, Option<String>)> = power_entries(dir.path())
+                .into_iter()
+                .map(|e| (e.op, e.reply, e.outcome, e.reason))
+                .collect();
+            assert_eq!(
+                entries,
+                [
+                    (op, Reply::Initiated, Outcome::CommandStarted, None),
+                    (
+                        op,
+                        Reply::Error("fail".to_owned()),
+                        Outcome::Refused,
+                        Some("refused by the recording backend".to_owned())
+                    ),
+                ]
+            );
+        },
+    )
+    .await;
 }
 
 /// Links the stand-in command that exits `status` (0 or 1) into `dir` as
@@ -308,60 +349,72 @@ async fn a_graceful_command_is_recorded_when_started_and_when_it_exits(
     #[case] succeeds: bool,
     #[case] status: Option<i32>,
 ) {
-    let dir = TempDir::new().unwrap();
-    let commands = TempDir::new().unwrap();
-    stand_in(commands.path(), "reboot", succeeds);
-    let backend = LinuxBackend::with_commands(
-        GracefulCommands::new(LinuxBackend::REBOOT, LinuxBackend::POWER_OFF)
-            .with_search_dirs(vec![commands.path().to_owned()]),
-    );
-    let log = PowerLog::start(dir.path(), MANAGER);
-    let dispatcher =
-        Dispatcher::new(backend, DispatchConfig::default()).with_power_log(log.clone());
-    let run = dispatcher
-        .power()
-        .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
-        .unwrap();
-    // The exit is recorded before `finished` resolves.
-    tokio::time::timeout(WAIT, run.finished())
-        .await
-        .expect("the command exits");
-    flush(&log);
-    let entries = power_entries(dir.path());
-    let seen: Vec<(Reply, Outcome, Option<i32>)> = entries
-        .into_iter()
-        .map(|e| (e.reply, e.outcome, e.exit_status))
-        .collect();
-    assert_eq!(
-        seen,
-        [
-            (Reply::Initiated, Outcome::CommandStarted, None),
-            (Reply::Initiated, Outcome::CommandExited, status),
-        ]
-    );
+    support::bounded(
+        "a graceful command is recorded when started and when it exits",
+        async move {
+            let dir = TempDir::new().unwrap();
+            let commands = TempDir::new().unwrap();
+            stand_in(commands.path(), "reboot", succeeds);
+            let backend = LinuxBackend::with_commands(
+                GracefulCommands::new(LinuxBackend::REBOOT, LinuxBackend::POWER_OFF)
+                    .with_search_dirs(vec![commands.path().to_owned()]),
+            );
+            let log = PowerLog::start(dir.path(), MANAGER);
+            let dispatcher =
+                Dispatcher::new(backend, DispatchConfig::default()).with_power_log(log.clone());
+            let run = dispatcher
+                .power()
+                .start_graceful(GracefulOp::Reboot, RequestForm::NodePower)
+                .unwrap();
+            // The exit is recorded before `finished` resolves.
+            tokio::time::timeout(WAIT, run.finished())
+                .await
+                .expect("the command exits");
+            flush(&log);
+            let entries = power_entries(dir.path());
+            let seen: Vec<(Reply, Outcome, Option<i32>)> = entries
+                .into_iter()
+                .map(|e| (e.reply, e.outcome, e.exit_status))
+                .collect();
+            assert_eq!(
+                seen,
+                [
+                    (Reply::Initiated, Outcome::CommandStarted, None),
+                    (Reply::Initiated, Outcome::CommandExited, status),
+                ]
+            );
+        },
+    )
+    .await;
 }
 
 /// A state directory that hangs (its log a FIFO nobody reads): the release
 /// still reaches the backend, after at most the power log's bound.
 #[tokio::test]
 async fn a_hung_state_directory_does_not_stop_the_release() {
-    let dir = TempDir::new().unwrap();
-    nix::unistd::mkfifo(
-        &dir.path().join("power.log"),
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    support::bounded(
+        "a hung state directory does not stop the release",
+        async move {
+            let dir = TempDir::new().unwrap();
+            nix::unistd::mkfifo(
+                &dir.path().join("power.log"),
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+            )
+            .unwrap();
+            let (recorder, dispatcher, _log) = started(dir.path(), DispatchConfig::default());
+            let frame = request_frame(NodePowerRequest::Reboot, RequestForm::FlatReboot);
+            serve(&dispatcher, &frame).await;
+            tokio::time::timeout(
+                WAIT,
+                recorder
+                    .journal()
+                    .wait_for(|steps| steps.iter().any(|s| matches!(s, Step::Perform(_)))),
+            )
+            .await
+            .expect("perform is called despite the hung state directory");
+        },
     )
-    .unwrap();
-    let (recorder, dispatcher, _log) = started(dir.path(), DispatchConfig::default());
-    let frame = request_frame(NodePowerRequest::Reboot, RequestForm::FlatReboot);
-    serve(&dispatcher, &frame).await;
-    tokio::time::timeout(
-        WAIT,
-        recorder
-            .journal()
-            .wait_for(|steps| steps.iter().any(|s| matches!(s, Step::Perform(_)))),
-    )
-    .await
-    .expect("perform is called despite the hung state directory");
+    .await;
 }
 
 /// Both Manager generations over real QUIC on loopback: a 0.18 Manager
@@ -399,51 +452,58 @@ async fn a_live_immediate_request_is_recorded_with_what_the_manager_made_of_the_
     #[case] op: Op,
     #[case] reply: Reply,
 ) {
-    let dir = TempDir::new().unwrap();
-    let lab = Lab::new().unwrap();
-    let manager = format!("{SERVER_NAME}@{}", lab.manager.local_addr().unwrap());
-    let log = PowerLog::start(dir.path(), &manager);
-    let recorder = Recorder::new();
-    let config = DispatchConfig::default();
-    let dispatcher =
-        Arc::new(Dispatcher::new(recorder.clone(), config).with_power_log(log.clone()));
-    let (session, connection, _endpoint) = lab.establish(config.max_frame_len).await.unwrap();
-    // The 0.19 Manager's stop is forced to arrive before the reply is
-    // written, by the send half the request is served with.
-    let _serving = tokio::spawn(async move {
-        if let Ok((send, mut recv)) = connection.accept_bi().await {
-            if generation == Generation::V0_19 {
-                let mut send = HeldUntilStopped::new(send);
-                dispatcher.serve_stream(&mut recv, &mut send).await;
-            } else {
-                let mut send = send;
-                dispatcher.serve_stream(&mut recv, &mut send).await;
-            }
-        }
-    });
-    tokio::time::timeout(WAIT, session.node_power_as(generation, request))
-        .await
-        .expect("the request is sent")
-        .unwrap();
-    tokio::time::timeout(
-        WAIT,
-        recorder
-            .journal()
-            .wait_for(|steps| steps.iter().any(|s| matches!(s, Step::Perform(_)))),
+    support::bounded(
+        "a live immediate request is recorded with what the manager made of the reply",
+        async move {
+            let dir = TempDir::new().unwrap();
+            let lab = Lab::new().unwrap();
+            let manager = format!("{SERVER_NAME}@{}", lab.manager.local_addr().unwrap());
+            let log = PowerLog::start(dir.path(), &manager);
+            let recorder = Recorder::new();
+            let config = DispatchConfig::default();
+            let dispatcher =
+                Arc::new(Dispatcher::new(recorder.clone(), config).with_power_log(log.clone()));
+            let (session, connection, _endpoint) =
+                lab.establish(config.max_frame_len).await.unwrap();
+            // The 0.19 Manager's stop is forced to arrive before the reply is
+            // written, by the send half the request is served with.
+            let _serving = tokio::spawn(async move {
+                if let Ok((send, mut recv)) = connection.accept_bi().await {
+                    if generation == Generation::V0_19 {
+                        let mut send = HeldUntilStopped::new(send);
+                        dispatcher.serve_stream(&mut recv, &mut send).await;
+                    } else {
+                        let mut send = send;
+                        dispatcher.serve_stream(&mut recv, &mut send).await;
+                    }
+                }
+            });
+            tokio::time::timeout(WAIT, session.node_power_as(generation, request))
+                .await
+                .expect("the request is sent")
+                .unwrap();
+            tokio::time::timeout(
+                WAIT,
+                recorder
+                    .journal()
+                    .wait_for(|steps| steps.iter().any(|s| matches!(s, Step::Perform(_)))),
+            )
+            .await
+            .expect("perform is called");
+            flush(&log);
+            assert_eq!(
+                power_entries(dir.path()),
+                [PowerRecord {
+                    op,
+                    request: RequestForm::NodePower,
+                    manager,
+                    reply,
+                    outcome: Outcome::Released,
+                    exit_status: None,
+                    reason: None,
+                }]
+            );
+        },
     )
-    .await
-    .expect("perform is called");
-    flush(&log);
-    assert_eq!(
-        power_entries(dir.path()),
-        [PowerRecord {
-            op,
-            request: RequestForm::NodePower,
-            manager,
-            reply,
-            outcome: Outcome::Released,
-            exit_status: None,
-            reason: None,
-        }]
-    );
+    .await;
 }

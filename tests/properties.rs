@@ -12,6 +12,8 @@
 //!   from `docs/wire.md` rather than from the implementation.
 #![cfg(feature = "test-backend")]
 
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use proptest::{prelude::*, sample::Index};
@@ -649,7 +651,9 @@ struct Outcome {
 /// that no write ever waits, then waits for any released operation to have
 /// run.
 fn serve(bytes: &[u8]) -> Outcome {
-    block_on(async {
+    let rule = "a request stream the Manager finished is served to its end, \
+                and every operation it released is performed";
+    block_on(support::bounded(rule, async {
         let recorder = Recorder::new();
         let config = DispatchConfig {
             max_frame_len: LIMIT,
@@ -688,7 +692,7 @@ fn serve(bytes: &[u8]) -> Outcome {
             operations: recorder.journal().power_operations(),
             replies: payloads,
         }
-    })
+    }))
 }
 
 /// Checks what serving `bytes` did against the model.

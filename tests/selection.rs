@@ -2,6 +2,8 @@
 //! host, whatever it is. The `cfg_if!` in `platform` only picks which arm a
 //! build runs; these tests check what each arm does.
 
+mod support;
+
 use std::time::Duration;
 
 use roxyd::{
@@ -80,34 +82,40 @@ async fn platforms_without_reboot_answer_immediate_requests_with_invalid_command
     )]
     request: (u32, Vec<u8>),
 ) {
-    let backend = platform.backend(OPTIONS);
-    for op in [ImmediateOp::Reboot, ImmediateOp::PowerOff] {
-        assert!(matches!(
-            backend.prepare(op),
-            Err(PrepareError::Unsupported)
-        ));
-    }
-    let dispatcher = Dispatcher::new(backend, DispatchConfig::default());
-    let (code, body) = request;
-    let mut input = Vec::new();
-    wire::write_frame(&mut input, &wire::encode_request(code, &body))
-        .await
-        .unwrap();
-    let (mut manager, agent) = tokio::io::duplex(4096);
-    let (_, mut send) = tokio::io::split(agent);
-    dispatcher
-        .serve_stream(&mut input.as_slice(), &mut send)
-        .await;
-    let reply = tokio::time::timeout(
-        Duration::from_secs(10),
-        wire::FrameReader::new(&mut manager).read_frame(u32::MAX),
+    support::bounded(
+        "platforms without reboot answer immediate requests with `invalid command`",
+        async move {
+            let backend = platform.backend(OPTIONS);
+            for op in [ImmediateOp::Reboot, ImmediateOp::PowerOff] {
+                assert!(matches!(
+                    backend.prepare(op),
+                    Err(PrepareError::Unsupported)
+                ));
+            }
+            let dispatcher = Dispatcher::new(backend, DispatchConfig::default());
+            let (code, body) = request;
+            let mut input = Vec::new();
+            wire::write_frame(&mut input, &wire::encode_request(code, &body))
+                .await
+                .unwrap();
+            let (mut manager, agent) = tokio::io::duplex(4096);
+            let (_, mut send) = tokio::io::split(agent);
+            dispatcher
+                .serve_stream(&mut input.as_slice(), &mut send)
+                .await;
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                wire::FrameReader::new(&mut manager).read_frame(u32::MAX),
+            )
+            .await
+            .expect("a reply")
+            .unwrap()
+            .expect("a reply frame");
+            assert_eq!(
+                reply.to_vec(),
+                reply::error_payload(reply_text::INVALID_COMMAND)
+            );
+        },
     )
-    .await
-    .expect("a reply")
-    .unwrap()
-    .expect("a reply frame");
-    assert_eq!(
-        reply.to_vec(),
-        reply::error_payload(reply_text::INVALID_COMMAND)
-    );
+    .await;
 }

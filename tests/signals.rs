@@ -49,65 +49,79 @@ fn read(path: &Path) -> String {
 
 #[tokio::test]
 async fn sighup_reopens_the_log_file_after_a_rename_and_roxyd_keeps_running() {
-    let lab = Lab::new().unwrap();
-    let dir = TempDir::new().unwrap();
-    let files = lab.pki.write_to(dir.path()).unwrap();
-    let log = dir.path().join("roxyd.log");
-    let rotated = dir.path().join("roxyd.log.1");
-    let args = lab_args(&files, lab.manager.local_addr().unwrap());
-    let log_text = log.display().to_string();
-    let roxyd = Roxyd::spawn(&args, &[("ROXYD_LOG_FILE", &log_text)]);
-    // Connected: the SIGHUP handler is in place before roxyd connects.
-    let _session = within("the Manager accepting roxyd", lab.manager.accept())
-        .await
-        .unwrap();
-    wait_for_text(log.clone(), "connected to the Manager").await;
+    support::bounded(
+        "SIGHUP reopens the log file after a rename and roxyd keeps running",
+        async move {
+            let lab = Lab::new().unwrap();
+            let dir = TempDir::new().unwrap();
+            let files = lab.pki.write_to(dir.path()).unwrap();
+            let log = dir.path().join("roxyd.log");
+            let rotated = dir.path().join("roxyd.log.1");
+            let args = lab_args(&files, lab.manager.local_addr().unwrap());
+            let log_text = log.display().to_string();
+            let roxyd = Roxyd::spawn(&args, &[("ROXYD_LOG_FILE", &log_text)]);
+            // Connected: the SIGHUP handler is in place before roxyd connects.
+            let _session = within("the Manager accepting roxyd", lab.manager.accept())
+                .await
+                .unwrap();
+            wait_for_text(log.clone(), "connected to the Manager").await;
 
-    std::fs::rename(&log, &rotated).unwrap();
-    roxyd.signal(Signal::SIGHUP);
-    let new = wait_for_text(log.clone(), "SIGHUP: log file reopened").await;
-    assert_eq!(new.lines().count(), 1, "one line, in the new file:\n{new}");
-    assert!(new.contains("INFO"), "{new}");
+            std::fs::rename(&log, &rotated).unwrap();
+            roxyd.signal(Signal::SIGHUP);
+            let new = wait_for_text(log.clone(), "SIGHUP: log file reopened").await;
+            assert_eq!(new.lines().count(), 1, "one line, in the new file:\n{new}");
+            assert!(new.contains("INFO"), "{new}");
 
-    roxyd.signal(Signal::SIGTERM);
-    let (exit, output) = roxyd.exit().await;
-    assert_eq!(
-        exit.code(),
-        Some(0),
-        "roxyd survived SIGHUP and stopped on SIGTERM: {output}"
-    );
-    let new = read(&log);
-    assert!(
-        new.contains("stopped"),
-        "later lines go to the new file:\n{new}"
-    );
-    let old = read(&rotated);
-    assert!(
-        old.contains("roxyd starting") && !old.contains("SIGHUP") && !old.contains("stopped"),
-        "{old}"
-    );
+            roxyd.signal(Signal::SIGTERM);
+            let (exit, output) = roxyd.exit().await;
+            assert_eq!(
+                exit.code(),
+                Some(0),
+                "roxyd survived SIGHUP and stopped on SIGTERM: {output}"
+            );
+            let new = read(&log);
+            assert!(
+                new.contains("stopped"),
+                "later lines go to the new file:\n{new}"
+            );
+            let old = read(&rotated);
+            assert!(
+                old.contains("roxyd starting")
+                    && !old.contains("SIGHUP")
+                    && !old.contains("stopped"),
+                "{old}"
+            );
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn sighup_with_logs_on_standard_output_is_one_line_and_nothing_else() {
-    let lab = Lab::new().unwrap();
-    let dir = TempDir::new().unwrap();
-    let files = lab.pki.write_to(dir.path()).unwrap();
-    let args = lab_args(&files, lab.manager.local_addr().unwrap());
-    let mut roxyd = Roxyd::spawn(&args, &[]);
-    let _session = within("the Manager accepting roxyd", lab.manager.accept())
-        .await
-        .unwrap();
-    roxyd.wait_for_line(&["connected to the Manager"]).await;
-    roxyd.signal(Signal::SIGHUP);
-    roxyd
-        .wait_for_line(&[
-            "INFO",
-            "SIGHUP: logs go to standard output; nothing to reopen",
-        ])
-        .await;
-    roxyd.signal(Signal::SIGTERM);
-    let (exit, output) = roxyd.exit().await;
-    assert_eq!(exit.code(), Some(0), "{output}");
-    assert_eq!(output.matches("SIGHUP").count(), 1, "{output}");
+    support::bounded(
+        "SIGHUP with logs on standard output is one line and nothing else",
+        async move {
+            let lab = Lab::new().unwrap();
+            let dir = TempDir::new().unwrap();
+            let files = lab.pki.write_to(dir.path()).unwrap();
+            let args = lab_args(&files, lab.manager.local_addr().unwrap());
+            let mut roxyd = Roxyd::spawn(&args, &[]);
+            let _session = within("the Manager accepting roxyd", lab.manager.accept())
+                .await
+                .unwrap();
+            roxyd.wait_for_line(&["connected to the Manager"]).await;
+            roxyd.signal(Signal::SIGHUP);
+            roxyd
+                .wait_for_line(&[
+                    "INFO",
+                    "SIGHUP: logs go to standard output; nothing to reopen",
+                ])
+                .await;
+            roxyd.signal(Signal::SIGTERM);
+            let (exit, output) = roxyd.exit().await;
+            assert_eq!(exit.code(), Some(0), "{output}");
+            assert_eq!(output.matches("SIGHUP").count(), 1, "{output}");
+        },
+    )
+    .await;
 }

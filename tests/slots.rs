@@ -158,22 +158,25 @@ async fn polls_over_window(agent: &Agent) -> usize {
 #[case::one_stream_slot(1, false)]
 #[tokio::test]
 async fn an_idle_connection_runs_no_timer(#[case] max_streams: u32, #[case] held: bool) {
-    let agent = agent(limits(max_streams, HANG), IDLE, None).await;
-    echo(&agent.session).await;
-    let _held = if held {
-        let (send, mut recv) = half_written(&agent.session).await;
-        closed_by_agent(&mut recv).await;
-        Some((send, recv))
-    } else {
-        None
-    };
-    let polls = polls_over_window(&agent).await;
-    assert!(
-        polls <= IDLE_POLLS,
-        "the idle connection's future was polled {polls} times in {WINDOW:?}"
-    );
-    assert!(!agent.serving.is_finished());
-    echo(&agent.session).await;
+    support::bounded("an idle connection runs no timer", async move {
+        let agent = agent(limits(max_streams, HANG), IDLE, None).await;
+        echo(&agent.session).await;
+        let _held = if held {
+            let (send, mut recv) = half_written(&agent.session).await;
+            closed_by_agent(&mut recv).await;
+            Some((send, recv))
+        } else {
+            None
+        };
+        let polls = polls_over_window(&agent).await;
+        assert!(
+            polls <= IDLE_POLLS,
+            "the idle connection's future was polled {polls} times in {WINDOW:?}"
+        );
+        assert!(!agent.serving.is_finished());
+        echo(&agent.session).await;
+    })
+    .await;
 }
 
 #[rstest]
@@ -181,66 +184,78 @@ async fn an_idle_connection_runs_no_timer(#[case] max_streams: u32, #[case] held
 #[case::reset(true)]
 #[tokio::test]
 async fn a_held_stream_the_manager_ends_after_much_data_frees_its_slot(#[case] reset: bool) {
-    let slots_held = Duration::from_millis(300);
-    let agent = agent(limits(1, slots_held), IDLE, None).await;
-    let (mut send, mut recv) = half_written(&agent.session).await;
-    closed_by_agent(&mut recv).await;
-    // Far more than the agent would once read of a stream it closed.
-    send.write_all(&vec![0; 256 * 1024]).await.unwrap();
-    if reset {
-        send.reset(7u32.into()).unwrap();
-    } else {
-        send.finish().unwrap();
-    }
-    drop(recv);
-    let ended = Instant::now();
-    // Past the slots-held bound, the one slot is the Manager's again: a
-    // count that kept the stream as held would have closed the connection.
-    while ended.elapsed() < slots_held * 3 {
-        echo(&agent.session).await;
-    }
-    assert!(!agent.serving.is_finished(), "the connection ended");
+    support::bounded(
+        "a held stream the manager ends after much data frees its slot",
+        async move {
+            let slots_held = Duration::from_millis(300);
+            let agent = agent(limits(1, slots_held), IDLE, None).await;
+            let (mut send, mut recv) = half_written(&agent.session).await;
+            closed_by_agent(&mut recv).await;
+            // Far more than the agent would once read of a stream it closed.
+            send.write_all(&vec![0; 256 * 1024]).await.unwrap();
+            if reset {
+                send.reset(7u32.into()).unwrap();
+            } else {
+                send.finish().unwrap();
+            }
+            drop(recv);
+            let ended = Instant::now();
+            // Past the slots-held bound, the one slot is the Manager's again: a
+            // count that kept the stream as held would have closed the connection.
+            while ended.elapsed() < slots_held * 3 {
+                echo(&agent.session).await;
+            }
+            assert!(!agent.serving.is_finished(), "the connection ended");
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn making_room_closes_one_batch_then_gives_the_manager_time_to_answer() {
-    // Four slots: one stream freed is enough for quinn to announce credit.
-    let agent = agent(limits(4, HANG), HANG, None).await;
-    let mut sends = Vec::new();
-    let mut recvs = Vec::new();
-    for _ in 0..4 {
-        let (send, recv) = half_written(&agent.session).await;
-        sends.push(send);
-        recvs.push(recv);
-    }
-    let closed = Arc::new(AtomicUsize::new(0));
-    let (first_tx, first) = tokio::sync::oneshot::channel();
-    let first_tx = Arc::new(Mutex::new(Some(first_tx)));
-    let mut watchers = Vec::new();
-    for mut recv in recvs {
-        let (closed, first_tx) = (Arc::clone(&closed), Arc::clone(&first_tx));
-        // Each watcher reads until the agent's FIN.
-        watchers.push(tokio::spawn(async move {
-            if recv.read_to_end(1024).await.is_ok() {
-                closed.fetch_add(1, Ordering::SeqCst);
-                if let Some(tx) = first_tx.lock().unwrap().take() {
-                    let _ = tx.send(());
-                }
+    support::bounded(
+        "making room closes one batch then gives the manager time to answer",
+        async move {
+            // Four slots: one stream freed is enough for quinn to announce credit.
+            let agent = agent(limits(4, HANG), HANG, None).await;
+            let mut sends = Vec::new();
+            let mut recvs = Vec::new();
+            for _ in 0..4 {
+                let (send, recv) = half_written(&agent.session).await;
+                sends.push(send);
+                recvs.push(recv);
             }
-        }));
-    }
-    support::within("a stream closed to make room", first)
-        .await
-        .unwrap();
-    tokio::time::sleep(WINDOW).await;
-    assert_eq!(
-        closed.load(Ordering::SeqCst),
-        1,
-        "closed more than one batch before the Manager could answer"
-    );
-    for watcher in watchers {
-        watcher.abort();
-    }
+            let closed = Arc::new(AtomicUsize::new(0));
+            let (first_tx, first) = tokio::sync::oneshot::channel();
+            let first_tx = Arc::new(Mutex::new(Some(first_tx)));
+            let mut watchers = Vec::new();
+            for mut recv in recvs {
+                let (closed, first_tx) = (Arc::clone(&closed), Arc::clone(&first_tx));
+                // Each watcher reads until the agent's FIN.
+                watchers.push(tokio::spawn(async move {
+                    if recv.read_to_end(1024).await.is_ok() {
+                        closed.fetch_add(1, Ordering::SeqCst);
+                        if let Some(tx) = first_tx.lock().unwrap().take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }));
+            }
+            support::within("a stream closed to make room", first)
+                .await
+                .unwrap();
+            tokio::time::sleep(WINDOW).await;
+            assert_eq!(
+                closed.load(Ordering::SeqCst),
+                1,
+                "closed more than one batch before the Manager could answer"
+            );
+            for watcher in watchers {
+                watcher.abort();
+            }
+        },
+    )
+    .await;
 }
 
 /// Panics on the request code it is made with.
@@ -273,33 +288,40 @@ impl Write for Lines {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_panicking_stream_task_is_logged_with_its_stream_and_the_connection_goes_on() {
-    const CODE: u32 = 999;
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let agent = agent(limits(64, HANG), IDLE, Some(Arc::new(PanicOn(CODE)))).await;
-    for round in 1..=2 {
-        let (mut send, mut recv) = agent.session.open_stream().await.unwrap();
-        let stream = send.id().to_string();
-        wire::write_frame(&mut send, &wire::encode_request(CODE, &[]))
-            .await
-            .unwrap();
-        let end = support::within("the panicked stream to end", recv.read_to_end(1024)).await;
-        assert!(
-            !matches!(end, Ok(ref bytes) if !bytes.is_empty()),
-            "{end:?}"
-        );
-        echo(&agent.session).await;
-        let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-        let line = log
-            .lines()
-            .find(|line| line.contains("ERROR") && line.contains(&stream))
-            .unwrap_or_else(|| panic!("no ERROR line names {stream}:\n{log}"));
-        assert!(line.contains(&format!("panics={round}")), "{line}");
-    }
-    assert!(!agent.serving.is_finished());
+    support::bounded(
+        "a panicking stream task is logged with its stream and the connection goes on",
+        async move {
+            const CODE: u32 = 999;
+            let lines = Lines::default();
+            let writer = lines.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish();
+            let _guard = tracing::subscriber::set_default(subscriber);
+            let agent = agent(limits(64, HANG), IDLE, Some(Arc::new(PanicOn(CODE)))).await;
+            for round in 1..=2 {
+                let (mut send, mut recv) = agent.session.open_stream().await.unwrap();
+                let stream = send.id().to_string();
+                wire::write_frame(&mut send, &wire::encode_request(CODE, &[]))
+                    .await
+                    .unwrap();
+                let end =
+                    support::within("the panicked stream to end", recv.read_to_end(1024)).await;
+                assert!(
+                    !matches!(end, Ok(ref bytes) if !bytes.is_empty()),
+                    "{end:?}"
+                );
+                echo(&agent.session).await;
+                let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+                let line = log
+                    .lines()
+                    .find(|line| line.contains("ERROR") && line.contains(&stream))
+                    .unwrap_or_else(|| panic!("no ERROR line names {stream}:\n{log}"));
+                assert!(line.contains(&format!("panics={round}")), "{line}");
+            }
+            assert!(!agent.serving.is_finished());
+        },
+    )
+    .await;
 }

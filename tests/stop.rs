@@ -30,7 +30,7 @@ use roxyd::{
 };
 use roxyd_lab::{Direction, Lab, UdpRelay, manager::AgentSession};
 use rstest::rstest;
-use support::{immediate::Immediate, lab_agent::LabAgents};
+use support::{backend_lifetime::BackendLifetime, immediate::Immediate, lab_agent::LabAgents};
 use tokio::sync::oneshot;
 
 /// Fails the test if one step takes longer than any step here can.
@@ -49,6 +49,8 @@ struct Rig {
     serving: tokio::task::JoinHandle<ConnectionEnd>,
     _endpoint: quinn::Endpoint,
     recorder: Recorder,
+    /// Counts what could still perform an operation.
+    lifetime: BackendLifetime,
     /// Asks the serving loop to stop.
     trigger: stop::StopTrigger,
     /// Resolves once the serving loop has taken the stop in.
@@ -72,11 +74,8 @@ impl Rig {
         let state_dir = tempfile::tempdir().unwrap();
         let power_log = PowerLog::start(state_dir.path(), "lab");
         let recorder = Recorder::new();
-        let dispatcher = Arc::new(
-            recorder
-                .dispatcher(config)
-                .with_power_log(power_log.clone()),
-        );
+        let (dispatcher, lifetime) = BackendLifetime::dispatcher(&recorder, config);
+        let dispatcher = Arc::new(dispatcher.with_power_log(power_log.clone()));
         let (session, connection, endpoint) =
             lab.establish_via(addr, config.max_frame_len).await.unwrap();
         let (trigger, stop) = stop::channel();
@@ -101,6 +100,7 @@ impl Rig {
             serving,
             _endpoint: endpoint,
             recorder,
+            lifetime,
             trigger,
             stop_taken: Mutex::new(Some(stop_taken)),
             power_log,
@@ -175,28 +175,34 @@ async fn a_stop_right_after_the_reply_was_written_still_delivers_it(
     #[case] request: NodePowerRequest,
     #[case] op: ImmediateOp,
 ) {
-    let rig = Rig::new(DispatchConfig::default(), true).await;
-    rig.relay().block(Direction::ToManager, true);
-    let asked = rig.session.node_power(request);
-    let stop_after_the_write = async {
-        rig.until(Entry::Dispatch(DispatchEvent::ReplyWritten {
-            code: RequestCode::NODE_POWER,
-            ok: true,
-        }))
-        .await;
-        rig.stop().await;
-        rig.relay().block(Direction::ToManager, false);
-    };
-    let (reply, ()) = tokio::join!(within("the reply", asked), stop_after_the_write);
-    assert_eq!(
-        reply.expect("rule broken: a stop lets a written reply reach the Manager"),
-        Ok(NodePowerResponse::Initiated)
-    );
-    assert_eq!(rig.settlement(op).await, Settlement::Released);
-    rig.until(Entry::Perform(op)).await;
-    assert_eq!(rig.journal().power_operations(), vec![Entry::Perform(op)]);
-    let end = within("the serving loop's end", rig.serving).await.unwrap();
-    assert!(matches!(end, ConnectionEnd::Stopped), "{end:?}");
+    support::bounded(
+        "a stop right after the reply was written still delivers it",
+        async move {
+            let rig = Rig::new(DispatchConfig::default(), true).await;
+            rig.relay().block(Direction::ToManager, true);
+            let asked = rig.session.node_power(request);
+            let stop_after_the_write = async {
+                rig.until(Entry::Dispatch(DispatchEvent::ReplyWritten {
+                    code: RequestCode::NODE_POWER,
+                    ok: true,
+                }))
+                .await;
+                rig.stop().await;
+                rig.relay().block(Direction::ToManager, false);
+            };
+            let (reply, ()) = tokio::join!(within("the reply", asked), stop_after_the_write);
+            assert_eq!(
+                reply.expect("rule broken: a stop lets a written reply reach the Manager"),
+                Ok(NodePowerResponse::Initiated)
+            );
+            assert_eq!(rig.settlement(op).await, Settlement::Released);
+            rig.until(Entry::Perform(op)).await;
+            assert_eq!(rig.journal().power_operations(), vec![Entry::Perform(op)]);
+            let end = within("the serving loop's end", rig.serving).await.unwrap();
+            assert!(matches!(end, ConnectionEnd::Stopped), "{end:?}");
+        },
+    )
+    .await;
 }
 
 /// A 0.19 Manager's `STOP_SENDING(0)` reached the agent with its request,
@@ -224,28 +230,34 @@ async fn decline_waiting_for_fin(rig: &Rig, request: Immediate) -> quinn::SendSt
 #[case::flat_shutdown(Immediate::FlatShutdown)]
 #[tokio::test]
 async fn a_stop_during_the_fin_wait_still_carries_out_a_decline(#[case] request: Immediate) {
-    let rig = Rig::new(DispatchConfig::default(), false).await;
-    let mut send = decline_waiting_for_fin(&rig, request).await;
-    rig.stop().await;
-    send.finish().unwrap();
-    let op = request.op();
-    assert_eq!(
-        rig.settlement(op).await,
-        Settlement::Released,
-        "rule broken: a decline under way at a stop is decided by its own rule"
-    );
-    let entries = within(
-        "the operation carried out",
-        rig.journal().wait_for(|e| e.contains(&Entry::Perform(op))),
+    support::bounded(
+        "a stop during the fin wait still carries out a decline",
+        async move {
+            let rig = Rig::new(DispatchConfig::default(), false).await;
+            let mut send = decline_waiting_for_fin(&rig, request).await;
+            rig.stop().await;
+            send.finish().unwrap();
+            let op = request.op();
+            assert_eq!(
+                rig.settlement(op).await,
+                Settlement::Released,
+                "rule broken: a decline under way at a stop is decided by its own rule"
+            );
+            let entries = within(
+                "the operation carried out",
+                rig.journal().wait_for(|e| e.contains(&Entry::Perform(op))),
+            )
+            .await;
+            assert!(
+                entries.contains(&Entry::Dispatch(DispatchEvent::ReplyDeclined(op))),
+                "{entries:#?}"
+            );
+            assert_eq!(rig.journal().power_operations(), vec![Entry::Perform(op)]);
+            let end = within("the serving loop's end", rig.serving).await.unwrap();
+            assert!(matches!(end, ConnectionEnd::Stopped), "{end:?}");
+        },
     )
     .await;
-    assert!(
-        entries.contains(&Entry::Dispatch(DispatchEvent::ReplyDeclined(op))),
-        "{entries:#?}"
-    );
-    assert_eq!(rig.journal().power_operations(), vec![Entry::Perform(op)]);
-    let end = within("the serving loop's end", rig.serving).await.unwrap();
-    assert!(matches!(end, ConnectionEnd::Stopped), "{end:?}");
 }
 
 /// A stop during a decline's wait for the FIN, and no FIN within the wait:
@@ -258,28 +270,37 @@ async fn a_stop_during_the_fin_wait_still_carries_out_a_decline(#[case] request:
 async fn a_stop_during_the_fin_wait_drops_a_decline_whose_fin_never_comes(
     #[case] request: Immediate,
 ) {
-    let config = DispatchConfig {
-        decline: DeclineRule {
-            fin_wait: Duration::from_millis(100),
-            ..DeclineRule::default()
-        },
-        ..DispatchConfig::default()
-    };
-    let rig = Rig::new(config, false).await;
-    let send = decline_waiting_for_fin(&rig, request).await;
-    rig.stop().await;
-    let op = request.op();
-    assert_eq!(rig.settlement(op).await, Settlement::Cancelled);
-    assert_eq!(rig.journal().power_operations(), vec![]);
-    let end = within("the serving loop's end", rig.serving).await.unwrap();
-    assert!(matches!(end, ConnectionEnd::Stopped), "{end:?}");
-    drop(send);
-    let lines = power_log_lines(&rig.power_log, rig.state_dir.path());
-    assert!(
-        lines.len() == 1 && lines[0].contains("stayed open"),
-        "rule broken: a decline under way at a stop is decided by its own rule \
+    support::bounded(
+        "a stop during the fin wait drops a decline whose fin never comes",
+        async move {
+            let config = DispatchConfig {
+                decline: DeclineRule {
+                    fin_wait: Duration::from_millis(100),
+                    ..DeclineRule::default()
+                },
+                ..DispatchConfig::default()
+            };
+            let rig = Rig::new(config, false).await;
+            let send = decline_waiting_for_fin(&rig, request).await;
+            rig.stop().await;
+            let op = request.op();
+            assert_eq!(rig.settlement(op).await, Settlement::Cancelled);
+            let end = within("the serving loop's end", rig.serving).await.unwrap();
+            assert!(matches!(end, ConnectionEnd::Stopped), "{end:?}");
+            // The serving loop held the dispatcher: once every thread or task that
+            // could still perform has ended, nothing was performed.
+            rig.lifetime.wait_all_gone().await;
+            assert_eq!(rig.recorder.journal().power_operations(), vec![]);
+            drop(send);
+            let lines = power_log_lines(&rig.power_log, rig.state_dir.path());
+            assert!(
+                lines.len() == 1 && lines[0].contains("stayed open"),
+                "rule broken: a decline under way at a stop is decided by its own rule \
          (the FIN wait), not cut by the stop: {lines:#?}"
-    );
+            );
+        },
+    )
+    .await;
 }
 
 /// A stream that only waits for its next request (it was answered an echo)
@@ -287,31 +308,37 @@ async fn a_stop_during_the_fin_wait_drops_a_decline_whose_fin_never_comes(
 /// once, well within the bound (10 s here).
 #[tokio::test]
 async fn a_stop_while_a_stream_waits_for_a_request_ends_promptly() {
-    let config = DispatchConfig {
-        delivery_timeout: Duration::from_secs(10),
-        ..DispatchConfig::default()
-    };
-    let bound = connection::stop_delivery_bound(&config);
-    let rig = Rig::new(config, false).await;
-    let (mut send, mut recv) = rig.session.open_stream().await.unwrap();
-    wire::write_frame(&mut send, &wire::encode_request(RequestCode::ECHO, &[]))
-        .await
-        .unwrap();
-    within(
-        "the echo reply",
-        wire::FrameReader::new(&mut recv).read_frame(1024),
-    )
-    .await
-    .unwrap()
-    .expect("an echo reply");
-    rig.stop().await;
-    let end = tokio::time::timeout(bound / 2, rig.serving)
-        .await
-        .expect(
-            "rule broken: a stream waiting for a request ends at once on a stop, \
+    support::bounded(
+        "a stop while a stream waits for a request ends promptly",
+        async move {
+            let config = DispatchConfig {
+                delivery_timeout: Duration::from_secs(10),
+                ..DispatchConfig::default()
+            };
+            let bound = connection::stop_delivery_bound(&config);
+            let rig = Rig::new(config, false).await;
+            let (mut send, mut recv) = rig.session.open_stream().await.unwrap();
+            wire::write_frame(&mut send, &wire::encode_request(RequestCode::ECHO, &[]))
+                .await
+                .unwrap();
+            within(
+                "the echo reply",
+                wire::FrameReader::new(&mut recv).read_frame(1024),
+            )
+            .await
+            .unwrap()
+            .expect("an echo reply");
+            rig.stop().await;
+            let end = tokio::time::timeout(bound / 2, rig.serving)
+                .await
+                .expect(
+                    "rule broken: a stream waiting for a request ends at once on a stop, \
              it does not hold the stop up for the stop's bound",
-        )
-        .unwrap();
-    assert!(matches!(end, ConnectionEnd::Stopped), "{end:?}");
-    drop((send, recv));
+                )
+                .unwrap();
+            assert!(matches!(end, ConnectionEnd::Stopped), "{end:?}");
+            drop((send, recv));
+        },
+    )
+    .await;
 }

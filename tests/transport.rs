@@ -20,17 +20,23 @@ const HANG: Duration = Duration::from_secs(60);
 /// every slot busy does not wait its 25 ms ACK delay per round (issue 12).
 #[tokio::test]
 async fn roxyd_asks_the_manager_for_prompt_acknowledgements() {
-    let lab = Lab::new().unwrap();
-    let dispatcher = Arc::new(Recorder::new().dispatcher(DispatchConfig::default()));
-    let (session, _agent) = lab.connect(dispatcher).await.unwrap();
-    // Each echo is a full round trip: roxyd has sent packets since, and any
-    // ACK_FREQUENCY frame it sends goes out with its first 1-RTT packets.
-    tokio::time::timeout(HANG, async {
-        while session.connection().stats().frame_rx.ack_frequency == 0 {
-            let echo = session.unit_request(RequestCode::ECHO).await.unwrap();
-            assert_eq!(echo, Ok(()));
-        }
-    })
-    .await
-    .expect("roxyd never sent an ACK_FREQUENCY frame");
+    support::bounded(
+        "roxyd asks the Manager for prompt acknowledgements",
+        async move {
+            let lab = Lab::new().unwrap();
+            let dispatcher = Arc::new(Recorder::new().dispatcher(DispatchConfig::default()));
+            let (session, _agent) = lab.connect(dispatcher).await.unwrap();
+            // Each echo is a full round trip: roxyd has sent packets since, and any
+            // ACK_FREQUENCY frame it sends goes out with its first 1-RTT packets.
+            tokio::time::timeout(HANG, async {
+                while session.connection().stats().frame_rx.ack_frequency == 0 {
+                    let echo = session.unit_request(RequestCode::ECHO).await.unwrap();
+                    assert_eq!(echo, Ok(()));
+                }
+            })
+            .await
+            .expect("roxyd never sent an ACK_FREQUENCY frame");
+        },
+    )
+    .await;
 }

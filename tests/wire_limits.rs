@@ -2,6 +2,8 @@
 //! prefix of 2^56 is refused with an error, not an abort. These inputs were
 //! found by the fuzzer (`fuzz/`), which aborted on them before the limit.
 
+mod support;
+
 use roxyd::{
     handshake::{self, HandshakeError},
     wire::{self, AgentInfo, HandshakeReply, Status},
@@ -55,27 +57,34 @@ fn strings_up_to_the_limit_still_decode() {
 
 #[tokio::test]
 async fn the_agent_reports_such_a_handshake_reply_as_malformed() {
-    let (mut agent, mut manager) = tokio::io::duplex(1024);
-    let info = roxyd::handshake::Identity::default().agent_info("127.0.0.1:1".parse().unwrap());
-    let manager_side = tokio::spawn(async move {
-        let hello = wire::FrameReader::new(&mut manager)
-            .read_frame(1024)
-            .await
-            .unwrap()
-            .unwrap();
-        wire::decode::<AgentInfo>(&hello).unwrap();
-        wire::write_frame(&mut manager, &unhex("00fdffffffffffffff00"))
-            .await
-            .unwrap();
-        manager
-    });
-    let (mut recv, mut send) = tokio::io::split(&mut agent);
-    let result = handshake::exchange(&mut send, &mut recv, &info, 1024).await;
-    assert!(
-        matches!(result, Err(HandshakeError::Malformed(_))),
-        "{result:?}"
-    );
-    drop(manager_side.await.unwrap());
+    support::bounded(
+        "the agent reports a handshake reply claiming a huge string as malformed",
+        async move {
+            let (mut agent, mut manager) = tokio::io::duplex(1024);
+            let info =
+                roxyd::handshake::Identity::default().agent_info("127.0.0.1:1".parse().unwrap());
+            let manager_side = tokio::spawn(async move {
+                let hello = wire::FrameReader::new(&mut manager)
+                    .read_frame(1024)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                wire::decode::<AgentInfo>(&hello).unwrap();
+                wire::write_frame(&mut manager, &unhex("00fdffffffffffffff00"))
+                    .await
+                    .unwrap();
+                manager
+            });
+            let (mut recv, mut send) = tokio::io::split(&mut agent);
+            let result = handshake::exchange(&mut send, &mut recv, &info, 1024).await;
+            assert!(
+                matches!(result, Err(HandshakeError::Malformed(_))),
+                "{result:?}"
+            );
+            drop(manager_side.await.unwrap());
+        },
+    )
+    .await;
 }
 
 /// The limit itself, not only relative to the constant: half a mebibyte
@@ -117,6 +126,7 @@ impl tokio::io::AsyncRead for FailingAfter {
 #[case::in_the_payload(&[0, 0, 0, 8, 1, 2])]
 #[tokio::test]
 async fn a_transport_failure_inside_a_frame_is_an_io_error(#[case] sent: &'static [u8]) {
+    support::bounded("a transport failure inside a frame is an I/O error", async move {
     let result = wire::FrameReader::new(&mut FailingAfter(sent))
         .read_frame(64)
         .await;
@@ -124,4 +134,6 @@ async fn a_transport_failure_inside_a_frame_is_an_io_error(#[case] sent: &'stati
         matches!(&result, Err(wire::FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset),
         "{result:?}"
     );
+    })
+    .await;
 }

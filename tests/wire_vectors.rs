@@ -2,6 +2,8 @@
 //! implementation; `docs/wire.md` describes the format) both ways: our
 //! encoding equals the bytes, and decoding the bytes gives the value.
 
+mod support;
+
 use std::net::SocketAddr;
 
 use roxyd::{
@@ -91,12 +93,18 @@ fn agent_info(addr: &str) -> AgentInfo {
 #[case::v6("handshake AgentInfo (agent->manager), addr [::]:0", "[::]:0")]
 #[tokio::test]
 async fn handshake_agent_info(#[case] name: &str, #[case] addr: &str) {
-    let (frame, payload) = frame_of(name);
-    let value = agent_info(addr);
-    assert_eq!(our_frame(&wire::encode(&value)).await, frame);
-    let decoded: AgentInfo = wire::decode(&our_read(&frame).await).unwrap();
-    assert_eq!(decoded, value);
-    assert_eq!(wire::decode::<AgentInfo>(&payload).unwrap(), value);
+    support::bounded(
+        "the handshake's agent info is written as the reference vector",
+        async move {
+            let (frame, payload) = frame_of(name);
+            let value = agent_info(addr);
+            assert_eq!(our_frame(&wire::encode(&value)).await, frame);
+            let decoded: AgentInfo = wire::decode(&our_read(&frame).await).unwrap();
+            assert_eq!(decoded, value);
+            assert_eq!(wire::decode::<AgentInfo>(&payload).unwrap(), value);
+        },
+    )
+    .await;
 }
 
 #[test]
@@ -124,10 +132,16 @@ fn identity_builds_the_vector_placeholder_for_each_family() {
 )]
 #[tokio::test]
 async fn handshake_reply(#[case] name: &str, #[case] value: HandshakeReply) {
-    let (frame, _) = frame_of(name);
-    assert_eq!(our_frame(&wire::encode(&value)).await, frame);
-    let decoded: HandshakeReply = wire::decode(&our_read(&frame).await).unwrap();
-    assert_eq!(decoded, value);
+    support::bounded(
+        "the handshake reply is read as the reference vector",
+        async move {
+            let (frame, _) = frame_of(name);
+            assert_eq!(our_frame(&wire::encode(&value)).await, frame);
+            let decoded: HandshakeReply = wire::decode(&our_read(&frame).await).unwrap();
+            assert_eq!(decoded, value);
+        },
+    )
+    .await;
 }
 
 #[rstest]
@@ -149,19 +163,25 @@ async fn handshake_reply(#[case] name: &str, #[case] value: HandshakeReply) {
 )]
 #[tokio::test]
 async fn node_power_request(#[case] name: &str, #[case] value: NodePowerRequest) {
-    let (frame, _) = frame_of(name);
-    let payload = wire::encode_request(RequestCode::NODE_POWER, &wire::encode(&value));
-    assert_eq!(our_frame(&payload).await, frame);
+    support::bounded(
+        "a NodePower request is read and written as the reference vector",
+        async move {
+            let (frame, _) = frame_of(name);
+            let payload = wire::encode_request(RequestCode::NODE_POWER, &wire::encode(&value));
+            assert_eq!(our_frame(&payload).await, frame);
 
-    let read = our_read(&frame).await;
-    let request = Request::parse(&read).unwrap();
-    assert_eq!(request.code, RequestCode::NodePower);
-    let v = vector(name);
-    assert_eq!(request.body, unhex(v["body_hex"].as_str().unwrap()));
-    assert_eq!(
-        wire::decode::<NodePowerRequest>(request.body).unwrap(),
-        value
-    );
+            let read = our_read(&frame).await;
+            let request = Request::parse(&read).unwrap();
+            assert_eq!(request.code, RequestCode::NodePower);
+            let v = vector(name);
+            assert_eq!(request.body, unhex(v["body_hex"].as_str().unwrap()));
+            assert_eq!(
+                wire::decode::<NodePowerRequest>(request.body).unwrap(),
+                value
+            );
+        },
+    )
+    .await;
 }
 
 #[rstest]
@@ -179,16 +199,22 @@ async fn node_power_request(#[case] name: &str, #[case] value: NodePowerRequest)
 )]
 #[tokio::test]
 async fn unit_body_request(#[case] name: &str, #[case] code: RequestCode) {
-    let (frame, _) = frame_of(name);
-    let v = vector(name);
-    assert_eq!(u64::from(code.code()), v["request_code"].as_u64().unwrap());
-    let payload = wire::encode_request(code.code(), &wire::encode(&()));
-    assert_eq!(our_frame(&payload).await, frame);
+    support::bounded(
+        "a request with a unit body is read and written as the reference vector",
+        async move {
+            let (frame, _) = frame_of(name);
+            let v = vector(name);
+            assert_eq!(u64::from(code.code()), v["request_code"].as_u64().unwrap());
+            let payload = wire::encode_request(code.code(), &wire::encode(&()));
+            assert_eq!(our_frame(&payload).await, frame);
 
-    let read = our_read(&frame).await;
-    let request = Request::parse(&read).unwrap();
-    assert_eq!(request.code, code);
-    assert!(request.body.is_empty());
+            let read = our_read(&frame).await;
+            let request = Request::parse(&read).unwrap();
+            assert_eq!(request.code, code);
+            assert!(request.body.is_empty());
+        },
+    )
+    .await;
 }
 
 /// What our reply writer produces for each reply vector.
@@ -203,17 +229,23 @@ enum ReplyValue {
 /// the reference's `Ok(())` to the byte.
 #[tokio::test]
 async fn the_unit_reply_constant_is_the_reference_ok_unit() {
-    let (frame, _) = frame_of("response Ok(()) (agent->manager)");
-    assert_eq!(our_frame(reply::UNIT_PAYLOAD).await, frame);
-    assert_eq!(reply::UNIT_FRAME.as_slice(), frame.as_slice());
-    let (mut agent, mut manager) = tokio::io::duplex(64);
-    reply::write_unit(&mut agent).await.unwrap();
-    drop(agent);
-    let mut written = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut manager, &mut written)
-        .await
-        .unwrap();
-    assert_eq!(written, frame);
+    support::bounded(
+        "the unit reply constant is the reference Ok(())",
+        async move {
+            let (frame, _) = frame_of("response Ok(()) (agent->manager)");
+            assert_eq!(our_frame(reply::UNIT_PAYLOAD).await, frame);
+            assert_eq!(reply::UNIT_FRAME.as_slice(), frame.as_slice());
+            let (mut agent, mut manager) = tokio::io::duplex(64);
+            reply::write_unit(&mut agent).await.unwrap();
+            drop(agent);
+            let mut written = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut manager, &mut written)
+                .await
+                .unwrap();
+            assert_eq!(written, frame);
+        },
+    )
+    .await;
 }
 
 #[rstest]
@@ -239,35 +271,41 @@ async fn the_unit_reply_constant_is_the_reference_ok_unit() {
 )]
 #[tokio::test]
 async fn agent_reply(#[case] name: &str, #[case] value: ReplyValue) {
-    let (frame, payload) = frame_of(name);
-    let ours = match value {
-        ReplyValue::Initiated(form) => reply::initiated_payload(form),
-        ReplyValue::Error(text) => reply::error_payload(text),
-        ReplyValue::UnknownCode(code) => {
-            reply::error_payload(&wire::reply_text::unknown_request_code(code))
-        }
-    };
-    assert_eq!(our_frame(&ours).await, frame);
+    support::bounded(
+        "the agent's replies are written as the reference vectors",
+        async move {
+            let (frame, payload) = frame_of(name);
+            let ours = match value {
+                ReplyValue::Initiated(form) => reply::initiated_payload(form),
+                ReplyValue::Error(text) => reply::error_payload(text),
+                ReplyValue::UnknownCode(code) => {
+                    reply::error_payload(&wire::reply_text::unknown_request_code(code))
+                }
+            };
+            assert_eq!(our_frame(&ours).await, frame);
 
-    // And the Manager side decodes the bytes as the value.
-    let read = our_read(&frame).await;
-    match value {
-        ReplyValue::Initiated(WireForm::Grouped) => assert_eq!(
-            wire::decode::<Result<NodePowerResponse, String>>(&read).unwrap(),
-            Ok(NodePowerResponse::Initiated)
-        ),
-        ReplyValue::Initiated(WireForm::Flat) => {
-            assert_eq!(wire::decode::<Result<(), String>>(&read).unwrap(), Ok(()));
-        }
-        ReplyValue::Error(text) => assert_eq!(
-            wire::decode::<Result<NodePowerResponse, String>>(&payload).unwrap(),
-            Err(text.to_owned())
-        ),
-        ReplyValue::UnknownCode(code) => assert_eq!(
-            wire::decode::<Result<(), String>>(&read).unwrap(),
-            Err(format!("unknown request code: {code}"))
-        ),
-    }
+            // And the Manager side decodes the bytes as the value.
+            let read = our_read(&frame).await;
+            match value {
+                ReplyValue::Initiated(WireForm::Grouped) => assert_eq!(
+                    wire::decode::<Result<NodePowerResponse, String>>(&read).unwrap(),
+                    Ok(NodePowerResponse::Initiated)
+                ),
+                ReplyValue::Initiated(WireForm::Flat) => {
+                    assert_eq!(wire::decode::<Result<(), String>>(&read).unwrap(), Ok(()));
+                }
+                ReplyValue::Error(text) => assert_eq!(
+                    wire::decode::<Result<NodePowerResponse, String>>(&payload).unwrap(),
+                    Err(text.to_owned())
+                ),
+                ReplyValue::UnknownCode(code) => assert_eq!(
+                    wire::decode::<Result<(), String>>(&read).unwrap(),
+                    Err(format!("unknown request code: {code}"))
+                ),
+            }
+        },
+    )
+    .await;
 }
 
 /// The names that the `#[case]` attributes of this file give as their first

@@ -13,6 +13,7 @@ use std::{
     ffi::OsString,
     path::Path,
     process::{ExitStatus, Stdio},
+    sync::mpsc::RecvTimeoutError,
     time::{Duration, Instant},
 };
 
@@ -25,7 +26,85 @@ use tokio::{
 
 /// The longest any single wait in these tests may take: a safety net that
 /// turns a hang into a failure with the log, not a time the tests rely on.
+/// A test's own limit ([`TEST_LIMIT`]) is shorter and trips first.
 pub const HANG: Duration = Duration::from_secs(60);
+
+/// How long one test may run, on real time: several times what any test
+/// here takes on a loaded 2-core machine, and shorter than nextest's 30 s
+/// slow-timeout period, so that a hang fails the test with the rule it
+/// checks instead of being killed without one.
+pub const TEST_LIMIT: Duration = Duration::from_secs(20);
+
+/// The limit of a test that floods roxyd with thousands of streams: roxyd's
+/// own pace (a batch of streams closed to make room, then time for the
+/// Manager to answer) makes it take 10 to 20 s; still shorter than
+/// nextest's slow-timeout period.
+pub const FLOOD_LIMIT: Duration = Duration::from_secs(28);
+
+/// `test`'s output, or a failure saying `rule` was broken once it has run
+/// for [`TEST_LIMIT`]. The limit runs on real time, also in tests on
+/// paused Tokio time: a thread waits for the test's end, with a timeout.
+/// A test still running when the limit trips is dropped while the failure
+/// unwinds, so a [`Roxyd`] in it prints what roxyd said.
+///
+/// # Panics
+///
+/// When `test` has not ended within [`TEST_LIMIT`], naming `rule`.
+pub async fn bounded<T>(rule: &str, test: impl std::future::Future<Output = T>) -> T {
+    bounded_for(TEST_LIMIT, rule, test).await
+}
+
+/// As [`bounded`], with the limit `limit`.
+///
+/// # Panics
+///
+/// When `test` has not ended within `limit`, naming `rule`.
+pub async fn bounded_for<T>(
+    limit: Duration,
+    rule: &str,
+    test: impl std::future::Future<Output = T>,
+) -> T {
+    let (_running, ended) = std::sync::mpsc::channel::<()>();
+    let (expired, expiry) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        if ended.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
+            let _ = expired.send(());
+        }
+    });
+    let mut test = std::pin::pin!(test);
+    tokio::select! {
+        output = &mut test => output,
+        Ok(()) = expiry => panic!("rule broken: {rule} (the test did not end within {limit:?})"),
+    }
+}
+
+/// As [`bounded`], for a synchronous test that waits on threads or child
+/// processes: `test` runs on a thread of its own, whose end is waited for
+/// with a timeout. A panic in `test` fails the test as it would have.
+///
+/// # Panics
+///
+/// When `test` panics, or has not ended within [`TEST_LIMIT`], naming `rule`.
+pub fn bounded_blocking<T: Send + 'static>(
+    rule: &str,
+    test: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done, ended) = std::sync::mpsc::channel();
+    let running = std::thread::spawn(move || {
+        let _ = done.send(test());
+    });
+    match ended.recv_timeout(TEST_LIMIT) {
+        Ok(output) => output,
+        // The sender was dropped unsent: `test` panicked.
+        Err(RecvTimeoutError::Disconnected) => match running.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the test's thread ended without its output"),
+        },
+        Err(RecvTimeoutError::Timeout) => {
+            panic!("rule broken: {rule} (the test did not end within {TEST_LIMIT:?})")
+        }
+    }
+}
 
 /// The `roxyd` binary built for this test run (it has the recorder, which
 /// [`Roxyd::spawn`] chooses).
@@ -277,6 +356,19 @@ impl Roxyd {
             self.seen.push(line);
         }
         (status, ended, self.seen.join("\n"))
+    }
+}
+
+impl Drop for Roxyd {
+    /// A test failing while roxyd runs (its limit tripped, say) shows what
+    /// roxyd printed.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            eprintln!("roxyd printed:\n{}", self.seen.join("\n"));
+        }
     }
 }
 
