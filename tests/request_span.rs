@@ -7,12 +7,9 @@
 
 mod support;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 
 use roxyd::{dispatch::DispatchConfig, platform::recorder::journal::Recorder, wire::RequestCode};
@@ -22,8 +19,6 @@ use tracing_subscriber::{Layer, layer::SubscriberExt};
 
 /// Echo requests sent, each on a stream of its own.
 const ECHOES: usize = 50;
-/// The limit on the whole exchange: well short of nextest's slow-timeout.
-const LIMIT: Duration = Duration::from_secs(15);
 /// A request code no Manager generation uses: answered, and logged.
 const UNKNOWN_CODE: u32 = 9_999;
 
@@ -53,9 +48,9 @@ async fn a_stream_that_only_echoes_makes_no_request_span_and_one_that_logs_makes
         tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
     let lab = Lab::new().unwrap();
     let dispatcher = Recorder::new().dispatcher(DispatchConfig::default());
-    let (session, _agent) = lab.connect(Arc::new(dispatcher)).await.unwrap();
 
     let exchange = async {
+        let (session, _agent) = lab.connect(Arc::new(dispatcher)).await.unwrap();
         for _ in 0..ECHOES {
             assert_eq!(
                 session.unit_request(RequestCode::ECHO).await.unwrap(),
@@ -66,9 +61,11 @@ async fn a_stream_that_only_echoes_makes_no_request_span_and_one_that_logs_makes
         let reply = session.request_raw(UNKNOWN_CODE, &[]).await.unwrap();
         (echoed, reply)
     };
-    let (echoed, reply) = tokio::time::timeout(LIMIT, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("rule broken: every request is answered; not within {LIMIT:?}"));
+    let (echoed, reply) = support::bounded(
+        "every request is answered, and only lines about requests make a request span",
+        exchange,
+    )
+    .await;
     assert_eq!(
         echoed, 0,
         "rule broken: a stream that only echoes logs nothing and makes no request span"
