@@ -104,12 +104,12 @@ pub(super) mod linux_commands {
     use super::CommandLine;
 
     /// `reboot`, without arguments.
-    pub const REBOOT: CommandLine = CommandLine {
+    pub(crate) const REBOOT: CommandLine = CommandLine {
         program: "reboot",
         args: &[],
     };
     /// `poweroff`, without arguments.
-    pub const POWER_OFF: CommandLine = CommandLine {
+    pub(crate) const POWER_OFF: CommandLine = CommandLine {
         program: "poweroff",
         args: &[],
     };
