@@ -39,6 +39,10 @@ impl ReplyWritten {
     /// The proof, with what the wait for the Manager's acknowledgement gave:
     /// the power log records the reply `delivered` or `unconfirmed`.
     #[must_use]
+    #[allow(
+        clippy::unused_self,
+        reason = "consumes the proof it replaces, so only one of the two can be used"
+    )]
     pub(crate) fn confirmed(self, delivery: &Delivery) -> Self {
         Self {
             acknowledged: matches!(delivery, Delivery::Acknowledged),
