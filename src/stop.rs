@@ -69,7 +69,7 @@ impl Stop {
     ///
     /// Never; the signature matches the Unix one.
     #[cfg(not(unix))]
-    pub(crate) fn on_signals() -> std::io::Result<Self> {
+    pub fn on_signals() -> std::io::Result<Self> {
         let (trigger, stop) = channel();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {

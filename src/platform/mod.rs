@@ -31,7 +31,7 @@ pub mod unsupported;
 pub(crate) use select::version_text;
 pub use select::{
     BackendChoice, BackendOptions, CAN_RECORD, DaemonBackend, NoRecorder, Platform,
-    SYSTEM_BACKEND_NAME, SystemBackend, daemon_backend, system_backend,
+    SYSTEM_BACKEND_NAME, daemon_backend,
 };
 
 pub use graceful_command::{
