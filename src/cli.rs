@@ -6,7 +6,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::platform::{self, BackendChoice};
 
-/// roxyd's exit statuses. `--help` ([`EXIT_STATUS_HELP`]), the README and
+/// roxyd's exit statuses. `--help` (`EXIT_STATUS_HELP`), the README and
 /// the systemd unit's `RestartPreventExitStatus` state the same table; a test
 /// checks that they agree.
 pub mod exit_status {
@@ -160,7 +160,7 @@ pub struct AddressError {
 impl AddressError {
     /// What is wrong, without the input.
     #[must_use]
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         self.reason
     }
 }

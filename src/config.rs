@@ -6,7 +6,7 @@
 //! Rules: unknown keys are errors, and so are unknown `ROXYD_` variables, so
 //! that a typo is not silently ignored. Every error is one line that names
 //! its source (the file with line and column, or the variable), the key, the
-//! value, and what the key accepts. A key is added in one place: [`KEYS`],
+//! value, and what the key accepts. A key is added in one place: `KEYS`,
 //! then its field in [`Config::load`].
 
 use std::{
@@ -46,38 +46,38 @@ pub struct Config {
     /// Where logs go; standard output when absent.
     pub log_file: Option<PathBuf>,
     /// Where roxyd keeps its power log.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// The application name announced in the handshake.
-    pub app_name: String,
+    pub(crate) app_name: String,
     /// The Manager protocol release announced in the handshake.
-    pub protocol_version: String,
+    pub(crate) protocol_version: String,
     /// Largest request frame accepted, in bytes.
-    pub max_frame_len: u32,
+    pub(crate) max_frame_len: u32,
     /// Most request streams the Manager may have open at once.
     pub max_concurrent_streams: u32,
     /// Seconds connecting and the handshake may take together.
-    pub handshake_timeout_secs: u64,
+    pub(crate) handshake_timeout_secs: u64,
     /// Seconds a request stream may stay silent before roxyd ends it.
-    pub stream_idle_timeout_secs: u64,
+    pub(crate) stream_idle_timeout_secs: u64,
     /// Seconds writing one reply may take; an immediate operation whose
     /// reply is not written in time is cancelled.
-    pub reply_timeout_secs: u64,
+    pub(crate) reply_timeout_secs: u64,
     /// Seconds every request stream slot may be held by streams roxyd has
     /// closed on its side, with no answer from the Manager, before roxyd
     /// closes the connection and reconnects (1 to 3600).
-    pub stream_slots_timeout_secs: u64,
+    pub(crate) stream_slots_timeout_secs: u64,
     /// Milliseconds to wait for the Manager to acknowledge an immediate
     /// operation's reply before releasing it anyway. 0 does not wait, and
     /// the reply may then die with the host: for measurements only.
-    pub delivery_timeout_ms: u64,
+    pub(crate) delivery_timeout_ms: u64,
     /// Ceiling of the first reconnect delay, in milliseconds.
-    pub reconnect_initial_ms: u64,
+    pub(crate) reconnect_initial_ms: u64,
     /// Ceiling of every reconnect delay, in milliseconds.
-    pub reconnect_max_ms: u64,
+    pub(crate) reconnect_max_ms: u64,
     /// Milliseconds `sync(2)` may take before an immediate operation's
     /// `reboot(2)` goes ahead anyway: a hung disk or mount must not keep the
     /// node up after `Initiated`.
-    pub sync_timeout_ms: u64,
+    pub(crate) sync_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -654,7 +654,7 @@ impl Config {
 
     /// What roxyd announces in the handshake.
     #[must_use]
-    pub fn identity(&self) -> Identity {
+    pub(crate) fn identity(&self) -> Identity {
         Identity {
             app_name: self.app_name.clone(),
             protocol_version: self.protocol_version.clone(),
@@ -677,7 +677,7 @@ impl Config {
     /// How long every stream slot may be held by streams roxyd closed before
     /// it reconnects.
     #[must_use]
-    pub fn slots_held_timeout(&self) -> Duration {
+    pub(crate) fn slots_held_timeout(&self) -> Duration {
         Duration::from_secs(self.stream_slots_timeout_secs)
     }
 
@@ -701,7 +701,7 @@ impl Config {
 
     /// The reconnect bounds.
     #[must_use]
-    pub fn backoff(&self) -> BackoffConfig {
+    pub(crate) fn backoff(&self) -> BackoffConfig {
         BackoffConfig {
             initial: Duration::from_millis(self.reconnect_initial_ms),
             max: Duration::from_millis(self.reconnect_max_ms),

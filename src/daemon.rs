@@ -37,14 +37,14 @@ pub struct Settings {
     /// The Manager.
     pub manager: ManagerAddress,
     /// What roxyd announces in the handshake.
-    pub identity: Identity,
+    pub(crate) identity: Identity,
     /// Largest frame accepted, also in the handshake.
-    pub max_frame_len: u32,
+    pub(crate) max_frame_len: u32,
     /// Most request streams the Manager may have open at once.
-    pub max_streams: u32,
+    pub(crate) max_streams: u32,
     /// How long every stream slot may be held by streams roxyd closed, with
     /// no answer from the Manager, before roxyd reconnects.
-    pub slots_held_timeout: Duration,
+    pub(crate) slots_held_timeout: Duration,
     /// How long connecting and the handshake may take together.
     pub handshake_timeout: Duration,
     /// Reconnect bounds.

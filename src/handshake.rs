@@ -121,7 +121,7 @@ where
 /// # Errors
 ///
 /// See [`HandshakeError`].
-pub async fn handshake(
+pub(crate) async fn handshake(
     connection: &quinn::Connection,
     info: &AgentInfo,
     max_frame_len: u32,

@@ -5,7 +5,7 @@
 //! Rules: every event goes through [`LogSink`], which escapes control
 //! characters in the formatted line (a graceful command's output, a Manager's
 //! text), so that untrusted text can never start a line of its own. A
-//! warning a Manager can trigger at will is logged through [`warn_repeated!`]
+//! warning a Manager can trigger at will is logged through `warn_repeated!`
 //! with its [`Repeated`], never directly.
 
 use std::{
@@ -204,7 +204,7 @@ pub const REPEAT_INTERVAL: Duration = Duration::from_secs(60);
 /// A warning a Manager can trigger at will (oversized frames, refused or
 /// unknown requests, streams running short): logged the first time, then at
 /// most once per [`REPEAT_INTERVAL`], on the next occurrence after it, with
-/// the count of those not logged; [`summarise_repeats`] logs what is left
+/// the count of those not logged; `summarise_repeats` logs what is left
 /// when the connection ends. No timer: each occurrence does the counting.
 pub struct Repeated {
     what: &'static str,
@@ -218,7 +218,7 @@ struct RepeatState {
     unlogged: u64,
 }
 
-/// What [`Repeated::occurred`] says to do with an occurrence.
+/// What `Repeated::occurred` says to do with an occurrence.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Occurrence {
     /// Log it: the first, or the first after the interval; `unlogged`

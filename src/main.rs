@@ -136,7 +136,7 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
         // say) are written before roxyd exits, unless the disk hangs.
         let _ = power_log.flush(POWER_LOG_FLUSH);
         Ok(match result {
-            Ok(Outcome::Stopped) => ExitCode::SUCCESS,
+            Ok(Outcome::Stopped) => ExitCode::from(exit_status::SUCCESS),
             Ok(Outcome::Checked { manager_protocol }) => {
                 // The version is the Manager's text: one line, escaped.
                 print!(
@@ -149,7 +149,7 @@ fn start(cli: &Cli) -> Result<ExitCode, StartupError> {
                         false
                     )
                 );
-                ExitCode::SUCCESS
+                ExitCode::from(exit_status::SUCCESS)
             }
             Err(e) => {
                 // May hold the Manager's text (a refusal): one line, escaped.

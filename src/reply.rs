@@ -4,7 +4,7 @@
 //!
 //! A reply is one frame holding `Result<T, String>`; an error reply encodes
 //! the same for every `T`. The success reply of a power request is written
-//! by [`crate::power::immediate::write_initiated`], the only maker of the
+//! by `crate::power::immediate::write_initiated`, the only maker of the
 //! proof a release needs.
 
 use std::{future::Future, io};

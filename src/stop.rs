@@ -1,6 +1,6 @@
 //! The stop signal: SIGINT or SIGTERM, or a trigger held by the demo and the
 //! tests. Every waiting phase of the daemon (connecting, serving, waiting to
-//! reconnect) races its work against [`Stop::requested`].
+//! reconnect) races its work against `Stop::requested`.
 
 use tokio::sync::watch;
 
@@ -29,13 +29,13 @@ impl StopTrigger {
 impl Stop {
     /// Resolves once a stop was asked for; never, if the trigger is dropped
     /// without asking.
-    pub async fn requested(&mut self) {
+    pub(crate) async fn requested(&mut self) {
         if self.0.wait_for(|stop| *stop).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
 
-    /// [`Self::requested`] as a future that owns its signal.
+    /// `Self::requested` as a future that owns its signal.
     pub async fn requested_owned(mut self) {
         self.requested().await;
     }

@@ -22,7 +22,8 @@ pub(crate) const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
 /// Unacknowledged bytes roxyd keeps for sending.
 pub(crate) const SEND_WINDOW: u64 = 256 * 1024;
 
-pub use roxyd_proto::tls::{TlsError, load_certs, load_private_key, load_roots, provider};
+use roxyd_proto::tls::provider;
+pub use roxyd_proto::tls::{TlsError, load_certs, load_private_key, load_roots};
 
 /// The longest the Manager is asked to hold back its acknowledgement of
 /// roxyd's packets (QUIC ACK frequency extension). See [`client_config`].

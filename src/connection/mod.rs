@@ -206,7 +206,7 @@ impl ConnectionLimits {
 /// rule.
 ///
 /// On the way out the connection is closed and the stream tasks are given
-/// [`STREAMS_END_BOUND`] to end (their reads and writes fail on the closed
+/// `STREAMS_END_BOUND` to end (their reads and writes fail on the closed
 /// connection); any still running then is aborted. A pending operation
 /// whose reply was not yet written is thereby cancelled; one whose reply was
 /// written is released (the Manager may already have been told).

@@ -95,7 +95,7 @@ impl StreamActivity {
 
     /// Ends the stream's wait for a request now, or its next one if it is at
     /// work: a stop lets work under way finish, and starts no more.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         let waker = self.lock().waker.take();
         if let Some(waker) = waker {
@@ -129,7 +129,7 @@ impl StreamActivity {
 /// # Errors
 ///
 /// When the stream was closed while it waited: the read is dropped then,
-/// never once it has completed. After [`StreamActivity::stop`] it ends
+/// never once it has completed. After `StreamActivity::stop` it ends
 /// before the read is polled: bytes that arrived are not served.
 pub async fn wait<F: Future>(read: F, activity: &StreamActivity) -> Result<F::Output, CloseReason> {
     let mut read = pin!(read);
@@ -305,7 +305,7 @@ impl Streams {
 
     /// Stops every running stream ([`StreamActivity::stop`]): those waiting
     /// for a request end now, those at work once their work is done.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         for activity in self.running() {
             activity.stop();
         }

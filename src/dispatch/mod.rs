@@ -3,7 +3,7 @@
 //!
 //! It reads frames, decodes requests and routes them: echo and the requests
 //! roxyd does not serve are answered here, power requests go to
-//! [`crate::power`], whose [`immediate::serve`] orders "write the reply,
+//! [`crate::power`], whose `immediate::serve` orders "write the reply,
 //! then release" for every platform. Rules a reader must not break:
 //! - An immediate power operation is released only after its success reply
 //!   was written, or after the write failed because the Manager declined
@@ -112,7 +112,7 @@ pub trait DispatchObserver: Send + Sync {
 
 /// The observer that ignores everything.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct NoObserver;
+pub(crate) struct NoObserver;
 
 impl DispatchObserver for NoObserver {
     fn on_event(&self, _event: &DispatchEvent) {}

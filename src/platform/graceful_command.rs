@@ -9,8 +9,8 @@
 //! The wait is for the command's process itself, not for the end of its
 //! output: a command may exit at once but leave a child behind that holds
 //! its standard output open for as long as it likes. The output is read
-//! alongside, at most [`OUTPUT_KEPT`] bytes of each stream kept and the rest
-//! discarded, and given [`OUTPUT_GRACE`] to end once the process exited.
+//! alongside, at most `OUTPUT_KEPT` bytes of each stream kept and the rest
+//! discarded, and given `OUTPUT_GRACE` to end once the process exited.
 
 use std::{
     io,
@@ -205,7 +205,7 @@ impl GracefulStart {
     ///
     /// Returns once the process has exited and been reaped, even while a
     /// child it left behind still holds its output open: the output is
-    /// awaited for at most [`OUTPUT_GRACE`] more.
+    /// awaited for at most `OUTPUT_GRACE` more.
     pub async fn wait(self) -> CommandOutcome {
         let Self::Spawned(mut child) = self else {
             return CommandOutcome::Simulated;
@@ -281,26 +281,26 @@ pub(crate) const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 
 /// What was kept of one output stream.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct KeptOutput {
+pub(crate) struct KeptOutput {
     /// The first [`OUTPUT_KEPT`] bytes at most.
-    pub bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
     /// How many bytes after those were read and discarded.
-    pub discarded: u64,
+    pub(crate) discarded: u64,
     /// Whether the stream was still open when collected: a child the
     /// command left behind holds it.
-    pub still_open: bool,
+    pub(crate) still_open: bool,
 }
 
 impl KeptOutput {
     /// The kept bytes as text, for the log.
     #[must_use]
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).trim().to_owned()
     }
 
     /// Adds `piece`, keeping at most [`OUTPUT_KEPT`] bytes in all and
     /// counting the rest as discarded.
-    pub fn push(&mut self, piece: &[u8]) {
+    pub(crate) fn push(&mut self, piece: &[u8]) {
         let room = OUTPUT_KEPT
             .saturating_sub(self.bytes.len())
             .min(piece.len());

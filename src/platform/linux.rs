@@ -32,7 +32,7 @@ use super::{
 pub(crate) const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The step run before `reboot(2)`: `sync(2)`, or a stand-in in tests.
-pub type SyncStep = Arc<dyn Fn() + Send + Sync>;
+pub(crate) type SyncStep = Arc<dyn Fn() + Send + Sync>;
 
 /// The Linux backend.
 #[derive(Clone)]

@@ -31,7 +31,7 @@ impl MacosBackend {
 
     /// The backend with `sudo` looked up in the system directories.
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_commands(GracefulCommands::new(Self::REBOOT, Self::POWER_OFF))
     }
 

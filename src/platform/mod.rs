@@ -5,7 +5,7 @@
 //! - [`PowerBackend::prepare`] checks that an immediate operation can run now
 //!   and does nothing irreversible. Its failure becomes `invalid command`.
 //! - [`PowerBackend::perform`] runs an immediate operation. On a real system
-//!   success does not return. Only [`crate::power::PendingPowerOp::release`]
+//!   success does not return. Only `crate::power::PendingPowerOp::release`
 //!   calls it, and only after the reply was written.
 //! - [`PowerBackend::start_graceful`] starts the system's orderly reboot or
 //!   power-off command and returns once it has been spawned. Its failure
@@ -31,7 +31,7 @@ pub mod unsupported;
 pub(crate) use select::version_text;
 pub use select::{
     BackendChoice, BackendOptions, CAN_RECORD, DaemonBackend, NoRecorder, Platform,
-    SYSTEM_BACKEND_NAME, SystemBackend, daemon_backend, system_backend,
+    SYSTEM_BACKEND_NAME, daemon_backend,
 };
 
 pub use graceful_command::{
@@ -77,7 +77,7 @@ pub enum GracefulOp {
 
 /// What a power request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PowerOp {
+pub(crate) enum PowerOp {
     /// Reply first, then act (see [`crate::power::PendingPowerOp`]).
     Immediate(ImmediateOp),
     /// Start the system command, then reply.

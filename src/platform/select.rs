@@ -104,12 +104,12 @@ pub(super) mod linux_commands {
     use super::CommandLine;
 
     /// `reboot`, without arguments.
-    pub const REBOOT: CommandLine = CommandLine {
+    pub(crate) const REBOOT: CommandLine = CommandLine {
         program: "reboot",
         args: &[],
     };
     /// `poweroff`, without arguments.
-    pub const POWER_OFF: CommandLine = CommandLine {
+    pub(crate) const POWER_OFF: CommandLine = CommandLine {
         program: "poweroff",
         args: &[],
     };
@@ -123,26 +123,26 @@ pub const SYSTEM_BACKEND_NAME: &str = Platform::current().backend_name();
 cfg_if::cfg_if! {
     if #[cfg(immediate_power)] {
         /// This platform's own backend: Linux.
-        pub type SystemBackend = linux::LinuxBackend;
+        pub(crate) type SystemBackend = linux::LinuxBackend;
         /// This platform's own backend, which carries power requests out.
         #[must_use]
-        pub fn system_backend(options: BackendOptions) -> SystemBackend {
+        pub(crate) fn system_backend(options: BackendOptions) -> SystemBackend {
             linux::LinuxBackend::new().with_sync_timeout(options.sync_timeout)
         }
     } else if #[cfg(target_os = "macos")] {
         /// This platform's own backend: macOS.
-        pub type SystemBackend = macos::MacosBackend;
+        pub(crate) type SystemBackend = macos::MacosBackend;
         /// This platform's own backend, which carries power requests out.
         #[must_use]
-        pub fn system_backend(_options: BackendOptions) -> SystemBackend {
+        pub(crate) fn system_backend(_options: BackendOptions) -> SystemBackend {
             macos::MacosBackend::new()
         }
     } else {
         /// This platform's own backend: none of the power family is available.
-        pub type SystemBackend = unsupported::UnsupportedBackend;
+        pub(crate) type SystemBackend = unsupported::UnsupportedBackend;
         /// This platform's own backend, which refuses every power request.
         #[must_use]
-        pub fn system_backend(_options: BackendOptions) -> SystemBackend {
+        pub(crate) fn system_backend(_options: BackendOptions) -> SystemBackend {
             unsupported::UnsupportedBackend
         }
     }

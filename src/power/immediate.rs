@@ -1,19 +1,19 @@
 //! The immediate ordering: write the success reply, then confirm its
 //! delivery or recognise that the Manager declined it, then release; or
-//! drop. [`serve`] is the only place that orders these steps, for every
+//! drop. `serve` is the only place that orders these steps, for every
 //! platform.
 //!
 //! Rules a reader must not break:
-//! - A pending operation is released only with a [`ReleaseProof`](super::ReleaseProof):
-//!   [`write_initiated`] makes a [`ReplyWritten`] (review-protocol 0.18
-//!   Managers read the reply), [`recognise_decline`] a [`ReplyDeclined`]
+//! - A pending operation is released only with a `ReleaseProof`:
+//!   `write_initiated` makes a `ReplyWritten` (review-protocol 0.18
+//!   Managers read the reply), `recognise_decline` a `ReplyDeclined`
 //!   (0.19 Managers send an immediate request fire-and-forget and decline any
 //!   reply). Every other failed write drops the operation.
 //! - After a written reply the send side is finished and the Manager's
-//!   acknowledgement awaited for at most [`Limits::delivery_timeout`], so that
+//!   acknowledgement awaited for at most `Limits::delivery_timeout`, so that
 //!   the reply has left the host before it goes down; the release follows
 //!   whatever that wait gives, since the Manager may already have been told.
-//! - Every wait is bounded: the reply write by [`Limits::reply_timeout`], the
+//! - Every wait is bounded: the reply write by `Limits::reply_timeout`, the
 //!   decline check by [`DeclineRule`].
 
 use std::{
@@ -37,20 +37,20 @@ use crate::{
 
 /// The bounds of the immediate ordering.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// How long writing the reply may take; a reply not written in time
     /// drops the operation.
-    pub reply_timeout: Duration,
+    pub(crate) reply_timeout: Duration,
     /// How long to wait for the Manager to acknowledge the written reply
     /// before releasing anyway; zero does not wait.
-    pub delivery_timeout: Duration,
+    pub(crate) delivery_timeout: Duration,
     /// When a failed reply write means the Manager declined the reply.
-    pub decline: DeclineRule,
+    pub(crate) decline: DeclineRule,
 }
 
 /// A step of the immediate ordering, reported as it happens.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// The operation is pending; its reply is about to be written.
     Prepared,
     /// The success reply was written.
@@ -68,14 +68,14 @@ pub enum Step {
 }
 
 /// Where [`serve`] reports its steps.
-pub trait Steps {
+pub(crate) trait Steps {
     /// Called once per step, in order.
     fn step(&self, step: Step);
 }
 
 /// How [`serve`] ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The operation was released after its reply was written or declined.
     Released,
     /// The reply could not be written, and it was not a decline: the
@@ -87,7 +87,7 @@ pub enum Outcome {
 /// releases it after the delivery wait, or after the Manager declined the
 /// reply; otherwise drops it. `recv` must be positioned right after the
 /// request frame.
-pub async fn serve<B, R, W>(
+pub(crate) async fn serve<B, R, W>(
     pending: PendingPowerOp<B>,
     form: WireForm,
     recv: &mut R,
@@ -173,7 +173,7 @@ pub(crate) async fn write_initiated<W: ReplySink + ?Sized>(
 }
 
 /// When a failed reply write counts as declined by the Manager (see
-/// [`recognise_decline`]).
+/// `recognise_decline`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeclineRule {
     /// The longest a reply may have been pending when the Manager's
@@ -199,7 +199,7 @@ impl Default for DeclineRule {
 /// Why a failed reply write was not a decline: the pending operation is
 /// dropped.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum NotDeclined {
+pub(crate) enum NotDeclined {
     /// The Manager had not stopped the stream: the connection was lost, the
     /// stream ended otherwise, or the write timed out.
     #[error("the Manager did not stop the stream ({0})")]

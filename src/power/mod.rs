@@ -4,13 +4,13 @@
 //! with its reaper. [`crate::dispatch`] only routes requests here.
 //!
 //! [`PowerHandler`] turns a power request into a pending immediate
-//! operation ([`pending`]) or a started graceful command ([`graceful`]);
-//! [`immediate::serve`] is the only place that orders "write the reply, then
+//! operation (`pending`) or a started graceful command (`graceful`);
+//! `immediate::serve` is the only place that orders "write the reply, then
 //! release".
 //!
 //! Rules a reader must not break:
-//! - An immediate operation is only ever run by [`PendingPowerOp::release`],
-//!   which needs a [`ReleaseProof`]: the success reply was written, or the
+//! - An immediate operation is only ever run by `PendingPowerOp::release`,
+//!   which needs a `ReleaseProof`: the success reply was written, or the
 //!   Manager declined it; dropping a [`PendingPowerOp`] cancels it. Either
 //!   way the backend hears of it at that moment
 //!   ([`PowerBackend::pending_settled`]).
@@ -37,13 +37,13 @@ use crate::{
     power_log::{Asked, PowerLog, RequestForm},
 };
 
-pub mod graceful;
+pub(crate) mod graceful;
 pub mod immediate;
 mod latch;
-pub mod pending;
+pub(crate) mod pending;
 
 pub use graceful::GracefulRun;
-pub use pending::{PendingPowerOp, ReleaseProof, ReplyDeclined, ReplyWritten};
+pub use pending::PendingPowerOp;
 
 use latch::{Busy, Kind, PowerLatch};
 
@@ -63,7 +63,7 @@ pub struct PowerHandler<B> {
 
 impl<B: PowerBackend> PowerHandler<B> {
     /// A handler with no operation under way.
-    pub fn new(backend: B) -> Self {
+    pub(crate) fn new(backend: B) -> Self {
         Self {
             backend: Arc::new(backend),
             busy: Arc::new(watch::Sender::new(Busy::default())),
@@ -74,14 +74,14 @@ impl<B: PowerBackend> PowerHandler<B> {
 
     /// Records releases and graceful commands in `log`.
     #[must_use]
-    pub fn with_power_log(mut self, log: PowerLog) -> Self {
+    pub(crate) fn with_power_log(mut self, log: PowerLog) -> Self {
         self.log = log;
         self
     }
 
     /// The power log.
     #[must_use]
-    pub fn power_log(&self) -> &PowerLog {
+    pub(crate) fn power_log(&self) -> &PowerLog {
         &self.log
     }
 

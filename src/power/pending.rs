@@ -23,7 +23,7 @@ use crate::{
 /// Proof that a success reply for a power request was written on the
 /// request's stream. Only [`super::immediate::write_initiated`] makes one.
 #[derive(Debug)]
-pub struct ReplyWritten {
+pub(crate) struct ReplyWritten {
     /// The Manager acknowledged it (see [`Self::confirmed`]).
     acknowledged: bool,
 }
@@ -39,7 +39,11 @@ impl ReplyWritten {
     /// The proof, with what the wait for the Manager's acknowledgement gave:
     /// the power log records the reply `delivered` or `unconfirmed`.
     #[must_use]
-    pub fn confirmed(self, delivery: &Delivery) -> Self {
+    #[allow(
+        clippy::unused_self,
+        reason = "consumes the proof it replaces, so only one of the two can be used"
+    )]
+    pub(crate) fn confirmed(self, delivery: &Delivery) -> Self {
         Self {
             acknowledged: matches!(delivery, Delivery::Acknowledged),
         }
@@ -51,7 +55,7 @@ impl ReplyWritten {
 /// side with `STOP_SENDING` code 0 promptly, and finished its own send side
 /// right after the request. Only [`super::immediate::recognise_decline`] makes one.
 #[derive(Debug)]
-pub struct ReplyDeclined {
+pub(crate) struct ReplyDeclined {
     _private: (),
 }
 
@@ -66,7 +70,7 @@ impl ReplyDeclined {
 /// What entitles a pending immediate operation to run: either the Manager
 /// was given the reply, or it declined it. Nothing else converts into this.
 #[derive(Debug)]
-pub enum ReleaseProof {
+pub(crate) enum ReleaseProof {
     /// The success reply was written on the request's stream.
     Written(ReplyWritten),
     /// The Manager declined the reply (fire-and-forget).
@@ -87,10 +91,10 @@ impl From<ReplyDeclined> for ReleaseProof {
 
 /// An immediate power operation that has been checked but not run.
 ///
-/// It runs only through [`release`](Self::release), which consumes it and
-/// takes a [`ReleaseProof`] that only the reply writer
-/// ([`super::immediate::write_initiated`]) or the decline check
-/// ([`super::immediate::recognise_decline`]) can make, so "release before the
+/// It runs only through `release`, which consumes it and
+/// takes a `ReleaseProof` that only the reply writer
+/// (`super::immediate::write_initiated`) or the decline check
+/// (`super::immediate::recognise_decline`) can make, so "release before the
 /// reply", "release twice" and "use after release" do not compile. Dropping
 /// it instead cancels it: nothing happens, and the next power request may
 /// proceed.
@@ -133,7 +137,7 @@ impl<B: PowerBackend> PendingPowerOp<B> {
 impl<B: PowerBackend> PendingPowerOp<B> {
     /// The operation.
     #[must_use]
-    pub fn op(&self) -> ImmediateOp {
+    pub(crate) fn op(&self) -> ImmediateOp {
         self.op
     }
 
@@ -147,7 +151,7 @@ impl<B: PowerBackend> PendingPowerOp<B> {
     ///
     /// An error from the backend is logged; the Manager was already told
     /// `Initiated`, or asked for no answer.
-    pub fn release(mut self, proof: impl Into<ReleaseProof>) {
+    pub(crate) fn release(mut self, proof: impl Into<ReleaseProof>) {
         let op = self.op;
         let backend = Arc::clone(&self.backend);
         let latch = self.latch.take();

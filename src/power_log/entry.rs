@@ -142,7 +142,7 @@ impl RequestForm {
     /// The form of `request` received in wire form `form`: the flat forms
     /// carry only an immediate reboot or shutdown.
     #[must_use]
-    pub fn of(request: NodePowerRequest, form: WireForm) -> Self {
+    pub(crate) fn of(request: NodePowerRequest, form: WireForm) -> Self {
         match (form, request) {
             (WireForm::Grouped, _) => Self::NodePower,
             (WireForm::Flat, NodePowerRequest::Reboot | NodePowerRequest::GracefulReboot) => {
@@ -175,7 +175,7 @@ pub struct Asked {
 impl Asked {
     /// `request`, received in wire form `form`.
     #[must_use]
-    pub fn new(request: NodePowerRequest, form: RequestForm) -> Self {
+    pub(crate) fn new(request: NodePowerRequest, form: RequestForm) -> Self {
         Self {
             op: request.into(),
             request: form,

@@ -4,7 +4,7 @@
 //! down, or that it did not.
 //!
 //! Rules a reader must not break:
-//! - The record never blocks power. One thread, [`WRITER_THREAD`], owns the
+//! - The record never blocks power. One thread, `WRITER_THREAD`, owns the
 //!   file and takes entries from a channel: recording from the async
 //!   runtime never waits, and the immediate path's release thread waits for
 //!   its entry at most [`RELEASE_WAIT`], far below the sync bound, before it
@@ -30,7 +30,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-pub mod entry;
+pub(crate) mod entry;
 pub mod explain;
 pub mod read;
 
@@ -71,7 +71,7 @@ pub fn log_path(state_dir: &Path) -> PathBuf {
 }
 
 /// The kernel's boot id: on Linux `/proc/sys/kernel/random/boot_id`, on
-/// macOS the boot time from `sysctl kern.boottime`; [`UNKNOWN_BOOT_ID`]
+/// macOS the boot time from `sysctl kern.boottime`; `UNKNOWN_BOOT_ID`
 /// when it cannot be read or the platform has none.
 #[must_use]
 pub fn boot_id() -> String {

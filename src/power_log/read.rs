@@ -3,7 +3,7 @@
 //!
 //! Rules a reader must not break: no line may stop the reading (corrupt,
 //! truncated, huge, not UTF-8, hand-edited: it is counted and skipped); at
-//! most [`READ_LIMIT`] bytes from the end of the file are read, so a file
+//! most `READ_LIMIT` bytes from the end of the file are read, so a file
 //! grown by hand cannot exhaust memory.
 
 use std::{

@@ -2,7 +2,7 @@
 //! asked to do, for tests, the demo and benchmarks (`test-backend` feature).
 //!
 //! [`Journal`] is both a [`DispatchObserver`] and the recorder's
-//! [`CallLog`], so one list shows "reply written" before "performed".
+//! `CallLog`, so one list shows "reply written" before "performed".
 //! [`Recorder`] is the recording backend wired to a fresh journal. Tests wait
 //! on the journal with [`Journal::wait_for`], an explicit signal with a time
 //! limit, never a sleep.
@@ -66,7 +66,7 @@ impl Entry {
 /// The shared, ordered list of [`Entry`]s, each with the time it was noted.
 ///
 /// It keeps everything: tests, the demo and benchmarks read it whole. The
-/// daemon's recorder keeps nothing ([`super::LogLines`]).
+/// daemon's recorder keeps nothing (`super::LogLines`).
 #[derive(Clone, Debug, Default)]
 pub struct Journal {
     entries: Arc<watch::Sender<Vec<(Instant, Entry)>>>,
@@ -74,7 +74,7 @@ pub struct Journal {
 
 impl Journal {
     /// Appends `entry` and wakes every waiter.
-    pub fn push(&self, entry: Entry) {
+    pub(crate) fn push(&self, entry: Entry) {
         self.entries
             .send_modify(|entries| entries.push((Instant::now(), entry)));
     }
@@ -109,13 +109,13 @@ impl Journal {
 
     /// How long [`Self::wait_for`] waits: a safety net that turns a hang
     /// into a failure that shows the entries, not a time tests rely on.
-    pub const WAIT_LIMIT: Duration = Duration::from_secs(60);
+    pub(crate) const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
     /// Waits until `done` holds for the entries, then returns a copy of them.
     ///
     /// # Panics
     ///
-    /// When `done` does not hold within [`Self::WAIT_LIMIT`].
+    /// When `done` does not hold within `Self::WAIT_LIMIT`.
     pub async fn wait_for(&self, done: impl FnMut(&[Entry]) -> bool) -> Vec<Entry> {
         self.wait_for_within(Self::WAIT_LIMIT, done).await
     }
@@ -125,7 +125,7 @@ impl Journal {
     ///
     /// # Panics
     ///
-    /// When `op` is not settled within [`Self::WAIT_LIMIT`].
+    /// When `op` is not settled within `Self::WAIT_LIMIT`.
     pub async fn settlement(&self, op: ImmediateOp) -> Settlement {
         let settled = |e: &Entry| match e {
             Entry::Settled(o, how) if *o == op => Some(*how),

@@ -1,9 +1,9 @@
 //! The `test-backend` recorder: a backend that notes each call, in order,
-//! instead of acting, and reports it to a [`CallLog`].
+//! instead of acting, and reports it to a `CallLog`.
 //!
 //! The recorder itself knows nothing above `platform`: the [`journal`] that
 //! puts its calls beside the dispatch layer's steps, for tests, the demo and
-//! benchmarks, is one [`CallLog`]; the daemon's recorder uses [`LogLines`],
+//! benchmarks, is one `CallLog`; the daemon's recorder uses `LogLines`,
 //! which keeps nothing (every call is logged as it happens).
 
 use std::{
@@ -22,7 +22,7 @@ use super::{
 
 /// A call the recorder saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Call {
+pub(crate) enum Call {
     /// [`PowerBackend::prepare`].
     Prepare(ImmediateOp),
     /// [`PowerBackend::perform`]: on a real backend, the host would now go
@@ -36,16 +36,18 @@ pub enum Call {
 }
 
 /// Where a [`RecordingBackend`] reports its calls.
-pub trait CallLog: Send + Sync + fmt::Debug {
+pub(crate) trait CallLog: Send + Sync + fmt::Debug {
     /// Called once per call, in order, as it happens.
     fn note(&self, call: Call);
 }
 
 /// The daemon's call log: keeps nothing, since the recorder logs each call
 /// as it happens and a long-running daemon must not grow.
+#[cfg(feature = "test-backend")]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct LogLines;
+pub(crate) struct LogLines;
 
+#[cfg(feature = "test-backend")]
 impl CallLog for LogLines {
     fn note(&self, call: Call) {
         tracing::debug!(?call, "recording backend call");
@@ -84,24 +86,25 @@ impl RecordingBackend {
 
     /// The recorder a daemon runs on with `--backend recorder`: it logs each
     /// call and keeps nothing.
+    #[cfg(feature = "test-backend")]
     #[must_use]
-    pub fn for_daemon() -> Self {
+    pub(crate) fn for_daemon() -> Self {
         Self::logging_to(Arc::new(LogLines))
     }
 
     /// Makes [`PowerBackend::prepare`] fail (or succeed again).
-    pub fn set_refuse_prepare(&self, refuse: bool) {
+    pub(crate) fn set_refuse_prepare(&self, refuse: bool) {
         self.refuse_prepare.store(refuse, Ordering::SeqCst);
     }
 
     /// Makes [`PowerBackend::start_graceful`] fail (or succeed again).
-    pub fn set_fail_start(&self, fail: bool) {
+    pub(crate) fn set_fail_start(&self, fail: bool) {
         self.fail_start.store(fail, Ordering::SeqCst);
     }
 
     /// Makes [`PowerBackend::perform`] wait, after recording the call, until
     /// the gate is opened again with `false`.
-    pub fn set_hold_perform(&self, hold: bool) {
+    pub(crate) fn set_hold_perform(&self, hold: bool) {
         *self
             .perform_gate
             .held
