@@ -142,8 +142,10 @@ impl<B: PowerBackend> PendingPowerOp<B> {
     }
 
     /// Runs the operation on a thread of its own, off the async runtime, and
-    /// returns at once. The caller must have written the success reply on the
-    /// request's stream, or seen the Manager decline it: `proof` says which.
+    /// returns at once; if no thread can be started, it runs here instead,
+    /// since a promised operation must not be lost. The caller must have
+    /// written the success reply on the request's stream, or seen the Manager
+    /// decline it: `proof` says which.
     ///
     /// On that thread, before the operation, the release is recorded in the
     /// power log, waiting at most [`power_log::RELEASE_WAIT`]; the backend's
