@@ -179,8 +179,9 @@ impl RequestSpan {
         }
     }
 
-    /// For a stream served on its own: its lines go to the span current
-    /// when the first is logged.
+    /// For a stream served on its own, as tests serve them: its lines go to
+    /// the span current when the first is logged.
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn current() -> Self {
         Self {

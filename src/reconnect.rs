@@ -45,6 +45,7 @@ impl Backoff {
     }
 
     /// Delays drawn from a seeded generator, for tests.
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn seeded(config: BackoffConfig, seed: u64) -> Self {
         Self::with_rng(config, StdRng::seed_from_u64(seed))

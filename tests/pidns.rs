@@ -12,7 +12,7 @@
 //! namespace whose `/usr/sbin` is a tmpfs of stand-in commands
 //! ([`Namespaced::start_with`]): the host's own `reboot` would not be
 //! stopped by any namespace.
-#![cfg(target_os = "linux")]
+#![cfg(all(target_os = "linux", feature = "test-backend"))]
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! The platform backends' own logic: graceful command lookup and start, the
 //! macOS backend (compiled and tested on every host), the fallback, and the
 //! Linux capability check. Nothing here calls `reboot(2)`.
+#![cfg(feature = "test-backend")]
 
 mod support;
 

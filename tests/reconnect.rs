@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use roxyd::reconnect::{Backoff, BackoffConfig};
+#[cfg(feature = "test-backend")]
 use rstest::rstest;
 
 const CONFIG: BackoffConfig = BackoffConfig {
@@ -12,6 +13,7 @@ const CONFIG: BackoffConfig = BackoffConfig {
     max: Duration::from_secs(60),
 };
 
+#[cfg(feature = "test-backend")]
 #[rstest]
 #[case::seed_1(1)]
 #[case::seed_2(2)]
@@ -32,6 +34,7 @@ fn delays_stay_between_half_and_all_of_a_doubling_ceiling(#[case] seed: u64) {
     assert_eq!(backoff.ceiling(), CONFIG.initial);
 }
 
+#[cfg(feature = "test-backend")]
 #[test]
 fn the_ceiling_saturates_after_very_many_failures() {
     let mut backoff = Backoff::seeded(CONFIG, 7);
@@ -41,6 +44,7 @@ fn the_ceiling_saturates_after_very_many_failures() {
     assert_eq!(backoff.ceiling(), CONFIG.max);
 }
 
+#[cfg(feature = "test-backend")]
 #[test]
 fn agents_do_not_reconnect_in_lockstep() {
     let delays = |seed| {

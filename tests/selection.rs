@@ -1,6 +1,7 @@
 //! Backend selection as plain code: every platform's arm, checked on this
 //! host, whatever it is. The `cfg_if!` in `platform` only picks which arm a
 //! build runs; these tests check what each arm does.
+#![cfg(feature = "test-backend")]
 
 mod support;
 

@@ -206,6 +206,7 @@ async fn making_room_closes_the_longest_waiting_streams_that_waited_long_enough(
     .await;
 }
 
+#[cfg(feature = "test-backend")]
 #[test]
 fn ended_streams_are_dropped_from_the_list_as_it_grows() {
     let mut list = Streams::new(4);
@@ -223,6 +224,7 @@ fn ended_streams_are_dropped_from_the_list_as_it_grows() {
     assert!(!list.is_empty());
 }
 
+#[cfg(feature = "test-backend")]
 #[tokio::test(start_paused = true)]
 async fn a_stream_served_on_its_own_is_closed_at_its_idle_timeout_not_before() {
     support::bounded(

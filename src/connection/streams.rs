@@ -198,7 +198,9 @@ impl Drop for Mark<'_> {
 }
 
 /// Closes `activity`'s stream once it has waited `idle` for the Manager;
-/// never returns. For a stream served on its own, without a [`Streams`].
+/// never returns. For a stream served on its own, without a [`Streams`], as
+/// tests serve it.
+#[cfg(any(test, feature = "test-backend"))]
 pub async fn close_when_idle(activity: &StreamActivity, idle: Duration) {
     let mut check = Instant::now() + idle;
     loop {
@@ -265,13 +267,15 @@ impl Streams {
     }
 
     /// How many entries the list holds, ended streams' included until they
-    /// are dropped.
+    /// are dropped; for tests.
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn len(&self) -> usize {
         self.live.len()
     }
 
-    /// Whether the list holds no entry.
+    /// Whether the list holds no entry; for tests.
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()

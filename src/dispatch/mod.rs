@@ -159,7 +159,9 @@ impl<B: PowerBackend> Dispatcher<B> {
         }
     }
 
-    /// Reports every step to `observer`.
+    /// Reports every step to `observer`: the recorder's journal and tests
+    /// (the daemon observes nothing).
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn with_observer(mut self, observer: Arc<dyn DispatchObserver>) -> Self {
         self.observer = observer;
@@ -192,7 +194,9 @@ impl<B: PowerBackend> Dispatcher<B> {
     /// Serves requests from `recv`, answering each on `send`, until the
     /// Manager finishes the stream, an immediate operation is released, the
     /// stream stays silent for [`DispatchConfig::stream_idle_timeout`], or
-    /// it fails.
+    /// it fails. The stream is served on its own, as tests and the fuzz
+    /// targets serve it; the daemon's connections serve theirs together.
+    #[cfg(any(test, feature = "test-backend"))]
     pub async fn serve_stream<R, W>(&self, recv: &mut R, send: &mut W) -> StreamEnd
     where
         R: AsyncRead + Unpin + Send + ?Sized,
@@ -208,8 +212,8 @@ impl<B: PowerBackend> Dispatcher<B> {
         }
     }
 
-    /// As [`Self::serve_stream`], but the stream is closed when idle, or to
-    /// make room, only by whoever holds `activity`, which this keeps up to
+    /// Serves a stream as `serve_stream` does, but it is closed when idle, or
+    /// to make room, only by whoever holds `activity`, which this keeps up to
     /// date (the connection layer holds every stream's, see
     /// [`streams::Streams`]). Every line about a request goes to `span`; an
     /// echo logs none.

@@ -90,6 +90,7 @@ impl GracefulCommands {
 
     /// Looks commands up in `dirs` instead of the system directories; for
     /// tests, which point it at a temporary directory.
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn with_search_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
         self.search_dirs = dirs;

@@ -82,6 +82,7 @@ impl LinuxBackend {
     }
 
     /// Runs `step` instead of `sync(2)`: tests use one that never returns.
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn with_sync_step(mut self, step: SyncStep) -> Self {
         self.sync_step = step;

@@ -38,7 +38,8 @@ pub use graceful_command::{
     CommandLine, CommandOutcome, GracefulCommands, GracefulStart, StartError,
 };
 
-/// A boxed backend is a backend: [`Platform::backend`] gives one.
+/// A boxed backend is a backend: tests get one for any platform from
+/// `Platform::backend`.
 impl<T: PowerBackend + ?Sized> PowerBackend for Box<T> {
     fn prepare(&self, op: ImmediateOp) -> Result<(), PrepareError> {
         (**self).prepare(op)

@@ -12,7 +12,7 @@ use super::linux;
 use super::recorder;
 use super::{
     CommandLine, GracefulOp, GracefulStart, ImmediateOp, PowerBackend, PrepareError, Settlement,
-    StartError, macos, unsupported,
+    StartError,
 };
 
 /// Settings the daemon's backend takes from the configuration.
@@ -63,17 +63,23 @@ impl Platform {
         }
     }
 
-    /// Its graceful reboot and power-off commands, if it has any.
+    /// Its graceful reboot and power-off commands, if it has any; for tests
+    /// of every platform's table.
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn graceful_commands(self) -> Option<(CommandLine, CommandLine)> {
         match self {
             Self::Linux => Some((linux_commands::REBOOT, linux_commands::POWER_OFF)),
-            Self::Macos => Some((macos::MacosBackend::REBOOT, macos::MacosBackend::POWER_OFF)),
+            Self::Macos => Some((
+                super::macos::MacosBackend::REBOOT,
+                super::macos::MacosBackend::POWER_OFF,
+            )),
             Self::Other => None,
         }
     }
 
-    /// Whether it has immediate operations (`reboot(2)`).
+    /// Whether it has immediate operations (`reboot(2)`); for tests.
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn has_immediate(self) -> bool {
         self == Self::Linux
@@ -82,6 +88,7 @@ impl Platform {
     /// Its backend, boxed, for code that must handle any platform: tests of
     /// the non-native arms. Linux's needs `reboot(2)` and is only built
     /// there, so elsewhere this gives the fallback for it.
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn backend(self, options: BackendOptions) -> Box<dyn PowerBackend> {
         match self {
@@ -89,17 +96,18 @@ impl Platform {
             Self::Linux => {
                 Box::new(linux::LinuxBackend::new().with_sync_timeout(options.sync_timeout))
             }
-            Self::Macos => Box::new(macos::MacosBackend::new()),
+            Self::Macos => Box::new(super::macos::MacosBackend::new()),
             _ => {
                 let _ = options;
-                Box::new(unsupported::UnsupportedBackend)
+                Box::new(super::unsupported::UnsupportedBackend)
             }
         }
     }
 }
 
-/// The Linux command table, kept beside the others so that every platform's
-/// table is compiled (and tested) on every host.
+/// The Linux command table, kept beside the others so that tests check every
+/// platform's table on every host; other builds need it only on Linux.
+#[cfg(any(immediate_power, test, feature = "test-backend"))]
 pub(super) mod linux_commands {
     use super::CommandLine;
 
@@ -131,19 +139,19 @@ cfg_if::cfg_if! {
         }
     } else if #[cfg(target_os = "macos")] {
         /// This platform's own backend: macOS.
-        pub(crate) type SystemBackend = macos::MacosBackend;
+        pub(crate) type SystemBackend = super::macos::MacosBackend;
         /// This platform's own backend, which carries power requests out.
         #[must_use]
         pub(crate) fn system_backend(_options: BackendOptions) -> SystemBackend {
-            macos::MacosBackend::new()
+            super::macos::MacosBackend::new()
         }
     } else {
         /// This platform's own backend: none of the power family is available.
-        pub(crate) type SystemBackend = unsupported::UnsupportedBackend;
+        pub(crate) type SystemBackend = super::unsupported::UnsupportedBackend;
         /// This platform's own backend, which refuses every power request.
         #[must_use]
         pub(crate) fn system_backend(_options: BackendOptions) -> SystemBackend {
-            unsupported::UnsupportedBackend
+            super::unsupported::UnsupportedBackend
         }
     }
 }

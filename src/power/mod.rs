@@ -85,7 +85,8 @@ impl<B: PowerBackend> PowerHandler<B> {
         &self.log
     }
 
-    /// Whether a power operation is under way.
+    /// Whether a power operation is under way; for tests.
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn is_busy(&self) -> bool {
         self.busy.borrow().any()
@@ -101,7 +102,8 @@ impl<B: PowerBackend> PowerHandler<B> {
         let _ = rx.wait_for(|busy| !busy.any()).await;
     }
 
-    /// The backend.
+    /// The backend: for the demo, which tells its recorder to refuse.
+    #[cfg(any(test, feature = "test-backend"))]
     #[must_use]
     pub fn backend(&self) -> &B {
         &self.backend
