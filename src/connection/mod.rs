@@ -179,10 +179,26 @@ impl ConnectionLimits {
     pub const DEFAULT_SLOTS_HELD_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
+/// As [`serve_connection_with`], with the default bound for held slots
+/// ([`ConnectionLimits::DEFAULT_SLOTS_HELD_TIMEOUT`]): for tests.
+#[cfg(any(test, feature = "test-backend"))]
+pub async fn serve_connection<B: PowerBackend>(
+    connection: quinn::Connection,
+    dispatcher: Arc<Dispatcher<B>>,
+    max_streams: u32,
+    shutdown: impl Future<Output = ()>,
+) -> ConnectionEnd {
+    let limits = ConnectionLimits {
+        max_streams,
+        slots_held_timeout: ConnectionLimits::DEFAULT_SLOTS_HELD_TIMEOUT,
+    };
+    serve_connection_with(connection, dispatcher, limits, shutdown).await
+}
+
 /// Serves every request stream the Manager opens on `connection`, each on a
 /// task of its own, until the connection ends or `shutdown` resolves.
 ///
-/// The Manager may have at most `max_streams` open (the QUIC limit roxyd
+/// The Manager may have at most `limits.max_streams` open (the QUIC limit roxyd
 /// advertises). When all but an eighth of them are in use, the streams that
 /// have waited longest for a frame (half-written ones, say) are closed, so
 /// that a fresh stream, and the power request on it, always finds room. A
@@ -191,7 +207,7 @@ impl ConnectionLimits {
 /// A stream that roxyd closed on its side (to make room, or idle) still
 /// holds its slot until the Manager ends its half; it counts towards the
 /// limit until then. When every slot is held that way for
-/// [`ConnectionLimits::slots_held_timeout`], the Manager can open no stream,
+/// `limits.slots_held_timeout`, the Manager can open no stream,
 /// not even for a power request: roxyd closes the connection
 /// ([`ConnectionEnd::SlotsHeld`]) and the daemon reconnects.
 ///
@@ -210,21 +226,6 @@ impl ConnectionLimits {
 /// connection); any still running then is aborted. A pending operation
 /// whose reply was not yet written is thereby cancelled; one whose reply was
 /// written is released (the Manager may already have been told).
-#[cfg(any(test, feature = "test-backend"))]
-pub async fn serve_connection<B: PowerBackend>(
-    connection: quinn::Connection,
-    dispatcher: Arc<Dispatcher<B>>,
-    max_streams: u32,
-    shutdown: impl Future<Output = ()>,
-) -> ConnectionEnd {
-    let limits = ConnectionLimits {
-        max_streams,
-        slots_held_timeout: ConnectionLimits::DEFAULT_SLOTS_HELD_TIMEOUT,
-    };
-    serve_connection_with(connection, dispatcher, limits, shutdown).await
-}
-
-/// As [`serve_connection`], with every bound given.
 pub async fn serve_connection_with<B: PowerBackend>(
     connection: quinn::Connection,
     dispatcher: Arc<Dispatcher<B>>,
