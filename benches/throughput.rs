@@ -6,7 +6,7 @@
 //! per request in flight from 10 up) in twelve alternating slices, each agent
 //! process's CPU time per request and the Manager's while it served that
 //! agent; then 10,000 sequential round trips each and each process's peak
-//! RSS.
+//! RSS, and its anonymous and file pages at the end.
 //!
 //! ```text
 //! scripts/safe-run cargo bench --features test-backend --bench throughput
@@ -151,7 +151,7 @@ async fn suite() -> BenchResult<()> {
             requests: per_level,
         });
     }
-    let peaks: Vec<_> = pids.iter().map(|pid| common::peak_rss(*pid)).collect();
+    let peaks: Vec<_> = pids.iter().map(|pid| common::Resident::of(*pid)).collect();
     let report = Report {
         names: &names,
         roxyd_count,
@@ -222,7 +222,7 @@ impl Report<'_> {
         &self,
         levels: &[Level],
         spreads: &[Spread],
-        peaks: &[BenchResult<u64>],
+        peaks: &[BenchResult<common::Resident>],
     ) -> BenchResult<String> {
         let mut out = String::new();
         let manager = if std::env::var("ROXYBENCH_MANAGER").is_ok_and(|v| v == "one") {
@@ -282,12 +282,20 @@ impl Report<'_> {
             "\n## Sequential round trip ({} each, alternating blocks)\n",
             self.sequential
         )?;
-        writeln!(out, "| | median | p99 | peak RSS (VmHWM) |")?;
-        writeln!(out, "|---|---:|---:|---:|")?;
-        for ((name, spread), peak) in self.names.iter().zip(spreads).zip(peaks) {
-            let peak = match peak {
-                Ok(kib) => common::mib(*kib),
-                Err(e) => format!("({e})"),
+        writeln!(
+            out,
+            "| | median | p99 | peak RSS (VmHWM) | at the end: RssAnon | RssFile |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+        for ((name, spread), resident) in self.names.iter().zip(spreads).zip(peaks) {
+            let peak = match resident {
+                Ok(r) => format!(
+                    "{} | {} | {}",
+                    common::mib(r.peak),
+                    common::mib(r.anon),
+                    common::mib(r.file)
+                ),
+                Err(e) => format!("({e}) | | "),
             };
             writeln!(
                 out,

@@ -608,6 +608,27 @@ pub fn peak_rss(pid: u32) -> BenchResult<u64> {
     )
 }
 
+/// What process `pid` has resident, in KiB: its peak (`VmHWM`), and now
+/// its anonymous memory (`RssAnon`: heap, stacks) and its file pages
+/// (`RssFile`: mostly the binary's code and that of the libraries).
+#[derive(Clone, Copy, Debug)]
+pub struct Resident {
+    pub peak: u64,
+    pub anon: u64,
+    pub file: u64,
+}
+
+impl Resident {
+    pub fn of(pid: u32) -> BenchResult<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        Ok(Self {
+            peak: proc_field(&status, "VmHWM:")?,
+            anon: proc_field(&status, "RssAnon:")?,
+            file: proc_field(&status, "RssFile:")?,
+        })
+    }
+}
+
 pub fn micros(d: Duration) -> String {
     format!("{:.1} us", d.as_secs_f64() * 1e6)
 }
