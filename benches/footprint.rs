@@ -65,14 +65,14 @@ async fn suite() -> BenchResult<()> {
     let targets = [roxyd_target, Target(bare_connection.clone())];
     let pids = [roxyd.pid, bare_pid];
     tokio::time::sleep(SETTLE).await;
-    let idle = pids.map(Memory::of);
+    let idle = pids.map(common::Memory::of);
     let sequential = 10_000 / divisor;
     common::round_trips(&targets, sequential).await?;
-    let after_sequential = pids.map(Memory::of);
+    let after_sequential = pids.map(common::Memory::of);
     for target in &targets {
         common::throughput(target, 64, 20_000 / divisor).await?;
     }
-    let after_all = pids.map(Memory::of);
+    let after_all = pids.map(common::Memory::of);
     let peaks = pids.map(common::peak_rss);
 
     common::progress(NAME, &format!("idle window of {idle_secs} s"));
@@ -165,38 +165,4 @@ async fn connect_times(lab: &Lab, files: &PkiFiles, starts: usize) -> BenchResul
     }
 
     Ok(())
-}
-
-/// Memory of a process in KiB, from `/proc/PID/status` and
-/// `/proc/PID/smaps_rollup`.
-#[derive(Clone, Copy, Debug)]
-struct Memory {
-    /// Resident: `RssAnon` + `RssFile` + `RssShmem`.
-    rss: u64,
-    /// Resident anonymous memory: heap and stacks.
-    anon: u64,
-    /// Resident pages of mapped files: the binary and libraries, mostly
-    /// clean pages shared with the page cache.
-    file: u64,
-    /// Proportional set size: shared pages divided among their users.
-    pss: u64,
-    /// Pages no other process maps (`Private_Clean` + `Private_Dirty`).
-    private: u64,
-    threads: u64,
-}
-
-impl Memory {
-    fn of(pid: u32) -> BenchResult<Self> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-        let field = common::proc_field;
-        Ok(Self {
-            rss: field(&status, "VmRSS:")?,
-            anon: field(&status, "RssAnon:")?,
-            file: field(&status, "RssFile:")?,
-            pss: field(&rollup, "Pss:")?,
-            private: field(&rollup, "Private_Clean:")? + field(&rollup, "Private_Dirty:")?,
-            threads: field(&status, "Threads:")?,
-        })
-    }
 }

@@ -40,6 +40,11 @@ fn main() -> ExitCode {
     common::main(NAME, common::manager_runtime(), suite)
 }
 
+/// Process `pid`'s peak RSS, and what it has resident now, in KiB.
+fn resident(pid: u32) -> BenchResult<(u64, common::Memory)> {
+    Ok((common::peak_rss(pid)?, common::Memory::of(pid)?))
+}
+
 /// One level of the matrix: requests in flight, each agent's rate and CPU
 /// time per request, and roxyd's requests not answered `Ok(())`.
 struct Level {
@@ -151,7 +156,7 @@ async fn suite() -> BenchResult<()> {
             requests: per_level,
         });
     }
-    let peaks: Vec<_> = pids.iter().map(|pid| common::Resident::of(*pid)).collect();
+    let peaks: Vec<_> = pids.iter().map(|pid| resident(*pid)).collect();
     let report = Report {
         names: &names,
         roxyd_count,
@@ -222,7 +227,7 @@ impl Report<'_> {
         &self,
         levels: &[Level],
         spreads: &[Spread],
-        peaks: &[BenchResult<common::Resident>],
+        peaks: &[BenchResult<(u64, common::Memory)>],
     ) -> BenchResult<String> {
         let mut out = String::new();
         let manager = if std::env::var("ROXYBENCH_MANAGER").is_ok_and(|v| v == "one") {
@@ -289,11 +294,11 @@ impl Report<'_> {
         writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
         for ((name, spread), resident) in self.names.iter().zip(spreads).zip(peaks) {
             let peak = match resident {
-                Ok(r) => format!(
+                Ok((peak, now)) => format!(
                     "{} | {} | {}",
-                    common::mib(r.peak),
-                    common::mib(r.anon),
-                    common::mib(r.file)
+                    common::mib(*peak),
+                    common::mib(now.anon),
+                    common::mib(now.file)
                 ),
                 Err(e) => format!("({e}) | | "),
             };

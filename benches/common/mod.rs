@@ -608,23 +608,36 @@ pub fn peak_rss(pid: u32) -> BenchResult<u64> {
     )
 }
 
-/// What process `pid` has resident, in KiB: its peak (`VmHWM`), and now
-/// its anonymous memory (`RssAnon`: heap, stacks) and its file pages
-/// (`RssFile`: mostly the binary's code and that of the libraries).
+/// Memory of a process in KiB, from `/proc/PID/status` and
+/// `/proc/PID/smaps_rollup`.
 #[derive(Clone, Copy, Debug)]
-pub struct Resident {
-    pub peak: u64,
+pub struct Memory {
+    /// Resident: `RssAnon` + `RssFile` + `RssShmem`.
+    pub rss: u64,
+    /// Resident anonymous memory: heap and stacks.
     pub anon: u64,
+    /// Resident pages of mapped files: the binary and libraries, mostly
+    /// clean pages shared with the page cache.
     pub file: u64,
+    /// Proportional set size: shared pages divided among their users.
+    pub pss: u64,
+    /// Pages no other process maps (`Private_Clean` + `Private_Dirty`).
+    pub private: u64,
+    pub threads: u64,
 }
 
-impl Resident {
+impl Memory {
     pub fn of(pid: u32) -> BenchResult<Self> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+        let field = proc_field;
         Ok(Self {
-            peak: proc_field(&status, "VmHWM:")?,
-            anon: proc_field(&status, "RssAnon:")?,
-            file: proc_field(&status, "RssFile:")?,
+            rss: field(&status, "VmRSS:")?,
+            anon: field(&status, "RssAnon:")?,
+            file: field(&status, "RssFile:")?,
+            pss: field(&rollup, "Pss:")?,
+            private: field(&rollup, "Private_Clean:")? + field(&rollup, "Private_Dirty:")?,
+            threads: field(&status, "Threads:")?,
         })
     }
 }
